@@ -1,0 +1,131 @@
+//! The pod spec handed from stage0 to a stage1 flavour, and the files a stage1 writes back.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File name, in the pod directory, of the serialised [`PodSpec`].
+pub const SPEC_FILE: &str = "stage1-spec.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetMode {
+    /// Share the host's network namespace (`--net=host`; refused on kvm until virtio-net).
+    Host,
+    /// Loopback only (`--net=none`).
+    #[default]
+    None,
+    /// The default CNI network (until the networking work lands: behaves as `none` with a warning).
+    Default,
+}
+
+/// Protections turned off by `--insecure-options`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct InsecureRun {
+    pub capabilities: bool,
+    pub paths: bool,
+    pub seccomp: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodSpec {
+    pub uuid: String,
+    pub hostname: String,
+    pub net: NetMode,
+    /// Full `/etc/resolv.conf` content to install in every app, or None to leave the image's.
+    pub resolv_conf: Option<String>,
+    /// Full `/etc/hosts` content to install in every app, or None to leave the image's.
+    pub hosts: Option<String>,
+    /// One app gets the caller's terminal.
+    pub interactive: bool,
+    pub insecure: InsecureRun,
+    pub debug: bool,
+    pub apps: Vec<AppSpec>,
+}
+
+/// How an app's root filesystem is assembled. Paths are absolute host paths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsSpec {
+    /// overlayfs: the store's read-only rendered tree as lower, per-app upper/work in the pod dir.
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+    /// `--no-overlay`: a private copy made at prepare time.
+    Dir(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Host path (a `kind=host` volume's source, or a pod-private dir for `kind=empty`).
+    pub source: PathBuf,
+    /// Absolute path inside the app.
+    pub target: String,
+    pub read_only: bool,
+    pub recursive: bool,
+}
+
+/// `--seccomp` / default filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeccompSpec {
+    /// rkt's default filter (a remove-set of dangerous syscalls, EPERM).
+    Default,
+    /// Only these syscalls are allowed; others fail with `errno` (None: kill the process).
+    Retain {
+        syscalls: Vec<String>,
+        errno: Option<String>,
+    },
+    /// These syscalls fail with `errno` (None: EPERM).
+    Remove {
+        syscalls: Vec<String>,
+        errno: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppSpec {
+    pub name: String,
+    pub image_id: String,
+    pub rootfs: RootfsSpec,
+    pub exec: Vec<String>,
+    /// Final environment in order, after rkt's precedence rules were applied by stage0.
+    pub env: Vec<(String, String)>,
+    /// As given: a number, a name from the image's /etc/passwd, or a path whose owner is used.
+    pub user: String,
+    pub group: String,
+    pub supplementary_gids: Vec<u32>,
+    pub working_dir: String,
+    pub readonly_rootfs: bool,
+    pub mounts: Vec<MountSpec>,
+    /// Final bounding/effective capability set, names like `CAP_NET_BIND_SERVICE`.
+    pub capabilities: Vec<String>,
+    pub seccomp: SeccompSpec,
+    /// `--memory`, bytes.
+    pub memory_limit: Option<u64>,
+    /// `--cpu`, millicores.
+    pub cpu_millis: Option<u64>,
+    /// `--cpu-shares`.
+    pub cpu_shares: Option<u64>,
+}
+
+impl PodSpec {
+    pub fn load(pod_dir: &Path) -> anyhow::Result<PodSpec> {
+        let p = pod_dir.join(SPEC_FILE);
+        let text = std::fs::read(&p)
+            .map_err(|e| anyhow::anyhow!("reading pod spec {}: {e}", p.display()))?;
+        Ok(serde_json::from_slice(&text)?)
+    }
+}
+
+/// Where a stage1 writes an app's exit code (decimal text), read by `rkt status` and `rkt run`.
+pub fn app_status_path(pod_dir: &Path, app: &str) -> PathBuf {
+    pod_dir.join("status").join(app)
+}
+
+/// Where a stage1 writes the host pid that `rkt stop` signals (SIGTERM: graceful, the stage1 stops
+/// the apps, SIGKILL after a timeout; `--force`: SIGKILL) and that `rkt status` reports.
+pub fn pod_pid_path(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("pid")
+}
