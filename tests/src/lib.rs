@@ -1,0 +1,263 @@
+//! End-to-end test harness for rkt: runs the real `rkt` binary in a throw-away `--dir`, builds the
+//! test images once (shared between test processes through a cache under `target/`), and starts a
+//! real Docker registry on a free port.
+//!
+//! Failures panic with the full output of the command that failed; nothing is silently skipped.
+
+mod images;
+mod proc;
+mod registry;
+
+pub use images::{big_image, images, TestImages};
+pub use proc::{run_command, RktChild, RktOutput};
+pub use registry::Registry;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Default timeout of one rkt invocation: generous because the kvm flavour boots a kernel in an
+/// emulated nested VM (about a minute) and the machine is shared.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` if set, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let p = PathBuf::from(d);
+            if p.is_absolute() {
+                p
+            } else {
+                workspace_root().join(p)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// The rkt binary under test: `$RKT_BIN` if set, else `<target>/debug/rkt`.
+pub fn rkt_bin() -> PathBuf {
+    let p = match std::env::var_os("RKT_BIN") {
+        Some(b) if !b.is_empty() => PathBuf::from(b),
+        _ => target_dir().join("debug").join("rkt"),
+    };
+    if !p.is_file() {
+        panic!(
+            "build rkt first: cargo build -p rkt (no rkt binary at {})",
+            p.display()
+        );
+    }
+    p
+}
+
+/// Panics unless running as root: pod tests need mounts and namespaces, and must fail loudly
+/// rather than skip when run unprivileged.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test must run as root (it mounts, creates namespaces or cgroups); run the suite with sudo");
+    }
+}
+
+/// A fresh rkt data directory (`--dir`) plus a scratch directory for test files, both removed on
+/// drop after killing processes and unmounting anything left inside (failed pod tests leave
+/// overlay mounts and running apps behind).
+///
+/// Set `RKT_TEST_KEEP=1` to keep the directories for debugging.
+pub struct RktEnv {
+    /// The directory passed as `rkt --dir=…`.
+    pub dir: PathBuf,
+    /// A scratch directory next to `dir` for test inputs (manifests, volumes, files).
+    pub scratch: PathBuf,
+    root: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+    timeout: Duration,
+}
+
+impl Default for RktEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RktEnv {
+    pub fn new() -> RktEnv {
+        let tmp = tempfile::Builder::new()
+            .prefix("rkt-test-")
+            .tempdir()
+            .expect("creating the test temp dir");
+        let root = tmp.path().to_path_buf();
+        let dir = root.join("data");
+        let scratch = root.join("scratch");
+        std::fs::create_dir(&dir).expect("creating --dir");
+        std::fs::create_dir(&scratch).expect("creating scratch dir");
+        let keep = std::env::var_os("RKT_TEST_KEEP").is_some_and(|v| v != "0" && !v.is_empty());
+        let tmp = if keep {
+            eprintln!("RKT_TEST_KEEP: keeping {}", root.display());
+            let _ = tmp.keep();
+            None
+        } else {
+            Some(tmp)
+        };
+        RktEnv {
+            dir,
+            scratch,
+            root,
+            tmp,
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+        }
+    }
+
+    /// `rkt --dir=<dir> ARGS…` as a `Command`, for callers that need to customise it (env, cwd).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(rkt_bin());
+        c.arg(format!("--dir={}", self.dir.display()));
+        c.args(args);
+        c
+    }
+
+    /// Runs `rkt --dir=<dir> ARGS…` to completion (default timeout, panics on timeout).
+    pub fn rkt(&self, args: &[&str]) -> RktOutput {
+        proc::run(self.command(args), None, self.timeout)
+    }
+
+    /// Like [`RktEnv::rkt`] with a timeout in seconds.
+    pub fn rkt_timeout(&self, secs: u64, args: &[&str]) -> RktOutput {
+        proc::run(self.command(args), None, Duration::from_secs(secs))
+    }
+
+    /// Like [`RktEnv::rkt`], feeding `stdin` to the process.
+    pub fn rkt_with_stdin(&self, stdin: &[u8], args: &[&str]) -> RktOutput {
+        proc::run(self.command(args), Some(stdin.to_vec()), self.timeout)
+    }
+
+    /// Starts `rkt --dir=<dir> ARGS…` in the background (own process group, output to files in
+    /// the scratch dir); see [`RktChild`]. Killed on drop if still running.
+    pub fn spawn(&self, args: &[&str]) -> RktChild {
+        RktChild::spawn(self.command(args), &self.scratch)
+    }
+}
+
+impl Drop for RktEnv {
+    fn drop(&mut self) {
+        if self.tmp.is_none() {
+            return;
+        }
+        cleanup_tree(&self.root);
+        // TempDir's own drop removes the files (errors ignored).
+    }
+}
+
+/// Best effort: kill processes whose cwd or root is inside `root`, then lazily unmount every mount
+/// point below it, deepest first.
+pub fn cleanup_tree(root: &Path) {
+    kill_processes_under(root);
+    for _ in 0..3 {
+        let mounts = mounts_under(root);
+        if mounts.is_empty() {
+            break;
+        }
+        for m in mounts {
+            if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
+                // SAFETY: c is a valid NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+fn kill_processes_under(root: &Path) {
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let mut killed = false;
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let inside = ["cwd", "root"].iter().any(|l| {
+            std::fs::read_link(e.path().join(l))
+                .map(|t| t.starts_with(root))
+                .unwrap_or(false)
+        });
+        if inside {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            killed = true;
+        }
+    }
+    if killed {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Mount points at or below `root` from /proc/self/mountinfo, deepest first.
+pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(root))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v.dedup();
+    v
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let n = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(n);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+    }
+
+    #[test]
+    fn env_dirs_exist_and_are_removed() {
+        let env = RktEnv::new();
+        let root = env.root.clone();
+        assert!(env.dir.is_dir() && env.scratch.is_dir());
+        assert!(env.dir.starts_with(&root));
+        drop(env);
+        if std::env::var_os("RKT_TEST_KEEP").is_none() {
+            assert!(!root.exists(), "{} should be removed", root.display());
+        }
+    }
+}
