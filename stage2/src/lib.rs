@@ -5,6 +5,42 @@
 //! inside the VM. The app set-up code (mounts, users, env, caps, seccomp) lives here so that a flag
 //! behaves the same on both flavours.
 
+pub mod app;
+pub mod caps;
+pub mod cgroup;
+pub mod fs;
+pub mod passwd;
+pub mod seccomp;
 pub mod spec;
+pub mod supervisor;
 
 pub use spec::*;
+
+use std::path::{Path, PathBuf};
+
+/// Where a stage1 records the host pid of an app's first process (used by `rkt enter`).
+pub fn app_pid_path(pod_dir: &Path, app: &str) -> PathBuf {
+    pod_dir.join("apps").join(app).join("pid")
+}
+
+#[cfg(test)]
+pub(crate) fn test_app() -> AppSpec {
+    AppSpec {
+        name: "a".into(),
+        image_id: String::new(),
+        rootfs: RootfsSpec::Dir("/".into()),
+        exec: vec!["/bin/true".into()],
+        env: vec![],
+        user: "0".into(),
+        group: "0".into(),
+        supplementary_gids: vec![],
+        working_dir: "/".into(),
+        readonly_rootfs: false,
+        mounts: vec![],
+        capabilities: vec![],
+        seccomp: SeccompSpec::Default,
+        memory_limit: Some(64 << 20),
+        cpu_millis: Some(500),
+        cpu_shares: Some(512),
+    }
+}

@@ -1,0 +1,184 @@
+//! Setting up one app and exec'ing it. Called in a fresh child process that is already in the
+//! pod's PID/UTS/IPC/network namespaces, its own mount namespace and (if cgroups are managed) its
+//! own cgroup + cgroup namespace; on the host by stage1 `ns`, inside the VM by the kvm guest init.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use nix::unistd::{Gid, Uid};
+
+use crate::cgroup::Layout;
+use crate::spec::{AppSpec, PodSpec};
+use crate::{caps, fs, passwd, seccomp};
+
+/// rkt's default `PATH` when an app's environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Assembles the app's filesystem on `root`, pivots into it, switches to the app's identity and
+/// privileges and execs the app. Returns only on failure.
+pub fn setup_and_exec(
+    app: &AppSpec,
+    pod: &PodSpec,
+    root: &Path,
+    cgroups: Option<&Layout>,
+) -> anyhow::Error {
+    match try_setup_and_exec(app, pod, root, cgroups) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn try_setup_and_exec(
+    app: &AppSpec,
+    pod: &PodSpec,
+    root: &Path,
+    cgroups: Option<&Layout>,
+) -> anyhow::Result<std::convert::Infallible> {
+    if app.exec.is_empty() {
+        bail!("app {:?} has nothing to execute", app.name);
+    }
+    fs::prepare_root(pod, app, root, cgroups)?;
+    fs::pivot(root, app.readonly_rootfs)?;
+    exec_as_app(app, pod, Path::new("/"))
+}
+
+/// The final environment: the spec's, with PATH and HOME filled in when missing.
+pub fn environment(app: &AppSpec, home: Option<String>) -> Vec<(String, String)> {
+    let mut env = app.env.clone();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".into(), home.unwrap_or_else(|| "/".into())));
+    }
+    env
+}
+
+/// Finds `cmd` in `path` (a PATH value) below `root` unless it already has a slash.
+pub fn find_executable(root: &Path, cmd: &str, path: &str) -> anyhow::Result<PathBuf> {
+    if cmd.contains('/') {
+        return Ok(PathBuf::from(cmd));
+    }
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let cand = Path::new(dir).join(cmd);
+        let host = root.join(cand.strip_prefix("/").unwrap_or(&cand));
+        if host.is_file() {
+            return Ok(cand);
+        }
+    }
+    bail!("{cmd:?} not found in PATH {path:?}")
+}
+
+/// Identity, working directory, capabilities, no_new_privs, seccomp, then execve. `root` is the
+/// app's root as the caller sees it (`/` after pivot_root).
+pub fn exec_as_app(
+    app: &AppSpec,
+    pod: &PodSpec,
+    root: &Path,
+) -> anyhow::Result<std::convert::Infallible> {
+    let uid = passwd::resolve_user(root, &app.user)?;
+    let gid = passwd::resolve_group(root, &app.group)?;
+    let env = environment(app, passwd::home_of(root, uid));
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let exe = find_executable(root, &app.exec[0], &path)?;
+    let mask = if pod.insecure.capabilities {
+        caps::all_mask()
+    } else {
+        caps::mask_of(&app.capabilities)?
+    };
+    let filter = if pod.insecure.seccomp {
+        None
+    } else {
+        seccomp::build(&app.seccomp)?
+    };
+    let cstr = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL byte in {s:?}"));
+    let argv: Vec<CString> = app
+        .exec
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<anyhow::Result<_>>()?;
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect::<anyhow::Result<_>>()?;
+    let exe_c = CString::new(exe.as_os_str().as_bytes())?;
+
+    // SAFETY: plain prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    if !pod.insecure.capabilities {
+        caps::limit_bounding(mask)?;
+    }
+    let groups: Vec<Gid> = app
+        .supplementary_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).context("setgroups")?;
+    nix::unistd::setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
+        .context("setgid")?;
+    nix::unistd::setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
+        .context("setuid")?;
+    caps::set_process_caps(mask)?;
+    let wd = if app.working_dir.is_empty() {
+        "/"
+    } else {
+        &app.working_dir
+    };
+    std::env::set_current_dir(root.join(wd.trim_start_matches('/')))
+        .with_context(|| format!("working directory {wd}"))?;
+    let need_nnp = filter.is_some() && mask & (1u64 << caps::CAP_SYS_ADMIN) == 0;
+    if need_nnp {
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setting no_new_privs");
+        }
+    }
+    if let Some(f) = &filter {
+        seccomp::install(f)?;
+    }
+    let e = nix::unistd::execve(&exe_c, &argv, &envp).unwrap_err();
+    Err(anyhow!("executing {}: {e}", exe.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_path_and_home_only_when_missing() {
+        let mut app = crate::test_app();
+        app.env = vec![("FOO".into(), "bar".into())];
+        let env = environment(&app, Some("/root".into()));
+        assert!(env.contains(&("PATH".into(), DEFAULT_PATH.into())));
+        assert!(env.contains(&("HOME".into(), "/root".into())));
+        app.env.push(("PATH".into(), "/x".into()));
+        let env = environment(&app, None);
+        assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1);
+        assert!(env.contains(&("HOME".into(), "/".into())));
+    }
+
+    #[test]
+    fn finds_executables_in_the_apps_root() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("bin")).unwrap();
+        std::fs::write(d.path().join("bin/sh"), "").unwrap();
+        assert_eq!(
+            find_executable(d.path(), "sh", "/usr/bin:/bin").unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        assert_eq!(
+            find_executable(d.path(), "/x/y", "").unwrap(),
+            PathBuf::from("/x/y")
+        );
+        assert!(find_executable(d.path(), "nope", "/bin")
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
+    }
+}

@@ -1,0 +1,329 @@
+//! The pod supervisor: PID 1 of the pod (the ns flavour's pod process, the kvm guest init). It
+//! starts every app, reaps every child, records exit codes, stops the pod when the first app fails
+//! or on SIGTERM (SIGTERM to the apps, SIGKILL after a timeout) and returns the pod's exit code:
+//! the first failure's code, else 0 (128+signo for an app killed by a signal).
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::spec::{AppSpec, PodSpec};
+
+/// How long apps get between SIGTERM and SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+const HANDLED: [Signal; 5] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGWINCH,
+];
+
+extern "C" fn noop(_: libc::c_int) {}
+
+fn handled_set() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in HANDLED {
+        s.add(sig);
+    }
+    s
+}
+
+/// Blocks the supervisor's signals and gives them a handler. A PID-namespace init drops signals
+/// whose disposition is SIG_DFL, so blocking alone would lose SIGTERM and SIGCHLD.
+pub fn take_signals() -> anyhow::Result<SignalFd> {
+    let act = SigAction::new(
+        SigHandler::Handler(noop),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in HANDLED {
+        // SAFETY: installing a handler that does nothing.
+        unsafe { sigaction(sig, &act) }.context("sigaction")?;
+    }
+    handled_set().thread_block().context("blocking signals")?;
+    SignalFd::with_flags(
+        &handled_set(),
+        SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
+    )
+    .context("signalfd")
+}
+
+/// In a child about to exec: default dispositions and an empty signal mask again.
+pub fn reset_signals_in_child() {
+    for sig in HANDLED {
+        // SAFETY: restoring the default disposition.
+        let _ = unsafe {
+            sigaction(
+                sig,
+                &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty()),
+            )
+        };
+    }
+    for sig in [Signal::SIGPIPE, Signal::SIGTTOU, Signal::SIGTTIN] {
+        // SAFETY: as above.
+        let _ = unsafe {
+            sigaction(
+                sig,
+                &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty()),
+            )
+        };
+    }
+    let _ = SigSet::all().thread_unblock();
+}
+
+/// Writes `content` to `path` atomically (temp file in the same directory, then rename).
+pub fn write_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
+    let dir = path.parent().context("path without a parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Exit code of a wait status as a shell reports it.
+pub fn exit_code(st: &WaitStatus) -> Option<i32> {
+    match st {
+        WaitStatus::Exited(_, c) => Some(*c),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + *sig as i32),
+        _ => None,
+    }
+}
+
+/// What the supervisor relays when the app has a pty (interactive pods).
+pub struct Relay {
+    pub master: OwnedFd,
+}
+
+/// Starts every app with `launch` (returns the app's pid as the supervisor sees it; it runs in a
+/// child process) and supervises them until all exited. `on_exit(app, code)` records a code
+/// (the ns flavour writes `app_status_path`). Must run as the reaper of the apps (PID 1 of their
+/// namespace or a subreaper).
+pub fn supervise(
+    spec: &PodSpec,
+    sfd: &SignalFd,
+    launch: &mut dyn FnMut(&AppSpec) -> anyhow::Result<Pid>,
+    on_exit: &mut dyn FnMut(&str, i32),
+    relay: Option<Relay>,
+    stop_timeout: Duration,
+) -> i32 {
+    let mut live: BTreeMap<i32, String> = BTreeMap::new();
+    let mut first_failure: Option<i32> = None;
+    let mut deadline: Option<Instant> = None;
+    let mut killed = false;
+    for app in &spec.apps {
+        match launch(app) {
+            Ok(pid) => {
+                live.insert(pid.as_raw(), app.name.clone());
+            }
+            Err(e) => {
+                eprintln!("rkt: app {:?}: {e:#}", app.name);
+                on_exit(&app.name, 254);
+                first_failure.get_or_insert(254);
+            }
+        }
+    }
+    let stop = |live: &BTreeMap<i32, String>, deadline: &mut Option<Instant>| {
+        if deadline.is_none() {
+            for pid in live.keys() {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+            }
+            *deadline = Some(Instant::now() + stop_timeout);
+        }
+    };
+    if first_failure.is_some() {
+        stop(&live, &mut deadline);
+    }
+    let stdin_fd = unsafe { BorrowedFd::borrow_raw(0) };
+    let mut stdin_open = relay.is_some();
+    let mut master_open = relay.is_some();
+    let mut buf = [0u8; 8192];
+    if let Some(r) = &relay {
+        copy_winsize(0, r.master.as_raw_fd());
+    }
+    while !live.is_empty() {
+        let timeout = match deadline {
+            Some(d) if !killed => {
+                let left = d.saturating_duration_since(Instant::now());
+                PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+            _ => PollTimeout::NONE,
+        };
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(r) = &relay {
+            if master_open {
+                fds.push(PollFd::new(r.master.as_fd(), PollFlags::POLLIN));
+            }
+            if stdin_open {
+                fds.push(PollFd::new(stdin_fd, PollFlags::POLLIN));
+            }
+        }
+        let _ = poll(&mut fds, timeout);
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().map(|r| !r.is_empty()).unwrap_or(false))
+            .collect();
+        drop(fds);
+        let mut idx = 1;
+        if let Some(r) = &relay {
+            let m = r.master.as_raw_fd();
+            if master_open {
+                if ready[idx] {
+                    match nix::unistd::read(m, &mut buf) {
+                        Ok(n) if n > 0 => write_all(1, &buf[..n]),
+                        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+                        _ => master_open = false,
+                    }
+                }
+                idx += 1;
+            }
+            if stdin_open && ready[idx] {
+                match nix::unistd::read(0, &mut buf) {
+                    Ok(n) if n > 0 => write_all(m, &buf[..n]),
+                    Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+                    _ => stdin_open = false,
+                }
+            }
+        }
+        if ready[0] {
+            while let Ok(Some(si)) = sfd.read_signal() {
+                match Signal::try_from(si.ssi_signo as i32) {
+                    Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) | Ok(Signal::SIGHUP) => {
+                        stop(&live, &mut deadline)
+                    }
+                    Ok(Signal::SIGWINCH) => {
+                        if let Some(r) = &relay {
+                            copy_winsize(0, r.master.as_raw_fd());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Reap everything: apps, and orphans re-parented to us.
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(st) => {
+                    let (Some(pid), Some(code)) = (st.pid(), exit_code(&st)) else {
+                        continue;
+                    };
+                    if let Some(name) = live.remove(&pid.as_raw()) {
+                        on_exit(&name, code);
+                        if code != 0 && first_failure.is_none() {
+                            first_failure = Some(code);
+                            stop(&live, &mut deadline);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(d) = deadline {
+            if !killed && Instant::now() >= d && !live.is_empty() {
+                for pid in live.keys() {
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                }
+                killed = true;
+            }
+        }
+    }
+    // Drain what the app printed last.
+    if let Some(r) = &relay {
+        let _ = nix::fcntl::fcntl(
+            r.master.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        while let Ok(n) = nix::unistd::read(r.master.as_raw_fd(), &mut buf) {
+            if n == 0 {
+                break;
+            }
+            write_all(1, &buf[..n]);
+        }
+    }
+    first_failure.unwrap_or(0)
+}
+
+fn write_all(fd: i32, mut b: &[u8]) {
+    while !b.is_empty() {
+        // SAFETY: fd is open for the supervisor's lifetime.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        match nix::unistd::write(fd, b) {
+            Ok(n) if n > 0 => b = &b[n..],
+            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => continue,
+            _ => return,
+        }
+    }
+}
+
+fn copy_winsize(from: i32, to: i32) {
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ read and write one winsize struct.
+    unsafe {
+        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+/// Allocates a pty; returns (master, slave path).
+pub fn open_pty() -> anyhow::Result<(OwnedFd, std::path::PathBuf)> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let m = posix_openpt(
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+    )
+    .context("opening a pty")?;
+    grantpt(&m).context("grantpt")?;
+    unlockpt(&m).context("unlockpt")?;
+    let name = ptsname_r(&m).context("ptsname")?;
+    // SAFETY: we own the master fd; PtyMaster is a thin wrapper around it.
+    let fd = unsafe { OwnedFd::from_raw_fd_checked(m) };
+    Ok((fd, name.into()))
+}
+
+trait FromPtyMaster {
+    unsafe fn from_raw_fd_checked(m: nix::pty::PtyMaster) -> OwnedFd;
+}
+
+impl FromPtyMaster for OwnedFd {
+    unsafe fn from_raw_fd_checked(m: nix::pty::PtyMaster) -> OwnedFd {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        OwnedFd::from_raw_fd(m.into_raw_fd())
+    }
+}
+
+/// In the app's child: make the pty slave its controlling terminal and stdio.
+pub fn attach_tty(slave: &Path) -> anyhow::Result<()> {
+    nix::unistd::setsid().context("setsid")?;
+    let fd = nix::fcntl::open(
+        slave,
+        nix::fcntl::OFlag::O_RDWR,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", slave.display()))?;
+    // SAFETY: TIOCSCTTY on a terminal fd we just opened.
+    if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("TIOCSCTTY");
+    }
+    for t in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors.
+        unsafe { libc::dup2(fd, t) };
+    }
+    if fd > 2 {
+        let _ = nix::unistd::close(fd);
+    }
+    Ok(())
+}
