@@ -142,7 +142,7 @@ impl RktEnv {
     /// Starts `rkt --dir=<dir> ARGS…` in the background (own process group, output to files in
     /// the scratch dir); see [`RktChild`]. Killed on drop if still running.
     pub fn spawn(&self, args: &[&str]) -> RktChild {
-        RktChild::spawn(self.command(args), &self.scratch)
+        RktChild::spawn_command(self.command(args), &self.scratch)
     }
 }
 

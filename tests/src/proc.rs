@@ -234,7 +234,8 @@ pub struct RktChild {
 }
 
 impl RktChild {
-    pub(crate) fn spawn(mut cmd: Command, scratch: &Path) -> RktChild {
+    /// Starts any command in the background, its output going to files in `scratch`.
+    pub fn spawn_command(mut cmd: Command, scratch: &Path) -> RktChild {
         let line = cmdline(&cmd);
         let n = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -412,7 +413,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Command::new("sh");
         c.args(["-c", "echo ready; sleep 30"]);
-        let mut ch = RktChild::spawn(c, dir.path());
+        let mut ch = RktChild::spawn_command(c, dir.path());
         assert!(ch.wait_for_stdout("ready", 10));
         assert!(ch.is_running());
         let o = ch.kill();

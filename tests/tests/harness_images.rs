@@ -1,0 +1,412 @@
+//! Checks the harness itself: the test images are what the other tests assume (validated with
+//! independent tools: umoci, skopeo, tar, file), the inspect app works, the registry serves pushed
+//! images, and RktEnv cleans up after failed pod tests. None of these need the rkt binary.
+
+use rkt_tests::{big_image, images, require_root, run_command, Registry, RktEnv, RktOutput};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+fn cmd(prog: &str, args: &[&str]) -> RktOutput {
+    let mut c = Command::new(prog);
+    c.args(args);
+    run_command(c, 300)
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+}
+
+/// Layer digests of an image, via skopeo's raw manifest.
+fn layer_digests(reference: &str) -> Vec<String> {
+    let raw = cmd(
+        "skopeo",
+        &["--insecure-policy", "inspect", "--raw", reference],
+    );
+    raw.assert_ok();
+    json(&raw.stdout)["layers"]
+        .as_array()
+        .expect("manifest has layers")
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn busybox_oci_layout_validates_and_has_config() {
+    let im = images();
+    cmd(
+        "umoci",
+        &[
+            "stat",
+            "--image",
+            &format!("{}:latest", im.busybox_oci.display()),
+        ],
+    )
+    .assert_ok();
+    let info = cmd("skopeo", &["inspect", &im.busybox_oci_ref()]);
+    info.assert_ok();
+    let v = json(&info.stdout);
+    assert_eq!(v["Labels"]["org.example.test"], "busybox", "{info}");
+    assert_eq!(v["Os"], "linux");
+    assert_eq!(v["Architecture"], "amd64");
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 1);
+
+    let cfg = cmd("skopeo", &["inspect", "--config", &im.busybox_oci_ref()]);
+    cfg.assert_ok();
+    let c = json(&cfg.stdout);
+    assert_eq!(
+        c["config"]["Cmd"],
+        serde_json::json!(["/inspect", "--print-hostname"])
+    );
+    assert_eq!(c["config"]["WorkingDir"], "/");
+    assert!(c["config"]["Env"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("PATH=/usr/local/sbin"));
+}
+
+#[test]
+fn archives_hold_the_same_image() {
+    let im = images();
+    let oci = layer_digests(&im.busybox_oci_ref());
+    assert_eq!(layer_digests(&im.busybox_oci_archive_ref()), oci);
+    // docker-archive stores the layer uncompressed, so compare the config instead.
+    let a = cmd("skopeo", &["inspect", "--config", &im.busybox_oci_ref()]);
+    let b = cmd(
+        "skopeo",
+        &["inspect", "--config", &im.busybox_docker_archive_ref()],
+    );
+    a.assert_ok();
+    b.assert_ok();
+    assert_eq!(
+        json(&a.stdout)["config"]["Cmd"],
+        json(&b.stdout)["config"]["Cmd"]
+    );
+    let manifest = cmd(
+        "tar",
+        &[
+            "-xOf",
+            im.busybox_docker_archive.to_str().unwrap(),
+            "manifest.json",
+        ],
+    );
+    manifest.assert_ok();
+    assert_eq!(
+        json(&manifest.stdout)[0]["RepoTags"][0],
+        "docker.io/library/busybox:latest"
+    );
+}
+
+#[test]
+fn aci_has_manifest_and_rootfs() {
+    let im = images();
+    let list = cmd("tar", &["-tzf", im.busybox_aci.to_str().unwrap()]);
+    list.assert_ok();
+    for entry in [
+        "manifest",
+        "rootfs/inspect",
+        "rootfs/bin/busybox",
+        "rootfs/etc/passwd",
+    ] {
+        assert!(
+            list.stdout.lines().any(|l| l == entry),
+            "{entry} missing from the ACI\n{list}"
+        );
+    }
+    let m = cmd(
+        "tar",
+        &["-xzOf", im.busybox_aci.to_str().unwrap(), "manifest"],
+    );
+    m.assert_ok();
+    let man: rkt_schema::ImageManifest = serde_json::from_str(&m.stdout).expect("appc manifest");
+    assert_eq!(man.ac_kind, "ImageManifest");
+    assert_eq!(man.name, "example.com/busybox");
+    let label = |n: &str| {
+        man.labels
+            .iter()
+            .find(|l| l.name == n)
+            .map(|l| l.value.clone())
+    };
+    assert_eq!(label("version").as_deref(), Some("latest"));
+    assert_eq!(label("os").as_deref(), Some("linux"));
+    assert_eq!(label("arch").as_deref(), Some("amd64"));
+    let app = man.app.expect("app section");
+    assert_eq!(app.exec, vec!["/inspect", "--print-hostname"]);
+    // The uncompressed copy holds the same entries.
+    let plain = cmd("tar", &["-tf", im.busybox_aci_tar.to_str().unwrap()]);
+    plain.assert_ok();
+    assert_eq!(plain.stdout, list.stdout);
+}
+
+#[test]
+fn rootfs_users_groups_and_permissions() {
+    let im = images();
+    let passwd = std::fs::read_to_string(im.rootfs.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("user:x:1000:1000:"));
+    assert!(passwd.contains("nobody:x:65534:65534:"));
+    let group = std::fs::read_to_string(im.rootfs.join("etc/group")).unwrap();
+    assert!(group.contains("wheel:x:10:user"));
+    assert!(group.contains("staff:x:50:user"));
+    let home = std::fs::metadata(im.rootfs.join("home/user")).unwrap();
+    assert_eq!((home.uid(), home.gid()), (1000, 1000));
+    assert_eq!(
+        std::fs::metadata(im.rootfs.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+    let sh = std::fs::read_link(im.rootfs.join("bin/sh")).unwrap();
+    assert_eq!(sh, Path::new("/bin/busybox"));
+}
+
+#[test]
+fn multilayer_layers_contain_whiteouts_and_links() {
+    let im = images();
+    let layers = layer_digests(&im.multilayer_oci_ref());
+    assert_eq!(layers.len(), 4, "base + 3 layers");
+    // The base layer is the busybox image's own blob.
+    assert_eq!(layers[0], layer_digests(&im.busybox_oci_ref())[0]);
+    let listing = |i: usize| {
+        let blob = im
+            .multilayer_oci
+            .join("blobs/sha256")
+            .join(layers[i].trim_start_matches("sha256:"));
+        let o = cmd("tar", &["-tzvf", blob.to_str().unwrap()]);
+        o.assert_ok();
+        o.stdout
+    };
+    let l1 = listing(1);
+    assert!(
+        l1.contains(" data/remove-me.txt\n") && l1.contains(" data/replace/old1.txt\n"),
+        "{l1}"
+    );
+    let l2 = listing(2);
+    assert!(l2.contains(" data/.wh.remove-me.txt\n"), "{l2}");
+    assert!(l2.contains(" data/replace/.wh..wh..opq\n"), "{l2}");
+    assert!(l2.contains(" data/replace/new.txt\n"), "{l2}");
+    let l3 = listing(3);
+    assert!(
+        l3.lines()
+            .any(|l| l.starts_with('h') && l.contains("link to data/")),
+        "no hardlink entry in layer 3\n{l3}"
+    );
+    assert!(l3.contains(" data/symlink -> keep.txt\n"), "{l3}");
+    assert!(l3.contains(" data/abs-symlink -> /data/dir\n"), "{l3}");
+}
+
+#[test]
+fn multilayer_unpacks_to_the_expected_tree() {
+    require_root();
+    let im = images();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    cmd(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:latest", im.multilayer_oci.display()),
+            bundle.to_str().unwrap(),
+        ],
+    )
+    .assert_ok();
+    let data = bundle.join("rootfs/data");
+    assert!(!data.join("remove-me.txt").exists());
+    let mut replaced: Vec<String> = std::fs::read_dir(data.join("replace"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    replaced.sort();
+    assert_eq!(replaced, vec!["new.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(data.join("keep.txt")).unwrap(),
+        "keep\n"
+    );
+    assert!(data.join("emptydir").is_dir());
+    let a = std::fs::metadata(data.join("hl-src.txt")).unwrap();
+    let b = std::fs::metadata(data.join("hardlink")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "hardlink shares the inode");
+    assert_eq!(
+        std::fs::read_link(data.join("symlink")).unwrap(),
+        Path::new("keep.txt")
+    );
+    let a_txt = std::fs::metadata(data.join("dir/a.txt")).unwrap();
+    assert_eq!(a_txt.uid(), 1000);
+    assert_eq!(
+        std::fs::metadata(data.join("dir/b.txt")).unwrap().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn inspect_is_static_and_prints_key_values() {
+    require_root();
+    let im = images();
+    let f = cmd("file", &["-L", im.inspect.to_str().unwrap()]);
+    f.assert_ok();
+    assert!(
+        f.stdout.contains("statically linked") || f.stdout.contains("static-pie linked"),
+        "{f}"
+    );
+    let ldd = cmd("ldd", &[im.inspect.to_str().unwrap()]);
+    assert!(
+        !ldd.stdout.contains("libc.so"),
+        "inspect must not load shared libraries\n{ldd}"
+    );
+
+    // Inside the bare busybox rootfs (no libc there) it must still run.
+    let mut c = Command::new("chroot");
+    c.arg(&im.rootfs)
+        .args([
+            "/inspect",
+            "--print-user",
+            "--print-env=FOO",
+            "--print-env=UNSET_VAR",
+            "--stat=/home/user",
+            "--write-file=/tmp/x",
+            "--content=hello",
+            "--read-file=/tmp/x",
+            "--print-cwd",
+            "--check-syscall=getpid",
+            "--exit-code=5",
+        ])
+        .env("FOO", "bar baz")
+        .env_remove("UNSET_VAR");
+    let o = run_command(c, 30);
+    o.assert_code(5);
+    assert_eq!(o.expect_value("UID"), "0");
+    assert_eq!(o.expect_value("FOO"), "bar baz");
+    assert_eq!(o.expect_value("ENV_UNSET"), "UNSET_VAR");
+    assert_eq!(o.expect_value("STAT_UID"), "1000");
+    assert_eq!(o.expect_value("STAT_TYPE"), "dir");
+    assert_eq!(o.expect_value("CONTENT"), "hello");
+    assert_eq!(o.expect_value("CWD"), "/");
+    assert_eq!(o.expect_value("SYSCALL_getpid"), "OK");
+    // Output order follows flag order.
+    let keys: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter_map(|l| l.split('=').next())
+        .collect();
+    let pos = |k: &str| keys.iter().position(|x| *x == k).unwrap();
+    assert!(
+        pos("UID") < pos("FOO") && pos("FOO") < pos("STAT_UID") && pos("WROTE") < pos("CONTENT")
+    );
+    let _ = std::fs::remove_file(im.rootfs.join("tmp/x"));
+
+    // A failed action gives exit 1; a bad flag exit 2 without running anything.
+    let o = cmd(
+        im.inspect.to_str().unwrap(),
+        &["--read-file=/nonexistent/x"],
+    );
+    o.assert_code(1);
+    assert_eq!(o.expect_value("READ_ERRNO"), "ENOENT");
+    let o = cmd(im.inspect.to_str().unwrap(), &["--print-pid", "--bogus"]);
+    o.assert_code(2);
+    assert!(
+        o.stdout.is_empty() && o.stderr.contains("unknown flag"),
+        "{o}"
+    );
+}
+
+#[test]
+fn registry_serves_pushed_images() {
+    let im = images();
+    let reg = Registry::start();
+    let other = Registry::start();
+    assert_ne!(reg.addr, other.addr);
+    reg.push(&im.busybox_oci_ref(), "busybox:latest");
+    reg.push(&im.multilayer_oci_ref(), "test/multilayer:v1");
+    let info = cmd(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &reg.docker_ref("busybox:latest"),
+        ],
+    );
+    info.assert_ok();
+    let v = json(&info.stdout);
+    assert_eq!(v["Labels"]["org.example.test"], "busybox");
+    assert_eq!(
+        v["Layers"][0].as_str().unwrap(),
+        layer_digests(&im.busybox_oci_ref())[0]
+    );
+    let ml = cmd(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &reg.docker_ref("test/multilayer:v1"),
+        ],
+    );
+    ml.assert_ok();
+    assert_eq!(json(&ml.stdout)["Layers"].as_array().unwrap().len(), 4);
+    // The second registry has its own storage.
+    let missing = cmd(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &other.docker_ref("busybox:latest"),
+        ],
+    );
+    assert_ne!(missing.code, 0, "{missing}");
+}
+
+#[test]
+fn big_image_has_three_large_layers() {
+    let big = big_image();
+    let size = std::fs::metadata(big).unwrap().len();
+    assert!(size > 190_000_000, "big image is only {size} bytes");
+    let reference = format!("oci-archive:{}", big.display());
+    let raw = cmd("skopeo", &["--insecure-policy", "inspect", "--raw", &reference]);
+    raw.assert_ok();
+    let sizes: Vec<u64> = json(&raw.stdout)["layers"]
+        .as_array()
+        .expect("manifest layers")
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes.len(), 3, "{raw}");
+    assert!(sizes.iter().all(|s| *s > 65_000_000), "{sizes:?}");
+}
+
+#[test]
+fn env_cleanup_unmounts_and_kills_leftovers() {
+    require_root();
+    let env = RktEnv::new();
+    let root = env.dir.parent().unwrap().to_path_buf();
+    // What a failed pod test leaves behind: a mount (with a nested one) and a process inside.
+    let m = env.dir.join("pods/run/x/stage1/rootfs");
+    std::fs::create_dir_all(&m).unwrap();
+    cmd("mount", &["-t", "tmpfs", "tmpfs", m.to_str().unwrap()]).assert_ok();
+    std::fs::create_dir(m.join("sub")).unwrap();
+    cmd(
+        "mount",
+        &["-t", "tmpfs", "tmpfs", m.join("sub").to_str().unwrap()],
+    )
+    .assert_ok();
+    let mut sleeper = Command::new("sleep")
+        .arg("300")
+        .current_dir(m.join("sub"))
+        .spawn()
+        .unwrap();
+    assert_eq!(rkt_tests::mounts_under(&root).len(), 2);
+    drop(env);
+    let st = sleeper.wait().unwrap();
+    assert!(!st.success(), "the leftover process was killed");
+    assert!(rkt_tests::mounts_under(&root).is_empty());
+    assert!(!root.exists(), "{} removed", root.display());
+}
+
+#[test]
+fn rkt_child_runs_in_background() {
+    let env = RktEnv::new();
+    let mut c = Command::new("sh");
+    c.args(["-c", "echo started; sleep 0.3; echo done; exit 3"]);
+    let mut child = rkt_tests::RktChild::spawn_command(c, &env.scratch);
+    assert!(child.wait_for_stdout("started", 10));
+    let o = child.wait_timeout(10);
+    o.assert_code(3);
+    assert_eq!(o.stdout, "started\ndone\n");
+}
