@@ -359,7 +359,10 @@ fn big_image_has_three_large_layers() {
     let size = std::fs::metadata(big).unwrap().len();
     assert!(size > 190_000_000, "big image is only {size} bytes");
     let reference = format!("oci-archive:{}", big.display());
-    let raw = cmd("skopeo", &["--insecure-policy", "inspect", "--raw", &reference]);
+    let raw = cmd(
+        "skopeo",
+        &["--insecure-policy", "inspect", "--raw", &reference],
+    );
     raw.assert_ok();
     let sizes: Vec<u64> = json(&raw.stdout)["layers"]
         .as_array()
