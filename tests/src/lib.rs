@@ -116,6 +116,25 @@ impl RktEnv {
         }
     }
 
+    /// Changes the timeout of later [`RktEnv::rkt`] / [`RktEnv::rkt_with_stdin`] calls.
+    pub fn set_timeout(&mut self, secs: u64) {
+        self.timeout = Duration::from_secs(secs);
+    }
+
+    /// Runs `rkt fetch ARGS…`, panics unless it succeeds, and returns the image ID (the last
+    /// non-empty stdout line, as rkt prints it).
+    #[track_caller]
+    pub fn fetch_id(&self, args: &[&str]) -> String {
+        let mut full = vec!["fetch"];
+        full.extend_from_slice(args);
+        let out = self.rkt(&full);
+        out.assert_ok();
+        match out.stdout.lines().rev().find(|l| !l.trim().is_empty()) {
+            Some(id) => id.trim().to_string(),
+            None => panic!("rkt fetch printed no image ID\n{out}"),
+        }
+    }
+
     /// `rkt --dir=<dir> ARGS…` as a `Command`, for callers that need to customise it (env, cwd).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(rkt_bin());
