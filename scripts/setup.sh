@@ -10,6 +10,8 @@ if [ -x kernel-config/build.sh ]; then
   kernel-config/build.sh
 fi
 cargo build --release --workspace
+# The kvm guest init must be static; --target keeps these RUSTFLAGS off host build scripts.
+RUSTFLAGS="-C target-feature=+crt-static -C strip=debuginfo" cargo build --release -p rkt-guest-init --target x86_64-unknown-linux-gnu
 if [ -x images/build.sh ]; then
   images/build.sh target/demo-images >/dev/null
 fi

@@ -1,0 +1,734 @@
+//! guest-init: PID 1 of the stage1 kvm VM. Mounts the basics and the virtio-fs pod share, reads
+//! the guest pod spec, starts every app with stage2's set-up code (the same code the ns flavour
+//! runs), relays the apps' stdio and exit codes to the host over vsock, serves `rkt enter`
+//! sessions, and resets the VM when the pod is done. See docs/kvm.md.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::mount::{mount, MsFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
+use nix::unistd::{fork, ForkResult, Pid};
+use rkt_guest_init::proto::{self, Msg, Stream};
+use rkt_stage2::cgroup::{self, Layout};
+use rkt_stage2::spec::{AppSpec, PodSpec};
+use rkt_stage2::{app, supervisor};
+
+/// Exit code of an app whose set-up failed before exec (rkt's own-error code).
+const SETUP_FAILED: i32 = 254;
+
+fn log(msg: &str) {
+    // PID 1's stderr is the serial console: slow, so only for errors and --debug.
+    let _ = writeln!(std::io::stderr(), "guest-init: {msg}");
+}
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("guest-init: must run as PID 1 inside the stage1 kvm VM");
+        std::process::exit(2);
+    }
+    if let Err(e) = run() {
+        log(&format!("{e:#}"));
+    }
+    power_off();
+}
+
+fn power_off() -> ! {
+    // SAFETY: sync and reboot take no pointers. The kernel runs with reboot=k, so RB_AUTOBOOT
+    // resets through the i8042, which the VMM treats as the end of the VM.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Where the guest control connection goes: the host over vsock, or (no vsock device: testing
+/// under qemu) the serial console in a human-readable form.
+#[derive(Clone)]
+struct Control {
+    sock: Option<Arc<Mutex<File>>>,
+    names: Arc<Vec<String>>,
+}
+
+impl Control {
+    fn send(&self, m: &Msg) {
+        match &self.sock {
+            Some(s) => {
+                let mut f = s.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = proto::write_msg(&mut *f, m) {
+                    log(&format!("writing to the host: {e}"));
+                }
+            }
+            None => match m {
+                Msg::Data { stream, data, .. } => {
+                    let _ = if *stream == Stream::Stderr {
+                        std::io::stderr().write_all(data)
+                    } else {
+                        std::io::stdout().write_all(data)
+                    };
+                }
+                Msg::AppExited { app, code } => {
+                    let name = self
+                        .names
+                        .get(*app as usize)
+                        .map(String::as_str)
+                        .unwrap_or("?");
+                    println!("rkt-guest: app {name} exited {code}");
+                }
+                Msg::PodDone { code } => println!("rkt-guest: pod done {code}"),
+                Msg::Error { message } => println!("rkt-guest: error {message}"),
+                _ => {}
+            },
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    leave_initramfs_root().context("moving off the initramfs root")?;
+    mount_basics()?;
+    let spec_path = Path::new(proto::SHARE_MOUNT).join(proto::GUEST_SPEC_FILE);
+    if !spec_path.exists() {
+        mkdir(Path::new(proto::SHARE_MOUNT))?;
+        mount(
+            Some(proto::SHARE_TAG),
+            proto::SHARE_MOUNT,
+            Some("virtiofs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting the virtio-fs pod share")?;
+    }
+    let text =
+        std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
+    let pod: PodSpec = serde_json::from_slice(&text)
+        .with_context(|| format!("parsing {}", spec_path.display()))?;
+    let ctl = Control {
+        sock: connect_host(pod.debug).map(|f| Arc::new(Mutex::new(f))),
+        names: Arc::new(pod.apps.iter().map(|a| a.name.clone()).collect()),
+    };
+    match supervise_pod(&pod, &ctl) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            ctl.send(&Msg::Error {
+                message: format!("{e:#}"),
+            });
+            finish(&ctl, None);
+            Err(e)
+        }
+    }
+}
+
+/// pivot_root(2) refuses to move the initramfs (the namespace's root mount), and stage2 pivots
+/// every app. So first mount an empty tmpfs over `/` and chroot into it, like switch_root does
+/// (nothing from the initramfs is needed once we run); the apps' mount namespaces then have a root mount that can be pivoted.
+fn leave_initramfs_root() -> anyhow::Result<()> {
+    let new = Path::new("/newroot");
+    mkdir(new)?;
+    mount(
+        Some("tmpfs"),
+        new,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .context("tmpfs root")?;
+    std::env::set_current_dir(new)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("moving the new root")?;
+    nix::unistd::chroot(".").context("chroot")?;
+    std::env::set_current_dir("/")?;
+    Ok(())
+}
+
+fn mkdir(p: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
+}
+
+/// (source, target, fs type, flags, data, required)
+type MountRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    MsFlags,
+    Option<&'static str>,
+    bool,
+);
+
+fn mount_basics() -> anyhow::Result<()> {
+    let nsd = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let table: [MountRow; 7] = [
+        (
+            "proc",
+            "/proc",
+            "proc",
+            nsd | MsFlags::MS_NOEXEC,
+            None,
+            true,
+        ),
+        (
+            "sysfs",
+            "/sys",
+            "sysfs",
+            nsd | MsFlags::MS_NOEXEC,
+            None,
+            true,
+        ),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+            true,
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("gid=5,mode=0620,ptmxmode=0666"),
+            true,
+        ),
+        ("shm", "/dev/shm", "tmpfs", nsd, Some("mode=1777"), true),
+        ("tmpfs", "/run", "tmpfs", nsd, Some("mode=0755"), true),
+        // Without cgroup2 the pod still runs; only --memory/--cpu limits then fail.
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nsd | MsFlags::MS_NOEXEC,
+            None,
+            false,
+        ),
+    ];
+    for (src, dst, fstype, flags, data, required) in table {
+        let _ = std::fs::create_dir_all(dst);
+        match mount(Some(src), dst, Some(fstype), flags, data) {
+            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) if required => bail!("mounting {fstype} on {dst}: {e}"),
+            Err(e) => log(&format!("mounting {fstype} on {dst}: {e} (continuing)")),
+        }
+    }
+    Ok(())
+}
+
+fn connect_host(debug: bool) -> Option<File> {
+    let attempt = || -> nix::Result<File> {
+        let fd = socket::socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        socket::connect(
+            fd.as_raw_fd(),
+            &VsockAddr::new(proto::HOST_CID, proto::CONTROL_PORT),
+        )?;
+        Ok(File::from(fd))
+    };
+    match attempt() {
+        Ok(mut f) => match proto::handshake(&mut f) {
+            Ok(()) => Some(f),
+            Err(e) => {
+                log(&format!("host handshake: {e}"));
+                None
+            }
+        },
+        Err(e) => {
+            if debug {
+                log(&format!(
+                    "no vsock connection to the host ({e}); reporting on the console"
+                ));
+            }
+            None
+        }
+    }
+}
+
+fn set_hostname_and_lo(pod: &PodSpec) -> anyhow::Result<()> {
+    nix::unistd::sethostname(&pod.hostname).context("sethostname")?;
+    let s = socket::socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("socket for lo")?;
+    // SAFETY: ifreq is plain data; SIOC[GS]IFFLAGS read/write one ifreq.
+    unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            return Err(std::io::Error::last_os_error()).context("reading lo flags");
+        }
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
+            return Err(std::io::Error::last_os_error()).context("bringing lo up");
+        }
+    }
+    Ok(())
+}
+
+fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")
+}
+
+/// Copies one app stream to the host until EOF, then reports the end on `done`.
+fn relay(fd: OwnedFd, chan: u32, stream: Stream, ctl: Control, done: mpsc::Sender<()>) {
+    let mut f = File::from(fd);
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => ctl.send(&Msg::Data {
+                chan,
+                stream,
+                data: buf[..n].to_vec(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    ctl.send(&Msg::Eof { chan, stream });
+    let _ = done.send(());
+}
+
+fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
+    if pod.interactive {
+        bail!("interactive apps are not supported on stage1 kvm yet");
+    }
+    set_hostname_and_lo(pod)?;
+    let layout = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        Some(Layout::V2 {
+            root: "/sys/fs/cgroup".into(),
+        })
+    } else {
+        None
+    };
+    let sfd = supervisor::take_signals()?;
+    let (closed_tx, closed_rx) = mpsc::channel();
+    if let Some(s) = &ctl.sock {
+        let reader = s
+            .lock()
+            .unwrap()
+            .try_clone()
+            .context("cloning the control socket")?;
+        std::thread::spawn(move || control_reader(reader, closed_tx));
+    }
+    let pod_arc = Arc::new(pod.clone());
+    let pids: Arc<Mutex<HashMap<String, i32>>> = Arc::default();
+    {
+        let (pod_arc, pids, layout) = (pod_arc.clone(), pids.clone(), layout.clone());
+        std::thread::spawn(move || {
+            if let Err(e) = enter_listener(&pod_arc, &pids, layout.as_ref()) {
+                log(&format!("rkt enter is unavailable: {e:#}"));
+            }
+        });
+    }
+    let drains: std::cell::RefCell<HashMap<String, mpsc::Receiver<()>>> = Default::default();
+    let index = |name: &str| pod.apps.iter().position(|a| a.name == name).unwrap_or(0) as u32;
+    let mut launch = |a: &AppSpec| -> anyhow::Result<Pid> {
+        let chan = index(&a.name);
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        // SAFETY: the child only sets itself up and execs (or _exits).
+        match unsafe { fork() }.context("fork")? {
+            ForkResult::Child => {
+                supervisor::reset_signals_in_child();
+                let e = app_child(pod, a, &out_w, &err_w, layout.as_ref());
+                let _ = writeln!(std::io::stderr(), "rkt: app {:?}: {e:#}", a.name);
+                // SAFETY: leaving the forked child without running the parent's destructors.
+                unsafe { libc::_exit(SETUP_FAILED) }
+            }
+            ForkResult::Parent { child } => {
+                drop((out_w, err_w));
+                let (tx, rx) = mpsc::channel();
+                for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+                    let (c, tx) = (ctl.clone(), tx.clone());
+                    std::thread::spawn(move || relay(fd, chan, stream, c, tx));
+                }
+                drains.borrow_mut().insert(a.name.clone(), rx);
+                pids.lock().unwrap().insert(a.name.clone(), child.as_raw());
+                ctl.send(&Msg::AppStarted {
+                    app: chan,
+                    pid: child.as_raw() as u32,
+                });
+                Ok(child)
+            }
+        }
+    };
+    let mut on_exit = |name: &str, code: i32| {
+        pids.lock().unwrap().remove(name);
+        // The app's last output must reach the host before its exit does; a daemon it left
+        // holding the pipes must not hold the pod up, hence the bound.
+        if let Some(rx) = drains.borrow_mut().remove(name) {
+            for _ in 0..2 {
+                if rx.recv_timeout(Duration::from_secs(2)).is_err() {
+                    break;
+                }
+            }
+        }
+        ctl.send(&Msg::AppExited {
+            app: index(name),
+            code,
+        });
+    };
+    let code = supervisor::supervise(
+        pod,
+        &sfd,
+        &mut launch,
+        &mut on_exit,
+        None,
+        supervisor::STOP_TIMEOUT,
+    );
+    finish(ctl, Some((code, closed_rx)));
+    Ok(())
+}
+
+/// Reports the pod's end and waits (bounded) until the host has read it, so the reset that follows
+/// cannot lose the last frames.
+fn finish(ctl: &Control, done: Option<(i32, mpsc::Receiver<()>)>) {
+    let code = done.as_ref().map(|(c, _)| *c).unwrap_or(SETUP_FAILED);
+    ctl.send(&Msg::PodDone { code });
+    if let Some(s) = &ctl.sock {
+        let f = s.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = socket::shutdown(f.as_raw_fd(), socket::Shutdown::Write);
+    }
+    if let (Some(_), Some((_, rx))) = (&ctl.sock, done) {
+        let _ = rx.recv_timeout(Duration::from_secs(10));
+    }
+}
+
+/// Host -> guest messages on the control connection. A Stop becomes a SIGTERM to ourselves, which
+/// the stage2 supervisor turns into the graceful stop (SIGKILL after its timeout).
+fn control_reader(mut sock: File, closed: mpsc::Sender<()>) {
+    loop {
+        match proto::read_msg(&mut sock) {
+            Ok(Some(Msg::Stop { .. })) => {
+                let _ = kill(Pid::from_raw(1), Signal::SIGTERM);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                log(&format!("control connection: {e}"));
+                break;
+            }
+        }
+    }
+    let _ = closed.send(());
+}
+
+/// In the app's child process: stdio, own mount namespace, cgroup, then stage2 sets up the root
+/// and execs the app. Returns only on failure.
+fn app_child(
+    pod: &PodSpec,
+    a: &AppSpec,
+    out: &OwnedFd,
+    err: &OwnedFd,
+    layout: Option<&Layout>,
+) -> anyhow::Error {
+    let r = (|| -> anyhow::Result<()> {
+        nix::unistd::setsid().context("setsid")?;
+        let null = nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_RDWR,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        // SAFETY: dup2 onto the standard descriptors.
+        unsafe {
+            libc::dup2(null, 0);
+            libc::dup2(out.as_raw_fd(), 1);
+            libc::dup2(err.as_raw_fd(), 2);
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+            .context("unshare mount namespace")?;
+        if let Some(l) = layout {
+            cgroup::create_app(l, &pod.uuid, a)?;
+            cgroup::join(l, &cgroup::app_path(&pod.uuid, &a.name), 0)?;
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+                .context("unshare cgroup namespace")?;
+        } else if a.memory_limit.is_some() || a.cpu_millis.is_some() || a.cpu_shares.is_some() {
+            bail!("the guest kernel has no cgroup2 filesystem for --memory/--cpu");
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        return e;
+    }
+    let root = PathBuf::from("/run/rkt/apps").join(&a.name);
+    app::setup_and_exec(a, pod, &root, layout)
+}
+
+fn enter_listener(
+    pod: &Arc<PodSpec>,
+    pids: &Arc<Mutex<HashMap<String, i32>>>,
+    layout: Option<&Layout>,
+) -> anyhow::Result<()> {
+    let fd = socket::socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("vsock socket")?;
+    socket::bind(
+        fd.as_raw_fd(),
+        &VsockAddr::new(libc::VMADDR_CID_ANY, proto::ENTER_PORT),
+    )
+    .context("bind")?;
+    socket::listen(&fd, socket::Backlog::new(8).unwrap()).context("listen")?;
+    loop {
+        let c = match socket::accept4(fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+            Ok(c) => c,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => bail!("accept: {e}"),
+        };
+        // SAFETY: accept4 returned a new fd we own.
+        let conn = unsafe { File::from_raw_fd(c) };
+        // A session is its own process: it is the parent of the command and so can wait for its
+        // exit code, while PID 1's supervisor merely reaps the session process.
+        let snapshot = pids.lock().unwrap().clone();
+        // SAFETY: the child runs the session to completion and _exits.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                let code = match enter_session(conn, pod, &snapshot, layout) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        log(&format!("enter session: {e:#}"));
+                        1
+                    }
+                };
+                // SAFETY: leaving the forked child.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(ForkResult::Parent { .. }) => drop(conn),
+            Err(e) => log(&format!("fork for enter: {e}")),
+        }
+    }
+}
+
+fn enter_session(
+    mut conn: File,
+    pod: &PodSpec,
+    pids: &HashMap<String, i32>,
+    layout: Option<&Layout>,
+) -> anyhow::Result<()> {
+    proto::handshake(&mut conn)?;
+    let (name, cmd, env) = match proto::read_msg(&mut conn)? {
+        Some(Msg::Enter { app, cmd, env, .. }) => (app, cmd, env),
+        other => bail!("expected Enter, got {other:?}"),
+    };
+    let refuse = |conn: &mut File, m: String| -> anyhow::Result<()> {
+        proto::write_msg(conn, &Msg::Error { message: m.clone() })?;
+        bail!(m)
+    };
+    let Some(a) = pod.apps.iter().find(|a| a.name == name) else {
+        return refuse(&mut conn, format!("no app {name:?} in the pod"));
+    };
+    let Some(&pid) = pids.get(&name) else {
+        return refuse(&mut conn, format!("app {name:?} is not running"));
+    };
+    if cmd.is_empty() {
+        return refuse(&mut conn, "no command to run".into());
+    }
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    // SAFETY: the child sets itself up and execs (or _exits).
+    let child = match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            supervisor::reset_signals_in_child();
+            let e = enter_child(pod, a, pid, cmd, env, [&in_r, &out_w, &err_w], layout);
+            let _ = writeln!(std::io::stderr(), "rkt: enter: {e:#}");
+            // SAFETY: leaving the forked child.
+            unsafe { libc::_exit(SETUP_FAILED) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop((in_r, out_w, err_w));
+    relay_session(&mut conn, child, in_w, out_r, err_r)
+}
+
+fn enter_child(
+    pod: &PodSpec,
+    a: &AppSpec,
+    pid: i32,
+    cmd: Vec<String>,
+    env: Vec<(String, String)>,
+    stdio: [&OwnedFd; 3],
+    layout: Option<&Layout>,
+) -> anyhow::Error {
+    let r = (|| -> anyhow::Result<()> {
+        nix::unistd::setsid().context("setsid")?;
+        for (i, fd) in stdio.iter().enumerate() {
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe { libc::dup2(fd.as_raw_fd(), i as i32) };
+        }
+        if let Some(l) = layout {
+            cgroup::join(l, &cgroup::app_path(&pod.uuid, &a.name), 0)?;
+        }
+        let ns = File::open(format!("/proc/{pid}/ns/mnt"))
+            .context("opening the app's mount namespace")?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS).context("setns")?;
+        Ok(())
+    })();
+    if let Err(e) = r {
+        return e;
+    }
+    // As rkt's enter: root, with the app's environment (plus the caller's additions), working
+    // directory, capability bounding set and seccomp filter.
+    let mut entered = a.clone();
+    entered.exec = cmd;
+    entered.user = "0".into();
+    entered.group = "0".into();
+    entered.supplementary_gids = vec![];
+    for (k, v) in env {
+        entered.env.retain(|(ek, _)| *ek != k);
+        entered.env.push((k, v));
+    }
+    match app::exec_as_app(&entered, pod, Path::new("/")) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// Relays an enter session: host stdin to the command, its stdout/stderr to the host, then its
+/// exit status. Single-threaded (we are a freshly forked process).
+fn relay_session(
+    conn: &mut File,
+    child: Pid,
+    in_w: OwnedFd,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+) -> anyhow::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    let mut stdin = Some(File::from(in_w));
+    let mut outs: Vec<(Option<File>, Stream)> = vec![
+        (Some(File::from(out_r)), Stream::Stdout),
+        (Some(File::from(err_r)), Stream::Stderr),
+    ];
+    let mut conn_open = true;
+    let mut status = None;
+    let mut after_exit = 0;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        if status.is_none() {
+            if let Ok(st) = waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                status = supervisor::exit_code(&st);
+            }
+        }
+        let outs_open = outs.iter().any(|(f, _)| f.is_some());
+        // After the exit, give output a short while (a background child may hold the pipes).
+        if status.is_some() && (!outs_open || after_exit >= 10) {
+            break;
+        }
+        if status.is_some() {
+            after_exit += 1;
+        }
+        let conn_dup = conn.try_clone()?;
+        let mut fds: Vec<PollFd> = Vec::new();
+        let mut which = Vec::new();
+        for (i, (f, _)) in outs.iter().enumerate() {
+            if let Some(f) = f {
+                fds.push(PollFd::new(std::os::fd::AsFd::as_fd(f), PollFlags::POLLIN));
+                which.push(i as i32);
+            }
+        }
+        if conn_open {
+            fds.push(PollFd::new(
+                std::os::fd::AsFd::as_fd(&conn_dup),
+                PollFlags::POLLIN,
+            ));
+            which.push(-1);
+        }
+        let _ = poll(&mut fds, PollTimeout::from(100u8));
+        let ready: Vec<(i32, bool)> = fds
+            .iter()
+            .zip(&which)
+            .map(|(f, w)| (*w, f.revents().map(|r| !r.is_empty()).unwrap_or(false)))
+            .collect();
+        drop(fds);
+        for (w, r) in ready {
+            if !r {
+                continue;
+            }
+            if w < 0 {
+                match proto::read_msg(conn) {
+                    Ok(Some(Msg::Data {
+                        stream: Stream::Stdin,
+                        data,
+                        ..
+                    })) => {
+                        if let Some(s) = stdin.as_mut() {
+                            if s.write_all(&data).is_err() {
+                                stdin = None;
+                            }
+                        }
+                    }
+                    Ok(Some(Msg::Eof {
+                        stream: Stream::Stdin,
+                        ..
+                    })) => stdin = None,
+                    Ok(Some(Msg::Stop { .. })) => {
+                        let _ = kill(child, Signal::SIGTERM);
+                    }
+                    Ok(Some(_)) => {}
+                    // The host went away: nobody reads the output any more.
+                    Ok(None) | Err(_) => {
+                        conn_open = false;
+                        stdin = None;
+                        let _ = kill(child, Signal::SIGKILL);
+                    }
+                }
+            } else {
+                let (f, stream) = &mut outs[w as usize];
+                let n = f.as_mut().map(|f| f.read(&mut buf)).unwrap_or(Ok(0));
+                match n {
+                    Ok(n) if n > 0 => {
+                        if conn_open {
+                            proto::write_msg(
+                                conn,
+                                &Msg::Data {
+                                    chan: 0,
+                                    stream: *stream,
+                                    data: buf[..n].to_vec(),
+                                },
+                            )?;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    _ => {
+                        *f = None;
+                        if conn_open {
+                            proto::write_msg(
+                                conn,
+                                &Msg::Eof {
+                                    chan: 0,
+                                    stream: *stream,
+                                },
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let code = status.unwrap_or(SETUP_FAILED);
+    if conn_open {
+        proto::write_msg(conn, &Msg::Exited { code })?;
+    }
+    Ok(())
+}

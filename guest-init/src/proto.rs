@@ -1,0 +1,588 @@
+//! The host<->guest protocol of stage1 kvm, version [`VERSION`].
+//!
+//! Transport: virtio-vsock stream connections. The guest init connects to the host
+//! ([`HOST_CID`], [`CONTROL_PORT`]) once it has read the pod spec; that connection carries app
+//! stdio, app start/exit events, the pod's end and the host's stop request. For `rkt enter` the host
+//! connects to the guest on [`ENTER_PORT`]; each such connection is one command session.
+//!
+//! Framing: `u32` little-endian body length, then the body: one tag byte and the fields of that
+//! message (integers little-endian, strings and byte strings as `u32` length + bytes, lists as
+//! `u32` count + items). Bodies are at most [`MAX_FRAME`] bytes. Every connection starts with a
+//! [`Msg::Hello`] from each side; a peer with another version is refused.
+//!
+//! The host must never trust the guest: decoding checks every length against what is left, rejects
+//! trailing bytes, unknown tags and invalid UTF-8, and never panics.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// Bumped on any incompatible change of the messages below.
+pub const VERSION: u32 = 1;
+/// Largest frame body accepted or produced.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Largest stdio chunk put in one [`Msg::Data`] (leaves room for the header).
+pub const MAX_DATA: usize = 64 * 1024;
+/// vsock CID of the host.
+pub const HOST_CID: u32 = 2;
+/// Host port the guest init connects to for control and app stdio.
+pub const CONTROL_PORT: u32 = 1024;
+/// Guest port the host connects to for `rkt enter`.
+pub const ENTER_PORT: u32 = 1025;
+/// virtio-fs tag of the shared pod directory, and where the guest mounts it.
+pub const SHARE_TAG: &str = "rkt";
+pub const SHARE_MOUNT: &str = "/rkt";
+/// The guest copy of the pod spec, relative to the pod directory (paths in it are guest paths).
+pub const GUEST_SPEC_FILE: &str = "stage1/guest-spec.json";
+
+/// Which standard stream a [`Msg::Data`] / [`Msg::Eof`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdin,
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn to_u8(self) -> u8 {
+        match self {
+            Stream::Stdin => 0,
+            Stream::Stdout => 1,
+            Stream::Stderr => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> Result<Stream, ProtoError> {
+        Ok(match v {
+            0 => Stream::Stdin,
+            1 => Stream::Stdout,
+            2 => Stream::Stderr,
+            _ => return Err(ProtoError::Malformed(format!("unknown stream {v}"))),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// First message on every connection, both directions.
+    Hello { version: u32 },
+    /// guest -> host: app number `app` (index in the pod spec) runs as guest pid `pid`.
+    AppStarted { app: u32, pid: u32 },
+    /// guest -> host: the app ended; `code` is its exit status, or 128 + signal.
+    AppExited { app: u32, code: i32 },
+    /// guest -> host: every app ended; `rkt run` exits with `code`. The guest then powers off.
+    PodDone { code: i32 },
+    /// host -> guest: stop the apps (SIGTERM, SIGKILL after `timeout_ms`).
+    Stop { timeout_ms: u32 },
+    /// host -> guest on an enter connection: run `cmd` in app `app`'s namespaces.
+    Enter {
+        app: String,
+        cmd: Vec<String>,
+        env: Vec<(String, String)>,
+        tty: bool,
+    },
+    /// Stdio bytes. `chan` is the app index on the control connection, 0 on an enter connection.
+    Data {
+        chan: u32,
+        stream: Stream,
+        data: Vec<u8>,
+    },
+    /// The stream ended (stdin: the host's input closed).
+    Eof { chan: u32, stream: Stream },
+    /// guest -> host on an enter connection: the command's exit status.
+    Exited { code: i32 },
+    /// Either way: a fatal problem, one line. The sender closes the connection after it.
+    Error { message: String },
+}
+
+#[derive(Debug)]
+pub enum ProtoError {
+    Io(io::Error),
+    /// The peer sent a frame larger than [`MAX_FRAME`].
+    TooLarge(usize),
+    /// Bad content: unknown tag, truncated field, trailing bytes, invalid UTF-8...
+    Malformed(String),
+    /// The peer speaks another protocol version.
+    Version(u32),
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtoError::Io(e) => write!(f, "{e}"),
+            ProtoError::TooLarge(n) => {
+                write!(f, "frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+            }
+            ProtoError::Malformed(m) => write!(f, "malformed message: {m}"),
+            ProtoError::Version(v) => {
+                write!(f, "peer speaks protocol version {v}, we speak {VERSION}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+impl From<io::Error> for ProtoError {
+    fn from(e: io::Error) -> Self {
+        ProtoError::Io(e)
+    }
+}
+
+mod tag {
+    pub const HELLO: u8 = 1;
+    pub const APP_STARTED: u8 = 2;
+    pub const APP_EXITED: u8 = 3;
+    pub const POD_DONE: u8 = 4;
+    pub const STOP: u8 = 5;
+    pub const ENTER: u8 = 6;
+    pub const DATA: u8 = 7;
+    pub const EOF: u8 = 8;
+    pub const EXITED: u8 = 9;
+    pub const ERROR: u8 = 10;
+}
+
+fn put_u32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
+    put_u32(b, v.len() as u32);
+    b.extend_from_slice(v);
+}
+
+impl Msg {
+    /// The frame body (tag + fields), without the length prefix.
+    pub fn encode_body(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        match self {
+            Msg::Hello { version } => {
+                b.push(tag::HELLO);
+                put_u32(&mut b, *version);
+            }
+            Msg::AppStarted { app, pid } => {
+                b.push(tag::APP_STARTED);
+                put_u32(&mut b, *app);
+                put_u32(&mut b, *pid);
+            }
+            Msg::AppExited { app, code } => {
+                b.push(tag::APP_EXITED);
+                put_u32(&mut b, *app);
+                put_u32(&mut b, *code as u32);
+            }
+            Msg::PodDone { code } => {
+                b.push(tag::POD_DONE);
+                put_u32(&mut b, *code as u32);
+            }
+            Msg::Stop { timeout_ms } => {
+                b.push(tag::STOP);
+                put_u32(&mut b, *timeout_ms);
+            }
+            Msg::Enter { app, cmd, env, tty } => {
+                b.push(tag::ENTER);
+                put_bytes(&mut b, app.as_bytes());
+                put_u32(&mut b, cmd.len() as u32);
+                for a in cmd {
+                    put_bytes(&mut b, a.as_bytes());
+                }
+                put_u32(&mut b, env.len() as u32);
+                for (k, v) in env {
+                    put_bytes(&mut b, k.as_bytes());
+                    put_bytes(&mut b, v.as_bytes());
+                }
+                b.push(*tty as u8);
+            }
+            Msg::Data { chan, stream, data } => {
+                b.push(tag::DATA);
+                put_u32(&mut b, *chan);
+                b.push(stream.to_u8());
+                put_bytes(&mut b, data);
+            }
+            Msg::Eof { chan, stream } => {
+                b.push(tag::EOF);
+                put_u32(&mut b, *chan);
+                b.push(stream.to_u8());
+            }
+            Msg::Exited { code } => {
+                b.push(tag::EXITED);
+                put_u32(&mut b, *code as u32);
+            }
+            Msg::Error { message } => {
+                b.push(tag::ERROR);
+                put_bytes(&mut b, message.as_bytes());
+            }
+        }
+        b
+    }
+
+    /// Length prefix + body. Fails (instead of producing a frame the peer would refuse) when the
+    /// body would exceed [`MAX_FRAME`].
+    pub fn encode(&self) -> Result<Vec<u8>, ProtoError> {
+        let body = self.encode_body();
+        if body.len() > MAX_FRAME {
+            return Err(ProtoError::TooLarge(body.len()));
+        }
+        let mut out = Vec::with_capacity(4 + body.len());
+        put_u32(&mut out, body.len() as u32);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Parses one frame body. Never panics; the whole body must be consumed.
+    pub fn decode_body(body: &[u8]) -> Result<Msg, ProtoError> {
+        let mut r = Cursor { buf: body, pos: 0 };
+        let t = r.u8()?;
+        let m = match t {
+            tag::HELLO => Msg::Hello { version: r.u32()? },
+            tag::APP_STARTED => Msg::AppStarted {
+                app: r.u32()?,
+                pid: r.u32()?,
+            },
+            tag::APP_EXITED => Msg::AppExited {
+                app: r.u32()?,
+                code: r.u32()? as i32,
+            },
+            tag::POD_DONE => Msg::PodDone {
+                code: r.u32()? as i32,
+            },
+            tag::STOP => Msg::Stop {
+                timeout_ms: r.u32()?,
+            },
+            tag::ENTER => {
+                let app = r.string()?;
+                let n = r.count(4)?;
+                let mut cmd = Vec::with_capacity(n);
+                for _ in 0..n {
+                    cmd.push(r.string()?);
+                }
+                let n = r.count(8)?;
+                let mut env = Vec::with_capacity(n);
+                for _ in 0..n {
+                    env.push((r.string()?, r.string()?));
+                }
+                let tty = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    v => return Err(ProtoError::Malformed(format!("bad tty flag {v}"))),
+                };
+                Msg::Enter { app, cmd, env, tty }
+            }
+            tag::DATA => Msg::Data {
+                chan: r.u32()?,
+                stream: Stream::from_u8(r.u8()?)?,
+                data: r.bytes()?.to_vec(),
+            },
+            tag::EOF => Msg::Eof {
+                chan: r.u32()?,
+                stream: Stream::from_u8(r.u8()?)?,
+            },
+            tag::EXITED => Msg::Exited {
+                code: r.u32()? as i32,
+            },
+            tag::ERROR => Msg::Error {
+                message: r.string()?,
+            },
+            t => return Err(ProtoError::Malformed(format!("unknown message tag {t}"))),
+        };
+        if r.pos != body.len() {
+            return Err(ProtoError::Malformed(format!(
+                "{} trailing bytes after message tag {t}",
+                body.len() - r.pos
+            )));
+        }
+        Ok(m)
+    }
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
+        let left = self.buf.len() - self.pos;
+        if n > left {
+            return Err(ProtoError::Malformed(format!(
+                "field of {n} bytes but only {left} left"
+            )));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, ProtoError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtoError> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], ProtoError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, ProtoError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec())
+            .map_err(|_| ProtoError::Malformed("string is not UTF-8".into()))
+    }
+
+    /// A list count, checked against the bytes left (each item needs at least `min_item` bytes)
+    /// so a hostile count cannot make us reserve gigabytes.
+    fn count(&mut self, min_item: usize) -> Result<usize, ProtoError> {
+        let n = self.u32()? as usize;
+        let left = self.buf.len() - self.pos;
+        if n.saturating_mul(min_item) > left {
+            return Err(ProtoError::Malformed(format!(
+                "list of {n} items does not fit in {left} bytes"
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Writes one frame.
+pub fn write_msg<W: Write + ?Sized>(w: &mut W, m: &Msg) -> Result<(), ProtoError> {
+    w.write_all(&m.encode()?)?;
+    Ok(())
+}
+
+/// Reads one frame. `Ok(None)`: the peer closed the connection between frames.
+pub fn read_msg<R: Read + ?Sized>(r: &mut R) -> Result<Option<Msg>, ProtoError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(ProtoError::Malformed(
+                    "connection closed inside a frame header".into(),
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(ProtoError::TooLarge(n));
+    }
+    if n == 0 {
+        return Err(ProtoError::Malformed("empty frame".into()));
+    }
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            ProtoError::Malformed("connection closed inside a frame".into())
+        } else {
+            e.into()
+        }
+    })?;
+    Msg::decode_body(&body).map(Some)
+}
+
+/// Sends our Hello and checks the peer's. Both sides call it first on a new connection.
+pub fn handshake<S: Read + Write + ?Sized>(s: &mut S) -> Result<(), ProtoError> {
+    write_msg(s, &Msg::Hello { version: VERSION })?;
+    match read_msg(s)? {
+        Some(Msg::Hello { version }) if version == VERSION => Ok(()),
+        Some(Msg::Hello { version }) => Err(ProtoError::Version(version)),
+        Some(other) => Err(ProtoError::Malformed(format!(
+            "expected Hello, got {other:?}"
+        ))),
+        None => Err(ProtoError::Malformed(
+            "connection closed before Hello".into(),
+        )),
+    }
+}
+
+/// Splits stdio bytes into [`Msg::Data`] frames of at most [`MAX_DATA`] bytes.
+pub fn data_frames(chan: u32, stream: Stream, data: &[u8]) -> impl Iterator<Item = Msg> + '_ {
+    data.chunks(MAX_DATA).map(move |c| Msg::Data {
+        chan,
+        stream,
+        data: c.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Msg> {
+        vec![
+            Msg::Hello { version: VERSION },
+            Msg::AppStarted { app: 3, pid: 42 },
+            Msg::AppExited { app: 0, code: -1 },
+            Msg::AppExited { app: 1, code: 137 },
+            Msg::PodDone { code: 7 },
+            Msg::Stop { timeout_ms: 10_000 },
+            Msg::Enter {
+                app: "web".into(),
+                cmd: vec!["/bin/sh".into(), "-c".into(), "echo ü".into()],
+                env: vec![("A".into(), "b=c".into()), ("EMPTY".into(), String::new())],
+                tty: true,
+            },
+            Msg::Enter {
+                app: String::new(),
+                cmd: vec![],
+                env: vec![],
+                tty: false,
+            },
+            Msg::Data {
+                chan: 2,
+                stream: Stream::Stderr,
+                data: (0..=255).collect(),
+            },
+            Msg::Data {
+                chan: 0,
+                stream: Stream::Stdin,
+                data: vec![],
+            },
+            Msg::Eof {
+                chan: 1,
+                stream: Stream::Stdout,
+            },
+            Msg::Exited { code: 255 },
+            Msg::Error {
+                message: "no such app \"x\"".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_a_stream() {
+        let mut wire = Vec::new();
+        for m in all() {
+            write_msg(&mut wire, &m).unwrap();
+        }
+        let mut r = &wire[..];
+        for m in all() {
+            assert_eq!(read_msg(&mut r).unwrap(), Some(m));
+        }
+        assert_eq!(read_msg(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_both_ways() {
+        let mut wire = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+        wire.extend_from_slice(&[tag::HELLO, 1, 0, 0, 0]);
+        assert!(
+            matches!(read_msg(&mut &wire[..]), Err(ProtoError::TooLarge(n)) if n == MAX_FRAME + 1)
+        );
+        let huge = Msg::Data {
+            chan: 0,
+            stream: Stream::Stdout,
+            data: vec![0; MAX_FRAME],
+        };
+        assert!(matches!(huge.encode(), Err(ProtoError::TooLarge(_))));
+        let mut sink = Vec::new();
+        assert!(write_msg(&mut sink, &huge).is_err());
+        assert!(sink.is_empty(), "nothing half-written");
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        let bad: Vec<Vec<u8>> = vec![
+            vec![],                                     // no tag
+            vec![0],                                    // unknown tag
+            vec![200, 1, 2],                            // unknown tag
+            vec![tag::HELLO, 1, 0],                     // truncated u32
+            vec![tag::HELLO, 1, 0, 0, 0, 9],            // trailing byte
+            vec![tag::ERROR, 5, 0, 0, 0, b'a'],         // string longer than the body
+            vec![tag::ERROR, 2, 0, 0, 0, 0xff, 0xfe],   // invalid UTF-8
+            vec![tag::DATA, 0, 0, 0, 0, 3, 0, 0, 0, 0], // unknown stream 3
+            vec![tag::EOF, 0, 0, 0, 0],                 // missing stream
+            // Enter with a huge command count: must not try to allocate for it.
+            vec![tag::ENTER, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+            // Enter with a bad tty flag.
+            vec![tag::ENTER, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        ];
+        for b in bad {
+            assert!(
+                matches!(Msg::decode_body(&b), Err(ProtoError::Malformed(_))),
+                "accepted {b:?}"
+            );
+        }
+        // Every truncation of every valid body is rejected too.
+        for m in all() {
+            let body = m.encode_body();
+            for cut in 0..body.len() {
+                assert!(
+                    Msg::decode_body(&body[..cut]).is_err(),
+                    "accepted {m:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_streams_and_empty_frames_are_errors() {
+        let wire = Msg::Stop { timeout_ms: 5 }.encode().unwrap();
+        for cut in 1..wire.len() {
+            assert!(
+                read_msg(&mut &wire[..cut]).is_err(),
+                "accepted a frame cut at {cut}"
+            );
+        }
+        assert!(matches!(
+            read_msg(&mut &[0u8, 0, 0, 0][..]),
+            Err(ProtoError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn handshake_checks_the_version() {
+        struct Duplex {
+            input: std::io::Cursor<Vec<u8>>,
+            output: Vec<u8>,
+        }
+        impl Read for Duplex {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                self.input.read(b)
+            }
+        }
+        impl Write for Duplex {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.output.write(b)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let peer = |m: Msg| Duplex {
+            input: std::io::Cursor::new(m.encode().unwrap()),
+            output: Vec::new(),
+        };
+        let mut ok = peer(Msg::Hello { version: VERSION });
+        handshake(&mut ok).unwrap();
+        assert_eq!(
+            read_msg(&mut &ok.output[..]).unwrap(),
+            Some(Msg::Hello { version: VERSION })
+        );
+        assert!(matches!(
+            handshake(&mut peer(Msg::Hello { version: 99 })),
+            Err(ProtoError::Version(99))
+        ));
+        assert!(matches!(
+            handshake(&mut peer(Msg::PodDone { code: 0 })),
+            Err(ProtoError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn stdio_is_chunked() {
+        let data = vec![7u8; MAX_DATA * 2 + 1];
+        let frames: Vec<Msg> = data_frames(4, Stream::Stdout, &data).collect();
+        assert_eq!(frames.len(), 3);
+        for f in &frames {
+            assert!(f.encode().is_ok());
+        }
+        assert!(matches!(&frames[2], Msg::Data { data, chan: 4, .. } if data.len() == 1));
+    }
+}
