@@ -413,3 +413,116 @@ fn rkt_child_runs_in_background() {
     o.assert_code(3);
     assert_eq!(o.stdout, "started\ndone\n");
 }
+
+/// inspect reports what the kernel really applied: credentials, capabilities, no_new_privs and
+/// syscall refusals set up by setpriv (util-linux), independently of rkt.
+#[test]
+fn inspect_reports_privileges_set_by_setpriv() {
+    require_root();
+    let im = images();
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=1000",
+        "--regid=1000",
+        "--groups=10,50",
+        "--bounding-set=-all,+chown,+kill",
+        "--inh-caps=-all",
+        "--nnp",
+    ])
+    .arg(&im.inspect)
+    .args([
+        "--print-user",
+        "--print-groups",
+        "--print-caps",
+        "--print-no-new-privs",
+        "--print-seccomp",
+        "--check-syscall=mount",
+        "--check-syscall=reboot",
+    ]);
+    let o = run_command(c, 30);
+    o.assert_ok();
+    assert_eq!(o.expect_value("UID"), "1000");
+    assert_eq!(o.expect_value("EGID"), "1000");
+    assert_eq!(o.expect_value("GROUPS"), "10,50");
+    assert_eq!(o.expect_value("CAP_BND_NAMES"), "cap_chown,cap_kill");
+    assert_eq!(o.expect_value("CAP_BND"), "0000000000000021");
+    assert_eq!(o.expect_value("CAP_EFF_NAMES"), "");
+    assert_eq!(o.expect_value("NO_NEW_PRIVS"), "1");
+    assert_eq!(o.expect_value("SECCOMP"), "0");
+    assert_eq!(o.expect_value("SYSCALL_mount"), "EPERM");
+    assert_eq!(o.expect_value("SYSCALL_reboot"), "EPERM");
+}
+
+/// Removes the cgroups it holds on drop, so a failing test leaves none behind.
+struct CgroupGuard(Vec<std::path::PathBuf>);
+
+impl CgroupGuard {
+    fn create(&mut self, d: std::path::PathBuf) -> std::path::PathBuf {
+        std::fs::create_dir(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        self.0.push(d.clone());
+        d
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// inspect reads the memory and CPU limits of the cgroup it runs in (whichever cgroup version the
+/// host has), checked against limits written here by hand.
+#[test]
+fn inspect_reports_cgroup_limits() {
+    require_root();
+    let im = images();
+    let name = format!("rkt-inspect-test-{}", std::process::id());
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mut guard = CgroupGuard(Vec::new());
+    let expect: Vec<(&str, &str)> = if v2 {
+        let d = guard.create(Path::new("/sys/fs/cgroup").join(&name));
+        std::fs::write(d.join("memory.max"), "104857600").unwrap();
+        std::fs::write(d.join("cpu.max"), "50000 100000").unwrap();
+        vec![
+            ("CGROUP_VERSION", "2"),
+            ("MEMORY_LIMIT", "104857600"),
+            ("CPU_QUOTA", "50000"),
+            ("CPU_PERIOD", "100000"),
+        ]
+    } else {
+        let mem = guard.create(Path::new("/sys/fs/cgroup/memory").join(&name));
+        // cpu is co-mounted with cpuacct on most hosts, alone on some (this one).
+        let cpu_mount = ["/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"]
+            .into_iter()
+            .find(|m| Path::new(m).exists())
+            .expect("a cgroup v1 cpu hierarchy");
+        let cpu = guard.create(Path::new(cpu_mount).join(&name));
+        std::fs::write(mem.join("memory.limit_in_bytes"), "104857600").unwrap();
+        std::fs::write(cpu.join("cpu.cfs_quota_us"), "50000").unwrap();
+        std::fs::write(cpu.join("cpu.shares"), "512").unwrap();
+        vec![
+            ("CGROUP_VERSION", "1"),
+            ("MEMORY_LIMIT", "104857600"),
+            ("CPU_QUOTA", "50000"),
+            ("CPU_PERIOD", "100000"),
+            ("CPU_SHARES", "512"),
+        ]
+    };
+    let join: String = guard
+        .0
+        .iter()
+        .map(|d| format!("echo $$ > {}/cgroup.procs; ", d.display()))
+        .collect();
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(format!(
+        "{join}exec {} --print-cgroup-limits",
+        im.inspect.display()
+    ));
+    let o = run_command(c, 30);
+    o.assert_ok();
+    for (k, v) in expect {
+        assert_eq!(o.expect_value(k), v, "{k}\n{o}");
+    }
+}
