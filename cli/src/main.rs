@@ -4,6 +4,7 @@
 mod cmd;
 mod config;
 mod global;
+mod measure;
 mod stage1;
 
 use clap::{CommandFactory, Parser, Subcommand};

@@ -188,6 +188,12 @@ impl Journal {
         let log_bytes = std::fs::read(self.log_path(boot)).unwrap_or_default();
         let mut tpm = Tpm::connect(&self.tcti)?;
         let banks = tpm.active_banks(pcr)?;
+        // Nothing measured yet: a log with the header only, which still parses.
+        let log_bytes = if log_bytes.is_empty() {
+            encode_header(&banks)
+        } else {
+            log_bytes
+        };
         let q = tpm.quote(pcr, &banks, nonce)?;
         Ok((q, log_bytes, boot))
     }

@@ -1,0 +1,406 @@
+//! stage0's measurement hooks: before each stage runs, what it is made of is extended into the
+//! configured PCR and appended to the TPM event log (see docs/tpm.md). The pod records which log
+//! entries are its own in `<pod>/tpm-events.json`.
+//!
+//! `measure_pod` does it all for a pod about to start. Its steps, for callers that need them
+//! apart (each returns the log entries it added): `Measurer::open` → `measure_stage0` →
+//! `measure_stage1_ns` | `measure_stage1_kvm` → `measure_pod_manifest` → `measure_app` for every
+//! app → `record(pod_dir)` → start stage1.
+
+#![allow(dead_code)] // until `rkt run` calls measure_pod (the pods work wires it in)
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::global::Globals;
+use rkt_tpm::{resolve_tcti, Journal, Logged};
+
+/// rkt v1 measured into PCR 15, which only a TPM Reset/Restart clears (see docs/tpm.md).
+pub const DEFAULT_PCR: u32 = 15;
+/// `<pod>/tpm-events.json`.
+pub const EVENTS_FILE: &str = "tpm-events.json";
+
+/// `--tpm` / `tpm.d` `mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TpmMode {
+    /// Measure when a TPM answers; otherwise say so once and run unmeasured.
+    Auto,
+    /// Refuse to run a pod that cannot be measured.
+    Required,
+    Off,
+}
+
+impl TpmMode {
+    pub fn parse(s: &str) -> Result<TpmMode> {
+        match s {
+            "auto" => Ok(TpmMode::Auto),
+            "required" => Ok(TpmMode::Required),
+            "off" => Ok(TpmMode::Off),
+            other => bail!("invalid --tpm {other:?} (expected auto, required or off)"),
+        }
+    }
+
+    /// The flag, else the `tpm.d` config, else `auto`.
+    pub fn resolve(flag: Option<&str>, g: &Globals) -> Result<TpmMode> {
+        TpmMode::parse(flag.or(g.config.tpm_mode.as_deref()).unwrap_or("auto"))
+    }
+}
+
+/// The PCR to extend: `tpm.d` `pcr`, else 15.
+pub fn pcr(g: &Globals) -> Result<u32> {
+    let p = g.config.tpm_pcr.unwrap_or(DEFAULT_PCR);
+    if p > 23 {
+        bail!("tpm.d pcr {p} does not exist (PCRs are 0-23)");
+    }
+    Ok(p)
+}
+
+pub fn journal(g: &Globals) -> Journal {
+    Journal::new(&g.dir, &resolve_tcti(g.tpm_tcti.as_deref()))
+}
+
+/// `<pod>/tpm-events.json`: which entries of which log are this pod's measurements.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodEvents {
+    /// Log file name under `<dir>/tpm/`.
+    pub log: String,
+    /// TPM boot cycle (`resetCount-restartCount`) the log belongs to.
+    pub boot: String,
+    pub pcr: u32,
+    /// Event numbers in the log (the header is 0).
+    pub events: Vec<usize>,
+}
+
+/// What one app is measured as.
+#[derive(Debug, Clone)]
+pub struct AppMeasurement<'a> {
+    pub name: &'a str,
+    /// Image ID (`sha256-…`): digest of the image manifest.
+    pub image: &'a str,
+    /// `RenderedTree::tree_digest`.
+    pub tree: &'a str,
+    /// `RenderedTree::rootfs`: where `rkt tpm verify` recomputes the tree digest.
+    pub rootfs: &'a Path,
+    /// The app's volumes and mounts, as they will be set up.
+    pub volumes: Value,
+    /// The command line the app will run.
+    pub exec: &'a [String],
+}
+
+pub struct Measurer {
+    journal: Option<Journal>,
+    mode: TpmMode,
+    pcr: u32,
+    logged: Vec<Logged>,
+}
+
+fn sha256_file(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", p.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Event data: a label saying what was measured, a space, then the details as compact JSON
+/// (keys sorted), e.g. `rkt/stage1/kvm/vmlinux {"path":"…","pod":"…","sha256":"…"}`.
+pub fn event_data(label: &str, details: &Value) -> Vec<u8> {
+    format!("{label} {details}").into_bytes()
+}
+
+/// Splits event data written by `event_data`.
+pub fn parse_event_data(data: &[u8]) -> Option<(String, Value)> {
+    let s = std::str::from_utf8(data).ok()?;
+    let (label, rest) = s.split_once(' ')?;
+    Some((label.to_string(), serde_json::from_str(rest).ok()?))
+}
+
+impl Measurer {
+    /// Checks that a TPM answers (unless `off`). `required` without a TPM is an error; `auto`
+    /// without one says so once on stderr and measures nothing.
+    pub fn open(g: &Globals, mode: TpmMode) -> Result<Measurer> {
+        let pcr = pcr(g)?;
+        let mut m = Measurer {
+            journal: None,
+            mode,
+            pcr,
+            logged: Vec::new(),
+        };
+        if mode == TpmMode::Off {
+            return Ok(m);
+        }
+        let j = journal(g);
+        match j.probe() {
+            Ok(_) => m.journal = Some(j),
+            Err(e) if mode == TpmMode::Required => {
+                return Err(e.context("--tpm=required but no usable TPM"))
+            }
+            Err(e) => eprintln!("rkt: no TPM, pod not measured ({e:#})"),
+        }
+        Ok(m)
+    }
+
+    /// Is a TPM being used?
+    pub fn active(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    fn measure(&mut self, label: &str, details: Value) -> Result<Vec<usize>> {
+        let Some(j) = &self.journal else {
+            return Ok(Vec::new());
+        };
+        match j.measure(self.pcr, &event_data(label, &details)) {
+            Ok(l) => {
+                let i = l.index;
+                self.logged.push(l);
+                Ok(vec![i])
+            }
+            Err(e) if self.mode == TpmMode::Required => {
+                Err(e.context(format!("TPM measurement of {label} failed")))
+            }
+            Err(e) => {
+                eprintln!(
+                    "rkt: TPM measurement of {label} failed, pod not measured further ({e:#})"
+                );
+                self.journal = None;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn measure_file(&mut self, label: &str, pod: &str, path: &Path) -> Result<Vec<usize>> {
+        if !self.active() {
+            return Ok(Vec::new());
+        }
+        let sha = sha256_file(path)?;
+        self.measure(label, json!({"pod": pod, "path": path, "sha256": sha}))
+    }
+
+    /// stage0: the running rkt binary.
+    pub fn measure_stage0(&mut self, pod: &str) -> Result<Vec<usize>> {
+        if !self.active() {
+            return Ok(Vec::new());
+        }
+        let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "/proc/self/exe".into());
+        let sha = sha256_file(Path::new("/proc/self/exe"))?;
+        self.measure(
+            "rkt/stage0",
+            json!({"pod": pod, "path": exe, "sha256": sha, "version": env!("CARGO_PKG_VERSION")}),
+        )
+    }
+
+    /// stage1 `ns`: the security settings the pod will run with, as JSON.
+    pub fn measure_stage1_ns(&mut self, pod: &str, settings: &Value) -> Result<Vec<usize>> {
+        let sha = hex::encode(Sha256::digest(settings.to_string().as_bytes()));
+        self.measure(
+            "rkt/stage1/ns",
+            json!({"pod": pod, "settings": settings, "sha256": sha}),
+        )
+    }
+
+    /// stage1 `kvm`: the VMM build, the guest kernel, its initramfs and command line.
+    pub fn measure_stage1_kvm(
+        &mut self,
+        pod: &str,
+        vmm: &Path,
+        vmlinux: &Path,
+        initramfs: &Path,
+        cmdline: &str,
+    ) -> Result<Vec<usize>> {
+        let mut out = self.measure_file("rkt/stage1/kvm/vmm", pod, vmm)?;
+        out.extend(self.measure_file("rkt/stage1/kvm/vmlinux", pod, vmlinux)?);
+        out.extend(self.measure_file("rkt/stage1/kvm/initramfs", pod, initramfs)?);
+        let sha = hex::encode(Sha256::digest(cmdline.as_bytes()));
+        out.extend(self.measure(
+            "rkt/stage1/kvm/cmdline",
+            json!({"pod": pod, "cmdline": cmdline, "sha256": sha}),
+        )?);
+        Ok(out)
+    }
+
+    /// The pod manifest exactly as stored at `<pod>/pod`.
+    pub fn measure_pod_manifest(&mut self, pod: &str, bytes: &[u8]) -> Result<Vec<usize>> {
+        let sha = hex::encode(Sha256::digest(bytes));
+        self.measure(
+            "rkt/pod-manifest",
+            json!({"pod": pod, "file": "pod", "sha256": sha}),
+        )
+    }
+
+    /// One app: image, rendered tree, volumes and command line.
+    pub fn measure_app(&mut self, pod: &str, app: &AppMeasurement) -> Result<Vec<usize>> {
+        self.measure(
+            "rkt/app",
+            json!({
+                "pod": pod,
+                "app": app.name,
+                "image": app.image,
+                "tree": app.tree,
+                "rootfs": app.rootfs,
+                "volumes": app.volumes,
+                "exec": app.exec,
+            }),
+        )
+    }
+
+    /// Writes `<pod>/tpm-events.json` (atomically) if anything was measured.
+    pub fn record(&self, pod_dir: &Path) -> Result<()> {
+        let Some(first) = self.logged.first() else {
+            return Ok(());
+        };
+        let rec = PodEvents {
+            log: first
+                .log
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            boot: first.boot.id(),
+            pcr: self.pcr,
+            events: self.logged.iter().map(|l| l.index).collect(),
+        };
+        let path = pod_dir.join(EVENTS_FILE);
+        let tmp = pod_dir.join(format!(".{EVENTS_FILE}.tmp"));
+        let data = serde_json::to_vec_pretty(&rec)?;
+        std::fs::write(&tmp, &data)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// Reads `<pod>/tpm-events.json`; None if the pod was not measured.
+pub fn read_pod_events(pod_dir: &Path) -> Result<Option<PodEvents>> {
+    let p = pod_dir.join(EVENTS_FILE);
+    match std::fs::read(&p) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+/// The pod directory of `uuid` (full or unambiguous prefix) under `<dir>/pods/*/`.
+pub fn find_pod_dir(data_dir: &Path, uuid: &str) -> Result<(String, PathBuf)> {
+    let q = uuid.trim().to_ascii_lowercase();
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    if !q.is_empty() {
+        for state in [
+            "embryo",
+            "prepare",
+            "prepared",
+            "run",
+            "exited-garbage",
+            "garbage",
+        ] {
+            let Ok(rd) = std::fs::read_dir(data_dir.join("pods").join(state)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&q) && !found.iter().any(|(n, _)| *n == name) {
+                    found.push((name, e.path()));
+                }
+            }
+        }
+    }
+    match found.len() {
+        0 => bail!("no pod matches {uuid:?}"),
+        1 => Ok(found.pop().unwrap()),
+        n => bail!("ambiguous UUID prefix {uuid:?}: matches {n} pods"),
+    }
+}
+
+/// What the stage1 is made of.
+pub enum Stage1<'a> {
+    /// `ns`: its security settings are measured from the pod spec.
+    Ns,
+    Kvm {
+        vmm: &'a Path,
+        vmlinux: &'a Path,
+        initramfs: &'a Path,
+        cmdline: &'a str,
+    },
+}
+
+/// The `ns` flavour's security settings, as measured: network mode, `--insecure-options`, and per
+/// app the user, capabilities, seccomp filter, read-only rootfs and resource limits.
+pub fn ns_settings(spec: &rkt_stage2::PodSpec) -> Value {
+    let apps: Vec<Value> = spec
+        .apps
+        .iter()
+        .map(|a| {
+            json!({
+                "name": a.name,
+                "user": a.user,
+                "group": a.group,
+                "supplementaryGids": a.supplementary_gids,
+                "capabilities": a.capabilities,
+                "seccomp": a.seccomp,
+                "readOnlyRootfs": a.readonly_rootfs,
+                "memoryLimit": a.memory_limit,
+                "cpuMillis": a.cpu_millis,
+                "cpuShares": a.cpu_shares,
+            })
+        })
+        .collect();
+    json!({"flavor": "ns", "net": spec.net, "insecure": spec.insecure, "apps": apps})
+}
+
+/// Measures a pod about to start, in `--tpm` mode `mode`: stage0, the stage1, the pod manifest
+/// as stored at `<pod>/pod`, then every app (image, rendered tree from `tree_of(image_id)`,
+/// volumes, command line); writes `<pod>/tpm-events.json`. An error means the pod must not start.
+pub fn measure_pod(
+    g: &Globals,
+    mode: TpmMode,
+    pod_dir: &Path,
+    spec: &rkt_stage2::PodSpec,
+    stage1: Stage1,
+    tree_of: impl Fn(&str) -> Result<rkt_store::RenderedTree>,
+) -> Result<()> {
+    let mut m = Measurer::open(g, mode)?;
+    if !m.active() {
+        return Ok(());
+    }
+    let uuid = spec.uuid.as_str();
+    m.measure_stage0(uuid)?;
+    match stage1 {
+        Stage1::Ns => m.measure_stage1_ns(uuid, &ns_settings(spec))?,
+        Stage1::Kvm {
+            vmm,
+            vmlinux,
+            initramfs,
+            cmdline,
+        } => m.measure_stage1_kvm(uuid, vmm, vmlinux, initramfs, cmdline)?,
+    };
+    let manifest = pod_dir.join("pod");
+    let bytes =
+        std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    m.measure_pod_manifest(uuid, &bytes)?;
+    for a in &spec.apps {
+        let tree = tree_of(&a.image_id)
+            .with_context(|| format!("app {:?}: image {}", a.name, a.image_id))?;
+        m.measure_app(
+            uuid,
+            &AppMeasurement {
+                name: &a.name,
+                image: &a.image_id,
+                tree: &tree.tree_digest,
+                rootfs: &tree.rootfs,
+                volumes: serde_json::to_value(&a.mounts)?,
+                exec: &a.exec,
+            },
+        )?;
+    }
+    m.record(pod_dir)
+}
+
+/// The `--tpm` mode a pod was prepared with (`<pod>/tpm-mode`), else the config's, else auto.
+pub fn pod_mode(g: &Globals, pod_dir: &Path) -> Result<TpmMode> {
+    let recorded = std::fs::read_to_string(pod_dir.join("tpm-mode")).ok();
+    TpmMode::resolve(recorded.as_deref().map(str::trim), g)
+}
