@@ -120,6 +120,24 @@ umoci config --image "$oci:latest" \
 umoci gc --layout "$oci"
 umoci stat --image "$oci:latest" >/dev/null
 
+# Same layer, richer config: what docker2aci-style conversion must map (user by name, entrypoint +
+# cmd, env, working dir, ports, volumes, stop signal).
+cfg="$out/configured-oci"
+rm -rf "$cfg"
+cp -a "$oci" "$cfg"
+umoci config --image "$cfg:latest" \
+  --clear config.cmd \
+  --config.entrypoint /inspect --config.entrypoint --print-user \
+  --config.cmd --print-cwd --config.cmd --print-env=GREETING \
+  --config.env GREETING=hello --config.env "$PATH_ENV" \
+  --config.user user \
+  --config.workingdir /home/user \
+  --config.exposedports 8080/tcp --config.exposedports 5353/udp \
+  --config.volume /data \
+  --config.stopsignal SIGINT \
+  --config.label org.example.test=configured
+umoci gc --layout "$cfg"
+
 rm -f "$out/busybox-oci.tar" "$out/busybox-docker.tar"
 "${skopeo[@]}" copy -q "oci:$oci:latest" "oci-archive:$out/busybox-oci.tar:latest"
 "${skopeo[@]}" copy -q "oci:$oci:latest" "docker-archive:$out/busybox-docker.tar:busybox:latest"
@@ -215,8 +233,11 @@ umoci stat --image "$ml:latest" >/dev/null
 
 # Check the layers hold what the tests rely on.
 "$here/check-layers.sh" "$ml"
+rm -f "$out/multilayer-docker.tar"
+"${skopeo[@]}" copy -q "oci:$ml:latest" "docker-archive:$out/multilayer-docker.tar:multilayer:latest"
 
 log "done:"
-for f in inspect rootfs busybox-oci busybox-oci.tar busybox-docker.tar busybox.aci busybox-aci.tar multilayer-oci; do
+for f in inspect rootfs busybox-oci busybox-oci.tar busybox-docker.tar busybox.aci busybox-aci.tar \
+  configured-oci multilayer-oci multilayer-docker.tar; do
   echo "  $out/$f"
 done

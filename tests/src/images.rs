@@ -25,9 +25,15 @@ pub struct TestImages {
     pub busybox_aci: PathBuf,
     /// The same ACI uncompressed.
     pub busybox_aci_tar: PathBuf,
+    /// OCI layout, tag `latest`: the busybox layer with a richer config (User `user`, Entrypoint
+    /// `/inspect --print-user`, Cmd `--print-cwd --print-env=GREETING`, Env GREETING=hello,
+    /// WorkingDir /home/user, ports 8080/tcp 5353/udp, volume /data, StopSignal SIGINT).
+    pub configured_oci: PathBuf,
     /// OCI layout: the busybox layer plus three layers with whiteouts, an opaque dir, a hardlink
     /// and symlinks; tag `latest`.
     pub multilayer_oci: PathBuf,
+    /// The multilayer image as a docker-archive, `docker.io/library/multilayer:latest`.
+    pub multilayer_docker_archive: PathBuf,
     /// The statically linked `inspect` test app (also `/inspect` in every image).
     pub inspect: PathBuf,
     /// The busybox root filesystem the images were made from.
@@ -51,6 +57,17 @@ impl TestImages {
     pub fn multilayer_oci_ref(&self) -> String {
         format!("oci:{}:latest", self.multilayer_oci.display())
     }
+    /// `docker-archive:<multilayer_docker_archive>`
+    pub fn multilayer_docker_archive_ref(&self) -> String {
+        format!(
+            "docker-archive:{}",
+            self.multilayer_docker_archive.display()
+        )
+    }
+    /// `oci:<configured_oci>:latest`
+    pub fn configured_oci_ref(&self) -> String {
+        format!("oci:{}:latest", self.configured_oci.display())
+    }
 }
 
 /// The test images, built on first use (once per process; shared between processes via the cache).
@@ -64,7 +81,9 @@ pub fn images() -> &'static TestImages {
             busybox_docker_archive: dir.join("busybox-docker.tar"),
             busybox_aci: dir.join("busybox.aci"),
             busybox_aci_tar: dir.join("busybox-aci.tar"),
+            configured_oci: dir.join("configured-oci"),
             multilayer_oci: dir.join("multilayer-oci"),
+            multilayer_docker_archive: dir.join("multilayer-docker.tar"),
             inspect: dir.join("inspect"),
             rootfs: dir.join("rootfs"),
             dir,
@@ -151,6 +170,33 @@ fn build_cached(big: bool) -> PathBuf {
         panic!("images/build.sh failed (log: {})\n{out}", log.display());
     }
     std::fs::write(&marker, b"").expect("writing image cache marker");
+    prune_stale(&cache_root, &dir);
     drop(lock);
     dir
+}
+
+/// Removes cache dirs built from older images/ sources (the big image makes them ~230 MB each).
+/// Called under the lock, right after a build for new sources.
+fn prune_stale(cache_root: &Path, keep: &Path) {
+    let keep_name = keep
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Ok(rd) = std::fs::read_dir(cache_root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Entries are `<hash>` dirs and `<hash>.log` / `<hash>.big.log` files.
+        let hash = name.split('.').next().unwrap_or("");
+        if hash == keep_name || hash.len() != 16 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            let _ = std::fs::remove_dir_all(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }

@@ -526,3 +526,70 @@ fn inspect_reports_cgroup_limits() {
         assert_eq!(o.expect_value(k), v, "{k}\n{o}");
     }
 }
+
+#[test]
+fn configured_image_and_multilayer_docker_archive() {
+    let im = images();
+    let cfg = cmd("skopeo", &["inspect", "--config", &im.configured_oci_ref()]);
+    cfg.assert_ok();
+    let c = &json(&cfg.stdout)["config"];
+    assert_eq!(c["User"], "user");
+    assert_eq!(
+        c["Entrypoint"],
+        serde_json::json!(["/inspect", "--print-user"])
+    );
+    assert_eq!(
+        c["Cmd"],
+        serde_json::json!(["--print-cwd", "--print-env=GREETING"])
+    );
+    assert_eq!(c["WorkingDir"], "/home/user");
+    assert!(c["Env"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("GREETING=hello")));
+    assert!(c["ExposedPorts"]["8080/tcp"].is_object());
+    assert!(c["ExposedPorts"]["5353/udp"].is_object());
+    assert!(c["Volumes"]["/data"].is_object());
+    assert_eq!(c["StopSignal"], "SIGINT");
+    // Same filesystem as busybox: only the config differs.
+    assert_eq!(
+        layer_digests(&im.configured_oci_ref()),
+        layer_digests(&im.busybox_oci_ref())
+    );
+
+    let d = cmd("skopeo", &["inspect", &im.multilayer_docker_archive_ref()]);
+    d.assert_ok();
+    assert_eq!(json(&d.stdout)["Layers"].as_array().unwrap().len(), 4);
+}
+
+/// inspect shows mounts and the hostname of the namespaces it runs in.
+#[test]
+fn inspect_reports_mounts_and_hostname() {
+    require_root();
+    let im = images();
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt with space");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--uts", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "hostname inspect-host && mount -t tmpfs -o size=1m,mode=0700 tmpfs '{}' && exec {} --print-hostname --print-mounts",
+            mnt.display(),
+            im.inspect.display()
+        ));
+    let o = run_command(c, 30);
+    o.assert_ok();
+    assert_eq!(o.expect_value("HOSTNAME"), "inspect-host");
+    let line = o
+        .values("MOUNT")
+        .into_iter()
+        .find(|m| m.starts_with(&format!("{} ", mnt.display())))
+        .unwrap_or_else(|| panic!("no MOUNT line for {}\n{o}", mnt.display()));
+    let fields: Vec<&str> = line.rsplitn(3, ' ').collect(); // source, options, "point fstype"
+    assert_eq!(fields[0], "tmpfs", "{line}");
+    assert!(
+        fields[1].contains("size=1024k") && fields[1].contains("mode=700"),
+        "{line}"
+    );
+    assert!(fields[2].ends_with(" tmpfs"), "{line}");
+}
