@@ -142,6 +142,17 @@ pub fn exec_as_app(
     if let Some(f) = &filter {
         seccomp::install(f)?;
     }
+    // Nothing of the supervisor's (the pod lock, pipes) may leak into the app; CLOEXEC rather
+    // than close so that a failed exec can still report.
+    // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     let e = nix::unistd::execve(&exe_c, &argv, &envp).unwrap_err();
     Err(anyhow!("executing {}: {e}", exe.display()))
 }

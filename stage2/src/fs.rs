@@ -325,6 +325,8 @@ fn mount_volume(root: &Path, m: &MountSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub const HOSTS_STUB: &str = "127.0.0.1 localhost localhost.localdomain localhost4 localhost4.localdomain4\n::1 localhost localhost.localdomain localhost6 localhost6.localdomain6\n";
+
 /// Writes a file inside the root, replacing a symlink rather than following it out of the root.
 fn write_etc(root: &Path, path: &str, content: &str) -> anyhow::Result<()> {
     let etc = resolve_in_root(root, "/etc");
@@ -383,8 +385,16 @@ pub fn prepare_root(
         mount_volume(root, m).with_context(|| format!("volume at {}", m.target))?;
     }
     write_etc(root, "/etc/hostname", &format!("{}\n", pod.hostname))?;
-    if let Some(h) = &pod.hosts {
-        write_etc(root, "/etc/hosts", h)?;
+    match &pod.hosts {
+        Some(h) => write_etc(root, "/etc/hosts", h)?,
+        // rkt gave images without /etc/hosts a localhost stub.
+        None if resolve_in_root(root, "/etc/hosts")
+            .symlink_metadata()
+            .is_err() =>
+        {
+            write_etc(root, "/etc/hosts", HOSTS_STUB)?
+        }
+        None => {}
     }
     if let Some(r) = &pod.resolv_conf {
         write_etc(root, "/etc/resolv.conf", r)?;

@@ -1,24 +1,415 @@
-//! stage1 `ns`: runs a pod's apps in Linux namespaces on this host (filled in by the ns runtime
-//! work; these entry points are the contract with `stage1/mod.rs`).
+//! stage1 `ns`: runs a pod's apps in Linux namespaces on this host.
+//!
+//! `run` clones the pod supervisor into new PID, UTS, IPC and mount namespaces (plus a network
+//! namespace with only `lo` unless `--net=host`); the supervisor is PID 1 of the pod and its host
+//! pid is `<pod>/pid`. Each app is a child of the supervisor with its own mount namespace (rootfs
+//! mounted on `<pod>/stage1/rootfs/opt/stage2/<app>/rootfs`, then pivot_root), its own cgroup
+//! `rkt/<uuid>/<app>` and a cgroup namespace rooted there. The set-up inside the app is
+//! `rkt_stage2::app`, shared with the kvm guest init.
 
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use rkt_stage2::PodSpec;
+use anyhow::{bail, Context, Result};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use rkt_stage2::cgroup::{self, Layout};
+use rkt_stage2::supervisor::{self, write_atomic, Relay};
+use rkt_stage2::{app_pid_path, app_status_path, pod_pid_path, AppSpec, NetMode, PodSpec};
+
+/// Where an app's root is assembled (rkt's layout).
+pub fn app_root(pod_dir: &Path, app: &str) -> PathBuf {
+    pod_dir
+        .join("stage1/rootfs/opt/stage2")
+        .join(app)
+        .join("rootfs")
+}
 
 /// Runs the pod described by `spec` (already written to `<pod_dir>/stage1-spec.json`) in the
-/// foreground; returns the exit code for `rkt run`. Must write `rkt_stage2::pod_pid_path` and each
-/// app's `rkt_stage2::app_status_path`, and stop the apps gracefully on SIGTERM.
-pub fn run(_pod_dir: &Path, _spec: &PodSpec) -> Result<i32> {
-    bail!("stage1 ns cannot run pods yet")
+/// foreground; returns the exit code for `rkt run`.
+pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
+    if spec.apps.is_empty() {
+        bail!("the pod has no apps");
+    }
+    let layout = cgroup::detect().ok();
+    if let Some(l) = &layout {
+        for app in &spec.apps {
+            if let Err(e) = cgroup::create_app(l, &spec.uuid, app) {
+                let _ = cgroup::remove_pod(l, &spec.uuid);
+                return Err(e).with_context(|| format!("app {:?}: cgroup", app.name));
+            }
+        }
+    } else if spec
+        .apps
+        .iter()
+        .any(|a| a.memory_limit.is_some() || a.cpu_millis.is_some() || a.cpu_shares.is_some())
+    {
+        bail!("--memory/--cpu need cgroups, and none are mounted");
+    }
+    let result = run_supervisor(pod_dir, spec, layout.as_ref());
+    if let Some(l) = &layout {
+        let _ = cgroup::remove_pod(l, &spec.uuid);
+    }
+    result
 }
 
-/// Runs `cmd` in the namespaces of `app` in the running pod; returns its exit code.
-pub fn enter(_pod_dir: &Path, _spec: &PodSpec, _app: &str, _cmd: &[String]) -> Result<i32> {
-    bail!("stage1 ns cannot enter pods yet")
+fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Result<i32> {
+    // The terminal goes raw while an interactive app owns it through our pty relay; whatever
+    // happens to the supervisor, the caller's terminal is restored here.
+    let tty = spec.interactive && nix::unistd::isatty(0).unwrap_or(false);
+    let saved = if tty { Some(make_raw(0)?) } else { None };
+
+    let mut flags = CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if spec.net != NetMode::Host {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    // The parent forwards stop requests; block them before the child exists so none is lost.
+    let mut fwd = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGCHLD,
+    ] {
+        fwd.add(s);
+    }
+    let old_mask = fwd.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
+    let mut stack = vec![0u8; 1 << 20];
+    let cb = Box::new(|| -> isize {
+        match supervisor_main(pod_dir, spec, layout, tty) {
+            Ok(code) => code as isize,
+            Err(e) => {
+                eprintln!("rkt: stage1: {e:#}");
+                254
+            }
+        }
+    });
+    // SAFETY: the child gets a copy of our address space (no CLONE_VM) and its own stack; it
+    // runs the supervisor and exits without returning into our frames.
+    let child = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) };
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = old_mask.thread_set_mask();
+            if let Some(t) = &saved {
+                restore(0, t);
+            }
+            return Err(e).context("creating the pod's namespaces");
+        }
+    };
+    let pid_written = write_atomic(&pod_pid_path(pod_dir), &format!("{child}\n"));
+    if let Err(e) = &pid_written {
+        eprintln!("rkt: {e:#}");
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+    }
+    let status = wait_forwarding(child, &fwd);
+    let _ = old_mask.thread_set_mask();
+    if let Some(t) = &saved {
+        restore(0, t);
+    }
+    pid_written?;
+    match status? {
+        WaitStatus::Exited(_, c) => Ok(c),
+        WaitStatus::Signaled(_, s, _) => Ok(128 + s as i32),
+        st => bail!("unexpected supervisor status {st:?}"),
+    }
 }
 
-/// Releases mounts, cgroups and network namespaces an exited pod left behind.
-pub fn gc(_pod_dir: &Path) -> Result<()> {
+/// Waits for the supervisor, passing SIGTERM/SIGHUP on to it (SIGINT from a terminal reaches the
+/// whole foreground process group already).
+fn wait_forwarding(child: Pid, set: &SigSet) -> Result<WaitStatus> {
+    loop {
+        match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))? {
+            WaitStatus::StillAlive => {}
+            st => return Ok(st),
+        }
+        match set.wait()? {
+            Signal::SIGTERM | Signal::SIGHUP => {
+                let _ = nix::sys::signal::kill(child, Signal::SIGTERM);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// PID 1 of the pod.
+fn supervisor_main(
+    pod_dir: &Path,
+    spec: &PodSpec,
+    layout: Option<&Layout>,
+    tty: bool,
+) -> Result<i32> {
+    use nix::mount::{mount, MsFlags};
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making the pod's mounts private")?;
+    nix::unistd::sethostname(&spec.hostname).context("setting the hostname")?;
+    if spec.net != NetMode::Host {
+        loopback_up().context("bringing up lo")?;
+    }
+    let sfd = supervisor::take_signals()?;
+    let pty = if tty {
+        Some(supervisor::open_pty()?)
+    } else {
+        None
+    };
+    let slave = pty.as_ref().map(|(_, p)| p.clone());
+    let relay = pty.map(|(master, _)| Relay { master });
+    let mut launch =
+        |app: &AppSpec| -> Result<Pid> { launch_app(pod_dir, spec, app, layout, slave.as_deref()) };
+    let mut on_exit = |name: &str, code: i32| {
+        if let Err(e) = write_atomic(&app_status_path(pod_dir, name), &format!("{code}\n")) {
+            eprintln!("rkt: {e:#}");
+        }
+    };
+    Ok(supervisor::supervise(
+        spec,
+        &sfd,
+        &mut launch,
+        &mut on_exit,
+        relay,
+        supervisor::STOP_TIMEOUT,
+    ))
+}
+
+fn launch_app(
+    pod_dir: &Path,
+    spec: &PodSpec,
+    app: &AppSpec,
+    layout: Option<&Layout>,
+    tty: Option<&Path>,
+) -> Result<Pid> {
+    let root = app_root(pod_dir, &app.name);
+    // SAFETY: the supervisor is single-threaded; the child only runs the set-up and execs.
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            supervisor::reset_signals_in_child();
+            let err = match app_child(pod_dir, spec, app, layout, tty, &root) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            eprintln!("rkt: app {:?}: {err:#}", app.name);
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(254) }
+        }
+    }
+}
+
+fn app_child(
+    pod_dir: &Path,
+    spec: &PodSpec,
+    app: &AppSpec,
+    layout: Option<&Layout>,
+    tty: Option<&Path>,
+    root: &Path,
+) -> Result<std::convert::Infallible> {
+    if let Some(slave) = tty {
+        supervisor::attach_tty(slave)?;
+    }
+    // Our /proc is still the host's, so /proc/self names our host pid: `rkt enter` needs it.
+    let host_pid = std::fs::read_link("/proc/self").context("reading /proc/self")?;
+    write_atomic(
+        &app_pid_path(pod_dir, &app.name),
+        &format!("{}\n", host_pid.display()),
+    )?;
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    if let Some(l) = layout {
+        cgroup::join(l, &cgroup::app_path(&spec.uuid, &app.name), 0)?;
+        flags |= CloneFlags::CLONE_NEWCGROUP;
+    }
+    nix::sched::unshare(flags).context("unshare")?;
+    Err(rkt_stage2::app::setup_and_exec(app, spec, root, layout))
+}
+
+fn loopback_up() -> Result<()> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; SIOC[GS]IFFLAGS read and write its flags field.
+    unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(())
+}
+
+fn make_raw(fd: i32) -> Result<nix::sys::termios::Termios> {
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+    // SAFETY: fd 0 stays open for the whole run.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let saved = tcgetattr(b).context("reading the terminal's settings")?;
+    let mut raw = saved.clone();
+    cfmakeraw(&mut raw);
+    tcsetattr(b, SetArg::TCSANOW, &raw).context("setting the terminal raw")?;
+    Ok(saved)
+}
+
+fn restore(fd: i32, t: &nix::sys::termios::Termios) {
+    // SAFETY: as in make_raw.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = nix::sys::termios::tcsetattr(b, nix::sys::termios::SetArg::TCSANOW, t);
+}
+
+/// Runs `cmd` (default `/bin/sh`) in the namespaces, root and cgroup of `app` in the running pod,
+/// as root with the app's environment; returns its exit code.
+pub fn enter(pod_dir: &Path, spec: &PodSpec, app: &str, cmd: &[String]) -> Result<i32> {
+    let a = spec
+        .apps
+        .iter()
+        .find(|a| a.name == app)
+        .with_context(|| format!("the pod has no app {app:?}"))?;
+    let pid_file = app_pid_path(pod_dir, app);
+    let text = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("app {app:?} has not started (no {})", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("bad pid in {}", pid_file.display()))?;
+    let proc_ = PathBuf::from(format!("/proc/{pid}"));
+    let open = |p: &str| -> Result<OwnedFd> {
+        let f = std::fs::File::open(proc_.join(p))
+            .with_context(|| format!("app {app:?} is not running (pid {pid}: {p})"))?;
+        Ok(OwnedFd::from(f))
+    };
+    // Open everything first: after the mount namespace switch the host's /proc is gone.
+    let mut nss = Vec::new();
+    for (name, flag) in [
+        ("ns/cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("ns/ipc", CloneFlags::CLONE_NEWIPC),
+        ("ns/uts", CloneFlags::CLONE_NEWUTS),
+        ("ns/net", CloneFlags::CLONE_NEWNET),
+        ("ns/pid", CloneFlags::CLONE_NEWPID),
+        ("ns/mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        nss.push((open(name)?, flag));
+    }
+    let rootfd = open("root")?;
+    if let Ok(l) = cgroup::detect() {
+        let _ = cgroup::join(&l, &cgroup::app_path(&spec.uuid, app), 0);
+    }
+    for (fd, flag) in &nss {
+        nix::sched::setns(fd, *flag)
+            .with_context(|| format!("joining the app's {flag:?} namespace"))?;
+    }
+    nix::unistd::fchdir(rootfd.as_raw_fd()).context("entering the app's root")?;
+    nix::unistd::chroot(".").context("chroot")?;
+    std::env::set_current_dir("/")?;
+    let cmd: Vec<String> = if cmd.is_empty() {
+        vec!["/bin/sh".to_string()]
+    } else {
+        cmd.to_vec()
+    };
+    let env = rkt_stage2::app::environment(a, rkt_stage2::passwd::home_of(Path::new("/"), 0));
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let exe = rkt_stage2::app::find_executable(Path::new("/"), &cmd[0], &path)?;
+    let cs = |s: &str| std::ffi::CString::new(s).context("NUL byte in the command");
+    let argv: Vec<std::ffi::CString> = cmd.iter().map(|s| cs(s)).collect::<Result<_>>()?;
+    let envp: Vec<std::ffi::CString> = env
+        .iter()
+        .map(|(k, v)| cs(&format!("{k}={v}")))
+        .collect::<Result<_>>()?;
+    let exe_c = cs(&exe.to_string_lossy())?;
+    // The command must be forked to land in the pod's PID namespace.
+    // SAFETY: single-threaded; the child only execs.
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        ForkResult::Child => {
+            let wd = Path::new(&a.working_dir);
+            if wd.is_dir() {
+                let _ = std::env::set_current_dir(wd);
+            }
+            // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                )
+            };
+            let e = nix::unistd::execve(&exe_c, &argv, &envp).unwrap_err();
+            eprintln!("rkt: enter: executing {}: {e}", exe.display());
+            // SAFETY: leaving the forked child.
+            unsafe { libc::_exit(254) }
+        }
+        ForkResult::Parent { child } => {
+            // Ctrl-C belongs to the entered command.
+            let ign = nix::sys::signal::SigAction::new(
+                nix::sys::signal::SigHandler::SigIgn,
+                nix::sys::signal::SaFlags::empty(),
+                SigSet::empty(),
+            );
+            // SAFETY: ignoring SIGINT/SIGQUIT in this process only.
+            unsafe {
+                let _ = nix::sys::signal::sigaction(Signal::SIGINT, &ign);
+                let _ = nix::sys::signal::sigaction(Signal::SIGQUIT, &ign);
+            }
+            loop {
+                match waitpid(child, None) {
+                    Ok(st) => {
+                        if let Some(c) = supervisor::exit_code(&st) {
+                            return Ok(c);
+                        }
+                    }
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e).context("waiting for the entered command"),
+                }
+            }
+        }
+    }
+}
+
+/// Releases what an exited pod left: its cgroups (killing stray processes in them) and mounts
+/// under the pod directory in this mount namespace.
+pub fn gc(pod_dir: &Path) -> Result<()> {
+    let uuid = match rkt_stage2::PodSpec::load(pod_dir) {
+        Ok(s) => s.uuid,
+        Err(_) => pod_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    if !uuid.is_empty() {
+        if let Ok(l) = cgroup::detect() {
+            cgroup::remove_pod(&l, &uuid)?;
+        }
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    let mut under: Vec<PathBuf> = cgroup::parse_mountinfo(&mi)
+        .into_iter()
+        .map(|(mp, _, _)| mp)
+        .filter(|mp| mp.starts_with(pod_dir))
+        .collect();
+    // Deepest first.
+    under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for mp in under {
+        let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+    }
     Ok(())
 }
