@@ -1,0 +1,327 @@
+//! Descriptor-chain validation on top of `virtio-queue`. The guest writes the descriptor table,
+//! so a chain may loop, point outside guest RAM, hold zero-length buffers or mix readable and
+//! writable buffers in the wrong order; `collect_chain` turns all of that into an error the
+//! device can answer (usually by returning the chain with length 0) instead of trusting it.
+
+use std::fmt;
+use std::ops::Deref;
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::DescriptorChain;
+use vm_memory::{GuestAddress, GuestMemory};
+
+use crate::arch::boot::GuestMem;
+
+/// One guest buffer of a validated chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buf {
+    pub addr: GuestAddress,
+    pub len: u32,
+    /// Device-writable (the device fills it); otherwise device-readable.
+    pub write: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainError {
+    /// The head index or the first descriptor could not be read.
+    Empty,
+    /// The chain ended on a descriptor that still had NEXT set: a loop, a next index out of
+    /// range, or a descriptor (or indirect table) outside guest memory.
+    Broken,
+    ZeroLength,
+    OutOfMemory {
+        addr: u64,
+        len: u32,
+    },
+    /// A device-readable buffer after a device-writable one (spec 2.7.4.2).
+    ReadAfterWrite,
+    TooLarge,
+}
+
+impl fmt::Display for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ChainError::Empty => write!(f, "empty descriptor chain"),
+            ChainError::Broken => write!(f, "descriptor chain loops or leaves the table"),
+            ChainError::ZeroLength => write!(f, "zero-length descriptor"),
+            ChainError::OutOfMemory { addr, len } => {
+                write!(f, "buffer {addr:#x}+{len:#x} is outside guest memory")
+            }
+            ChainError::ReadAfterWrite => write!(f, "readable descriptor after a writable one"),
+            ChainError::TooLarge => write!(f, "descriptor chain larger than allowed"),
+        }
+    }
+}
+
+impl std::error::Error for ChainError {}
+
+const F_NEXT: u16 = 1;
+
+/// Walks a chain and checks every buffer; `max_bytes` bounds the chain's total length.
+pub fn collect_chain<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMem,
+    max_bytes: u64,
+) -> Result<Vec<Buf>, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    let mut bufs = Vec::new();
+    let mut last: Option<Descriptor> = None;
+    let mut total = 0u64;
+    let mut seen_write = false;
+    for d in chain {
+        last = Some(d);
+        if d.len() == 0 {
+            return Err(ChainError::ZeroLength);
+        }
+        if !mem.check_range(d.addr(), d.len() as usize) {
+            return Err(ChainError::OutOfMemory {
+                addr: d.addr().0,
+                len: d.len(),
+            });
+        }
+        total += u64::from(d.len());
+        if total > max_bytes {
+            return Err(ChainError::TooLarge);
+        }
+        let write = d.is_write_only();
+        if seen_write && !write {
+            return Err(ChainError::ReadAfterWrite);
+        }
+        seen_write |= write;
+        bufs.push(Buf {
+            addr: d.addr(),
+            len: d.len(),
+            write,
+        });
+    }
+    match last {
+        None => Err(ChainError::Empty),
+        Some(d) if d.flags() & F_NEXT != 0 => Err(ChainError::Broken),
+        Some(_) => Ok(bufs),
+    }
+}
+
+/// Test helper: lays out a split queue in guest memory the way a driver would.
+#[cfg(test)]
+pub mod testutil {
+    use super::*;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::Bytes;
+
+    pub const DESC: u64 = 0x1000;
+    pub const AVAIL: u64 = 0x2000;
+    pub const USED: u64 = 0x3000;
+
+    pub struct DriverQueue {
+        pub size: u16,
+        pub avail_idx: u16,
+    }
+
+    impl DriverQueue {
+        pub fn new(size: u16) -> Self {
+            DriverQueue { size, avail_idx: 0 }
+        }
+
+        pub fn queue(&self) -> Queue {
+            let mut q = Queue::new(self.size).unwrap();
+            q.set_size(self.size);
+            q.set_desc_table_address(Some(DESC as u32), Some(0));
+            q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+            q.set_used_ring_address(Some(USED as u32), Some(0));
+            q.set_ready(true);
+            q
+        }
+
+        pub fn set_desc(mem: &GuestMem, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+            let base = DESC + u64::from(i) * 16;
+            mem.write_obj(addr, GuestAddress(base)).unwrap();
+            mem.write_obj(len, GuestAddress(base + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(base + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(base + 14)).unwrap();
+        }
+
+        /// Offers chain `head` to the device.
+        pub fn push(&mut self, mem: &GuestMem, head: u16) {
+            let slot = u64::from(self.avail_idx % self.size);
+            mem.write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
+                .unwrap();
+            self.avail_idx = self.avail_idx.wrapping_add(1);
+            mem.write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+                .unwrap();
+        }
+
+        /// (id, len) of used element `n`, and the used index.
+        pub fn used(mem: &GuestMem, n: u16) -> (u32, u32, u16) {
+            let e = USED + 4 + 8 * u64::from(n);
+            (
+                mem.read_obj(GuestAddress(e)).unwrap(),
+                mem.read_obj(GuestAddress(e + 4)).unwrap(),
+                mem.read_obj(GuestAddress(USED + 2)).unwrap(),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+    use crate::arch::boot::create_memory;
+    use virtio_queue::QueueT;
+
+    const W: u16 = 2;
+    const N: u16 = 1;
+    const IND: u16 = 4;
+
+    fn first_chain(
+        mem: &GuestMem,
+        dq: &mut DriverQueue,
+        head: u16,
+    ) -> Result<Vec<Buf>, ChainError> {
+        let mut q = dq.queue();
+        dq.push(mem, head);
+        let chain = q.pop_descriptor_chain(mem).expect("a chain is available");
+        collect_chain(chain, mem, 1 << 20)
+    }
+
+    #[test]
+    fn good_chain() {
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        DriverQueue::set_desc(&mem, 0, 0x8000, 16, N, 1);
+        DriverQueue::set_desc(&mem, 1, 0x9000, 64, W, 0);
+        let bufs = first_chain(&mem, &mut dq, 0).unwrap();
+        assert_eq!(bufs.len(), 2);
+        assert_eq!(
+            bufs[1],
+            Buf {
+                addr: GuestAddress(0x9000),
+                len: 64,
+                write: true
+            }
+        );
+    }
+
+    #[test]
+    fn loop_is_refused() {
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        DriverQueue::set_desc(&mem, 0, 0x8000, 16, N, 1);
+        DriverQueue::set_desc(&mem, 1, 0x9000, 16, N, 0);
+        assert_eq!(first_chain(&mem, &mut dq, 0), Err(ChainError::Broken));
+    }
+
+    #[test]
+    fn self_loop_is_refused() {
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        DriverQueue::set_desc(&mem, 3, 0x8000, 16, N, 3);
+        assert_eq!(first_chain(&mem, &mut dq, 3), Err(ChainError::Broken));
+    }
+
+    #[test]
+    fn next_index_out_of_table() {
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        DriverQueue::set_desc(&mem, 0, 0x8000, 16, N, 999);
+        assert_eq!(first_chain(&mem, &mut dq, 0), Err(ChainError::Broken));
+    }
+
+    #[test]
+    fn head_out_of_table() {
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        assert_eq!(first_chain(&mem, &mut dq, 40), Err(ChainError::Empty));
+    }
+
+    #[test]
+    fn buffer_outside_guest_memory() {
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        DriverQueue::set_desc(&mem, 0, 0xf_f000, 0x2000, W, 0);
+        assert_eq!(
+            first_chain(&mem, &mut dq, 0),
+            Err(ChainError::OutOfMemory {
+                addr: 0xf_f000,
+                len: 0x2000
+            })
+        );
+        // Address arithmetic that would wrap around.
+        DriverQueue::set_desc(&mem, 0, u64::MAX - 4, 16, W, 0);
+        assert!(matches!(
+            first_chain(&mem, &mut dq, 0),
+            Err(ChainError::OutOfMemory { .. })
+        ));
+    }
+
+    #[test]
+    fn zero_length_descriptor() {
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        DriverQueue::set_desc(&mem, 0, 0x8000, 0, W, 0);
+        assert_eq!(first_chain(&mem, &mut dq, 0), Err(ChainError::ZeroLength));
+    }
+
+    #[test]
+    fn readable_after_writable() {
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        DriverQueue::set_desc(&mem, 0, 0x8000, 16, W | N, 1);
+        DriverQueue::set_desc(&mem, 1, 0x9000, 16, 0, 0);
+        assert_eq!(
+            first_chain(&mem, &mut dq, 0),
+            Err(ChainError::ReadAfterWrite)
+        );
+    }
+
+    #[test]
+    fn too_large() {
+        let mem = create_memory(4 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        DriverQueue::set_desc(&mem, 0, 0x10_0000, 0x20_0000, W, 0);
+        assert_eq!(first_chain(&mem, &mut dq, 0), Err(ChainError::TooLarge));
+    }
+
+    #[test]
+    fn indirect_table_outside_memory() {
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        DriverQueue::set_desc(&mem, 0, 0x7000_0000, 32, IND, 0);
+        assert_eq!(first_chain(&mem, &mut dq, 0), Err(ChainError::Empty));
+    }
+
+    #[test]
+    fn indirect_chain_is_followed() {
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        // Indirect table at 0x5000 with two descriptors.
+        use vm_memory::Bytes;
+        for (i, (addr, len, flags, next)) in [(0x8000u64, 8u32, N, 1u16), (0x9000, 8, W, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let b = 0x5000 + 16 * i as u64;
+            mem.write_obj(addr, GuestAddress(b)).unwrap();
+            mem.write_obj(len, GuestAddress(b + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(b + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(b + 14)).unwrap();
+        }
+        DriverQueue::set_desc(&mem, 0, 0x5000, 32, IND, 0);
+        let bufs = first_chain(&mem, &mut dq, 0).unwrap();
+        assert_eq!(bufs.len(), 2);
+        assert!(bufs[1].write);
+    }
+
+    #[test]
+    fn avail_index_far_ahead_yields_nothing() {
+        use vm_memory::Bytes;
+        let mem = create_memory(1 << 20).unwrap();
+        let dq = DriverQueue::new(16);
+        let mut q = dq.queue();
+        mem.write_obj(1000u16, GuestAddress(AVAIL + 2)).unwrap();
+        assert!(q.pop_descriptor_chain(&mem).is_none());
+    }
+}

@@ -1,0 +1,424 @@
+//! rkt-vmm: a small KVM virtual machine monitor for rkt's `kvm` stage1.
+//!
+//! It boots an uncompressed Linux `vmlinux` directly in 64-bit mode with an optional initrd, a
+//! 16550 serial console, an i8042 for reset, and virtio-mmio devices. On PVM hosts (nested
+//! "pagetable virtual machine" KVM) it applies the workarounds described in docs/vmm.md.
+//!
+//! ```no_run
+//! use rkt_vmm::{DeviceConfig, ExitReason, SerialOut, Vm, VmConfig};
+//! let mut cfg = VmConfig::new("/var/cache/rkt/kernel/x/vmlinux");
+//! cfg.initrd = Some("/tmp/initrd.cpio.gz".into());
+//! cfg.devices.push(DeviceConfig::Rng);
+//! cfg.serial_out = SerialOut::Stdout;
+//! let vm = Vm::build(cfg)?;
+//! let handle = vm.handle(); // handle.stop() from any thread ends run() with Stopped
+//! match vm.run()? {
+//!     ExitReason::Reset => println!("guest rebooted"),
+//!     other => println!("{other:?}"),
+//! }
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod arch;
+pub mod devices;
+pub mod event;
+pub mod pvm;
+pub mod vstate;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestMemory, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use arch::boot::{self, GuestMem};
+use arch::layout;
+use devices::legacy::{IrqTrigger, PioBus, ResetTrigger, Tee};
+use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use devices::virtio::{Interrupt, VirtioDevice};
+use event::EventLoop;
+use vstate::{ExitState, MmioSlot, VcpuShared};
+
+/// Base kernel command line: serial console, reset through the i8042 on reboot, reboot at
+/// once on panic, and little console output (every character costs a VM exit).
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+
+/// Where the guest's serial console goes.
+pub enum SerialOut {
+    /// Discard.
+    Sink,
+    Stdout,
+    /// Append to a file.
+    File(PathBuf),
+    /// Stdout and a file.
+    Both(PathBuf),
+    /// Any writer (tests, log pipes).
+    Writer(Box<dyn Write + Send>),
+}
+
+/// A virtio device to attach (each gets a 4 KiB MMIO window and an IRQ).
+#[non_exhaustive]
+pub enum DeviceConfig {
+    /// virtio-rng, fed from the host's getrandom(2).
+    Rng,
+}
+
+pub struct VmConfig {
+    /// Uncompressed vmlinux ELF.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Appended to the base command line (after the device entries).
+    pub cmdline_extra: String,
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    pub serial_out: SerialOut,
+    pub devices: Vec<DeviceConfig>,
+    /// Describe decisions (PVM or not, devices, fix-ups) on stderr.
+    pub debug: bool,
+}
+
+impl VmConfig {
+    /// Defaults: 256 MiB, 1 vCPU, console to stdout, no devices.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline_extra: String::new(),
+            mem_mib: 256,
+            vcpus: 1,
+            serial_out: SerialOut::Stdout,
+            devices: Vec::new(),
+            debug: false,
+        }
+    }
+}
+
+/// How a VM run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest rebooted (i8042 reset, triple fault or KVM reset event): with
+    /// `reboot=k panic=-1` this is also how a guest panic ends.
+    Reset,
+    /// The guest powered off (KVM shutdown event).
+    PowerOff,
+    /// `VmHandle::stop` was called.
+    Stopped,
+    /// The VMM had to stop the guest (e.g. an instruction the host cannot emulate).
+    Error(String),
+}
+
+/// Stops a running VM from any thread.
+#[derive(Clone)]
+pub struct VmHandle {
+    stop: Arc<EventFd>,
+}
+
+impl VmHandle {
+    /// Asks `Vm::run` to end; it returns `ExitReason::Stopped` unless the guest ended first.
+    pub fn stop(&self) {
+        let _ = self.stop.write(1);
+    }
+}
+
+pub struct Vm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    vcpus: Vec<VcpuFd>,
+    shared: Arc<VcpuShared>,
+    event_loop: EventLoop,
+    stop: Arc<EventFd>,
+    /// The command line the guest got.
+    pub cmdline: String,
+    /// Whether the PVM workarounds are on.
+    pub pvm: bool,
+    debug: bool,
+}
+
+const TOKEN_EXIT: u32 = 0;
+const TOKEN_STOP: u32 = 1;
+
+fn open_serial(out: SerialOut) -> Result<Box<dyn Write + Send>> {
+    let open = |p: &PathBuf| -> Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("opening serial log {}", p.display()))
+    };
+    Ok(match out {
+        SerialOut::Sink => Box::new(std::io::sink()),
+        SerialOut::Stdout => Box::new(std::io::stdout()),
+        SerialOut::File(p) => Box::new(open(&p)?),
+        SerialOut::Both(p) => Box::new(Tee(std::io::stdout(), open(&p)?)),
+        SerialOut::Writer(w) => w,
+    })
+}
+
+fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd> {
+    let e = EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?;
+    vm.register_irqfd(&e, gsi)
+        .with_context(|| format!("KVM_IRQFD for IRQ {gsi}"))?;
+    Ok(e)
+}
+
+impl Vm {
+    /// Creates the VM: memory, kernel, initrd, devices and vCPUs; nothing runs yet.
+    pub fn build(cfg: VmConfig) -> Result<Vm> {
+        let debug = cfg.debug;
+        let dbg = |m: String| {
+            if debug {
+                eprintln!("rkt-vmm: {m}");
+            }
+        };
+        if cfg.vcpus == 0 {
+            bail!("a VM needs at least one vCPU");
+        }
+        if cfg.mem_mib < 32 {
+            bail!(
+                "guest memory of {} MiB is too small (32 MiB at least)",
+                cfg.mem_mib
+            );
+        }
+        let mem_bytes = cfg
+            .mem_mib
+            .checked_mul(1 << 20)
+            .filter(|b| *b <= 1 << 40)
+            .with_context(|| format!("guest memory of {} MiB is too large", cfg.mem_mib))?;
+
+        let kvm = Kvm::new().map_err(|e| {
+            anyhow::anyhow!("cannot open /dev/kvm: {e} (is KVM available and accessible?)")
+        })?;
+        let pvm = pvm::host_is_pvm();
+        dbg(format!(
+            "host KVM mode: {}",
+            if pvm {
+                "PVM (kvm_pvm module): CX16 hidden, emulation fix-ups on, PVM command line"
+            } else {
+                "hardware virtualization (no PVM workarounds)"
+            }
+        ));
+        let max_vcpus = kvm.get_max_vcpus();
+        if usize::from(cfg.vcpus) > max_vcpus {
+            bail!("{} vCPUs requested, KVM allows {max_vcpus}", cfg.vcpus);
+        }
+
+        let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+        vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .context("KVM_SET_TSS_ADDR")?;
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+            .context("KVM_SET_IDENTITY_MAP_ADDR")?;
+        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .context("KVM_CREATE_PIT2")?;
+
+        let mem = boot::create_memory(mem_bytes)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .context("guest memory host address")?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM (it is
+            // kept in VcpuShared and dropped after the vCPUs have stopped).
+            unsafe { vm.set_user_memory_region(r) }.context("KVM_SET_USER_MEMORY_REGION")?;
+        }
+
+        let (entry, kernel_end) = boot::load_kernel(&mem, &cfg.kernel)?;
+        dbg(format!(
+            "kernel {} entry {entry:#x} end {kernel_end:#x}",
+            cfg.kernel.display()
+        ));
+        let initrd = match &cfg.initrd {
+            Some(p) => Some(boot::load_initrd(&mem, p, kernel_end)?),
+            None => None,
+        };
+
+        // Legacy devices.
+        let exit = Arc::new(ExitState::new().context("creating an eventfd")?);
+        let serial_irq = irqfd(&vm, layout::SERIAL_IRQ)?;
+        let serial = vm_superio::Serial::new(IrqTrigger(serial_irq), open_serial(cfg.serial_out)?);
+        let i8042 = vm_superio::I8042Device::new(ResetTrigger(exit.clone()));
+
+        // virtio devices.
+        let mut cmdline = String::from(BASE_CMDLINE);
+        if pvm {
+            cmdline.push(' ');
+            cmdline.push_str(pvm::PVM_CMDLINE);
+        }
+        let mut mmio = Vec::new();
+        let mut event_loop = EventLoop::new().context("creating the event loop")?;
+        for (i, d) in cfg.devices.into_iter().enumerate() {
+            let (base, irq) = layout::virtio_slot(i).context("too many virtio devices")?;
+            let device: Box<dyn VirtioDevice> = match d {
+                DeviceConfig::Rng => Box::new(devices::virtio::rng::Rng::new(debug)),
+            };
+            let nq = device.queue_max_sizes().len();
+            let mut evts = Vec::with_capacity(nq);
+            for q in 0..nq {
+                let e = EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?;
+                vm.register_ioevent(&e, &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY), q as u32)
+                    .context("KVM_IOEVENTFD")?;
+                evts.push(e);
+            }
+            dbg(format!(
+                "virtio device type {} at {base:#x} irq {irq}",
+                device.device_type()
+            ));
+            let t = Arc::new(Mutex::new(MmioTransport::new(
+                device,
+                mem.clone(),
+                Interrupt::new(irqfd(&vm, irq)?),
+                evts,
+                debug,
+            )));
+            event_loop
+                .add_subscriber(t.clone())
+                .context("registering device events")?;
+            cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+            mmio.push(MmioSlot {
+                base,
+                len: layout::VIRTIO_MMIO_SIZE,
+                transport: t,
+            });
+        }
+        if !cfg.cmdline_extra.trim().is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(cfg.cmdline_extra.trim());
+        }
+        dbg(format!("command line: {cmdline}"));
+        let cmdline_len = boot::write_cmdline(&mem, &cmdline)?;
+        boot::write_boot_params(&mem, mem_bytes, cmdline_len, initrd)?;
+        arch::regs::write_boot_tables(&mem)?;
+
+        // vCPUs.
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .context("KVM_GET_SUPPORTED_CPUID")?;
+        let mut vcpus = Vec::new();
+        for id in 0..cfg.vcpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .with_context(|| format!("KVM_CREATE_VCPU {id}"))?;
+            let mut entries = supported.as_slice().to_vec();
+            arch::cpuid::normalize(
+                &mut entries,
+                arch::cpuid::CpuidOptions {
+                    vcpu_id: id,
+                    vcpu_count: cfg.vcpus,
+                    pvm,
+                },
+            );
+            let cpuid = kvm_bindings::CpuId::from_entries(&entries)
+                .map_err(|e| anyhow::anyhow!("building CPUID: {e:?}"))?;
+            vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
+            let refused = arch::regs::setup_vcpu(&vcpu, entry)?;
+            if !refused.is_empty() && id == 0 {
+                dbg(format!("KVM refused boot MSRs {refused:x?} (harmless)"));
+            }
+            vcpus.push(vcpu);
+        }
+
+        let shared = Arc::new(VcpuShared {
+            pio: Mutex::new(PioBus { serial, i8042 }),
+            mmio,
+            exit,
+            stopping: AtomicBool::new(false),
+            mem,
+            pvm,
+            debug,
+            pvm_fixups: AtomicU64::new(0),
+        });
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?);
+        event_loop
+            .add_owner_fd(shared.exit.evt.as_raw_fd(), TOKEN_EXIT)
+            .context("event loop")?;
+        event_loop
+            .add_owner_fd(stop.as_raw_fd(), TOKEN_STOP)
+            .context("event loop")?;
+        Ok(Vm {
+            _kvm: kvm,
+            _vm: vm,
+            vcpus,
+            shared,
+            event_loop,
+            stop,
+            cmdline,
+            pvm,
+            debug,
+        })
+    }
+
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// Guest memory (e.g. to measure how much of it the guest touched).
+    pub fn guest_memory(&self) -> &GuestMem {
+        &self.shared.mem
+    }
+
+    /// Runs the VM until the guest resets or powers off, the VMM hits an error, or
+    /// `VmHandle::stop` is called. The calling thread runs the device event loop.
+    pub fn run(mut self) -> Result<ExitReason> {
+        vstate::install_kick_handler()?;
+        let mut threads = Vec::new();
+        for (i, vcpu) in self.vcpus.drain(..).enumerate() {
+            match vstate::spawn_vcpu(i as u8, vcpu, self.shared.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    vstate::stop_vcpus(&self.shared, threads);
+                    return Err(e);
+                }
+            }
+        }
+        let reason = loop {
+            let owner = match self.event_loop.run_once(-1) {
+                Ok(o) => o,
+                Err(e) => {
+                    vstate::stop_vcpus(&self.shared, threads);
+                    return Err(anyhow::Error::new(e).context("event loop"));
+                }
+            };
+            if owner.contains(&TOKEN_EXIT) {
+                if let Some(r) = self.shared.exit.reason() {
+                    break r;
+                }
+            }
+            if owner.contains(&TOKEN_STOP) {
+                break ExitReason::Stopped;
+            }
+        };
+        vstate::stop_vcpus(&self.shared, threads);
+        if self.debug {
+            eprintln!(
+                "rkt-vmm: VM ended: {reason:?} (PVM fix-ups: {})",
+                self.shared.pvm_fixups.load(Ordering::Relaxed)
+            );
+        }
+        let _ = self
+            .shared
+            .pio
+            .lock()
+            .map(|mut p| p.serial.writer_mut().flush());
+        Ok(reason)
+    }
+}

@@ -1,0 +1,123 @@
+//! PVM (pagetable-based virtualization) support. Under PVM's "native" mode every guest
+//! kernel-mode instruction is emulated, and the emulator lacks a few instructions; see
+//! docs/vmm.md. Everything here is only used when `/sys/module/kvm_pvm` exists: on VMX/SVM
+//! hosts none of these exits happen.
+
+use std::path::Path;
+
+/// Kernel command line additions that switch off features PVM's emulator cannot run in the
+/// guest kernel (PVM re-enables them after KVM_SET_CPUID2, so CPUID alone does not do it).
+pub const PVM_CMDLINE: &str = "noxsave clearcpuid=smap,fsgsbase,pku,rdpid,popcnt";
+
+/// True when the host's KVM is the kvm_pvm module.
+pub fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// What to do with an instruction the emulator gave up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmulationFix {
+    /// Advance RIP by `skip` bytes, then inject exception `vector` (if any).
+    Fix { skip: u64, vector: Option<u8> },
+    /// Unknown instruction: stop the VM.
+    Fatal,
+}
+
+/// Decides the fix for the instruction starting with `bytes`.
+pub fn fix_for(bytes: &[u8]) -> EmulationFix {
+    match bytes {
+        // int3: kernel text patching and the alternatives self-test use it; deliver #BP with
+        // RIP after the instruction (trap semantics).
+        [0xcc, ..] => EmulationFix::Fix {
+            skip: 1,
+            vector: Some(3),
+        },
+        // ud2 (BUG/WARN): #UD with RIP on the instruction, as the CPU would.
+        [0x0f, 0x0b, ..] => EmulationFix::Fix {
+            skip: 0,
+            vector: Some(6),
+        },
+        // fwait: nothing pending to check in a freshly booted guest.
+        [0x9b, ..] => EmulationFix::Fix {
+            skip: 1,
+            vector: None,
+        },
+        _ => EmulationFix::Fatal,
+    }
+}
+
+/// KVM_INTERNAL_ERROR_EMULATION.
+pub const SUBERROR_EMULATION: u32 = 1;
+/// `emulation_failure.flags`: the instruction bytes are valid.
+const FLAG_INSTRUCTION_BYTES: u64 = 1;
+
+/// Extracts the instruction bytes from `kvm_run.internal` for an emulation failure:
+/// data[0] = flags, then a byte with the length followed by up to 15 instruction bytes.
+pub fn instruction_bytes(ndata: u32, data: &[u64; 16]) -> Option<Vec<u8>> {
+    if ndata < 3 || data[0] & FLAG_INSTRUCTION_BYTES == 0 {
+        return None;
+    }
+    let mut raw = Vec::with_capacity(16);
+    raw.extend_from_slice(&data[1].to_le_bytes());
+    raw.extend_from_slice(&data[2].to_le_bytes());
+    let len = usize::from(raw[0]).min(15);
+    Some(raw[1..1 + len].to_vec())
+}
+
+/// Hex dump for error messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_instructions() {
+        assert_eq!(
+            fix_for(&[0xcc, 0x90]),
+            EmulationFix::Fix {
+                skip: 1,
+                vector: Some(3)
+            }
+        );
+        assert_eq!(
+            fix_for(&[0x0f, 0x0b]),
+            EmulationFix::Fix {
+                skip: 0,
+                vector: Some(6)
+            }
+        );
+        assert_eq!(
+            fix_for(&[0x9b]),
+            EmulationFix::Fix {
+                skip: 1,
+                vector: None
+            }
+        );
+        assert_eq!(fix_for(&[0x48, 0x0f, 0xae, 0x2f]), EmulationFix::Fatal);
+        assert_eq!(fix_for(&[]), EmulationFix::Fatal);
+    }
+
+    #[test]
+    fn decode_instruction_bytes() {
+        let mut d = [0u64; 16];
+        d[0] = 1;
+        d[1] = u64::from_le_bytes([4, 0x48, 0x0f, 0xae, 0x2f, 0x90, 0x90, 0x90]);
+        assert_eq!(
+            instruction_bytes(3, &d).unwrap(),
+            vec![0x48, 0x0f, 0xae, 0x2f]
+        );
+        // Length byte larger than the buffer is clamped, never read out of bounds.
+        d[1] = u64::from_le_bytes([0xff, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(instruction_bytes(3, &d).unwrap().len(), 15);
+        d[0] = 0;
+        assert_eq!(instruction_bytes(3, &d), None);
+        assert_eq!(instruction_bytes(1, &[1; 16]), None);
+    }
+}
