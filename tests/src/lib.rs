@@ -10,7 +10,7 @@ mod registry;
 
 pub use images::{big_image, images, TestImages};
 pub use proc::{run_command, RktChild, RktOutput};
-pub use registry::Registry;
+pub use registry::{Registry, RegistryOptions};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,9 @@
 //! independent tools: umoci, skopeo, tar, file), the inspect app works, the registry serves pushed
 //! images, and RktEnv cleans up after failed pod tests. None of these need the rkt binary.
 
-use rkt_tests::{big_image, images, require_root, run_command, Registry, RktEnv, RktOutput};
+use rkt_tests::{
+    big_image, images, require_root, run_command, Registry, RegistryOptions, RktEnv, RktOutput,
+};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
@@ -592,4 +594,31 @@ fn inspect_reports_mounts_and_hostname() {
         "{line}"
     );
     assert!(fields[2].ends_with(" tmpfs"), "{line}");
+}
+
+#[test]
+fn registry_with_tls_and_basic_auth() {
+    let im = images();
+    let reg = Registry::start_with(RegistryOptions {
+        tls: true,
+        basic_auth: Some(("alice".into(), "s3cret".into())),
+    });
+    reg.push(&im.busybox_oci_ref(), "private/busybox:1");
+    let r = reg.docker_ref("private/busybox:1");
+    let creds = "--creds=alice:s3cret";
+    // Trusting the registry's own certificate works; without it TLS verification fails.
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::copy(reg.ca_cert().unwrap(), certs.path().join("ca.crt")).unwrap();
+    let cert_dir = format!("--cert-dir={}", certs.path().display());
+    let ok = cmd("skopeo", &["inspect", &cert_dir, creds, &r]);
+    ok.assert_ok();
+    assert_eq!(json(&ok.stdout)["Labels"]["org.example.test"], "busybox");
+    let untrusted = cmd("skopeo", &["inspect", creds, &r]);
+    assert_ne!(untrusted.code, 0, "{untrusted}");
+    assert!(untrusted.stderr.contains("certificate"), "{untrusted}");
+    // Wrong or missing credentials are refused.
+    let bad = cmd("skopeo", &["inspect", &cert_dir, "--creds=alice:wrong", &r]);
+    assert_ne!(bad.code, 0, "{bad}");
+    let anon = cmd("skopeo", &["inspect", &cert_dir, "--no-creds", &r]);
+    assert_ne!(anon.code, 0, "{anon}");
 }
