@@ -87,10 +87,13 @@ pub fn exec_as_app(
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     let exe = find_executable(root, &app.exec[0], &path)?;
+    // A capability the supervisor lacks (e.g. dropped from the host's bounding set) cannot be
+    // granted: the set is what was asked for, limited to what we hold.
+    let held = caps::current_permitted()?;
     let mask = if pod.insecure.capabilities {
-        caps::all_mask()
+        held
     } else {
-        caps::mask_of(&app.capabilities)?
+        caps::mask_of(&app.capabilities)? & held
     };
     let filter = if pod.insecure.seccomp {
         None

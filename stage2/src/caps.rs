@@ -132,6 +132,27 @@ fn capset(eff: u64, perm: u64, inh: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The calling process's permitted set (what `mask` can be at most).
+pub fn current_permitted() -> anyhow::Result<u64> {
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and two data structs laid out as the v3 capget ABI wants.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("capget");
+    }
+    Ok(data[0].permitted as u64 | (data[1].permitted as u64) << 32)
+}
+
 /// Drops every capability not in `mask` from the bounding set. Needs CAP_SETPCAP, so it runs
 /// before the uid switch.
 pub fn limit_bounding(mask: u64) -> anyhow::Result<()> {
