@@ -62,17 +62,44 @@ impl BootCycle {
     }
 }
 
+/// tpm2-tss' base response codes (tss2_common.h) that a connection attempt can produce.
 fn rc_text(rc: u32) -> String {
-    tss_esapi::Error::Tss2Error(tss_esapi::constants::response_code::Tss2ResponseCode::from(
-        rc,
-    ))
-    .to_string()
+    let name = match rc & 0xffff {
+        1 => "general failure",
+        8 => "no connection",
+        9 => "try again",
+        10 => "I/O error",
+        11 => "bad value",
+        12 => "not permitted",
+        20 => "incompatible TCTI",
+        21 => "not supported",
+        28 => "no configuration",
+        29 => "bad path",
+        _ => {
+            return tss_esapi::Error::Tss2Error(
+                tss_esapi::constants::response_code::Tss2ResponseCode::from(rc),
+            )
+            .to_string()
+        }
+    };
+    format!("{name} (TSS2 rc {rc:#x})")
 }
 
+/// A missing device node is the common "no TPM" case: say so plainly.
+fn check_device(tcti: &str) -> Result<()> {
+    if let Some(path) = tcti.strip_prefix("device:") {
+        let path = if path.is_empty() { "/dev/tpm0" } else { path };
+        if !std::path::Path::new(path).exists() {
+            bail!("no TPM at {tcti}: {path} does not exist");
+        }
+    }
+    Ok(())
+}
 /// TPM2_ReadClock, which tss-esapi does not wrap: through the ESAPI C library directly, on a
 /// connection of its own that is closed before returning.
 pub fn read_clock(tcti: &str) -> Result<BootCycle> {
     quiet_tss();
+    check_device(tcti)?;
     let conf = CString::new(tcti).map_err(|_| anyhow!("TCTI {tcti:?} contains a NUL byte"))?;
     // SAFETY: plain FFI calls following tpm2-tss' documented init/finalize sequence; every
     // pointer is either null-initialised and filled by the library or freed exactly once below.
@@ -146,6 +173,7 @@ pub struct Quote {
 impl Tpm {
     pub fn connect(tcti: &str) -> Result<Tpm> {
         quiet_tss();
+        check_device(tcti)?;
         let conf = TctiNameConf::from_str(tcti).map_err(|_| {
             anyhow!("invalid TCTI {tcti:?} (expected device:PATH, swtpm:host=H,port=P, mssim:… or tabrmd:…)")
         })?;

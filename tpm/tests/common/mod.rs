@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -90,8 +89,4 @@ impl Drop for Swtpm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn tmpdir() -> PathBuf {
-    tempfile::tempdir().unwrap().keep()
 }
