@@ -8,10 +8,30 @@
 //!   (accepts `sha256-<hex>` full or unambiguous prefix ≥ 12 hex, `sha256:<hex>`, or a name[:tag]).
 //! - `Store::render(&id)` -> `RenderedTree` (renders once, then reuses; marks the image used).
 //! - `Store::manifest(&id)` -> the appc `ImageManifest` of an image.
+//!
+//! Layout: `cas/blobs/sha256/<hex>` (immutable blobs), `cas/db/index.sqlite` (image index),
+//! `cas/tree/<id>/{rootfs,tree_digest}` (rendered trees), `cas/locks/` (flock files), `cas/tmp/`.
 
+mod blob;
+mod convert;
+mod export;
+pub mod extract;
+mod fetch;
+mod index;
+mod progress;
+mod render;
+mod source;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use anyhow::{anyhow, bail, Context};
+
+pub use blob::BlobStore;
+pub use render::tree_digest;
 pub use rkt_schema::ImageManifest;
+pub use source::Source;
 
 pub type Result<T> = anyhow::Result<T>;
 
@@ -22,6 +42,18 @@ pub enum PullPolicy {
     #[default]
     New,
     Update,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "never" => Ok(PullPolicy::Never),
+            "new" => Ok(PullPolicy::New),
+            "update" => Ok(PullPolicy::Update),
+            o => bail!("invalid pull policy {o:?} (allowed: never, new, update)"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,14 +88,277 @@ pub struct RenderedTree {
     pub tree_digest: String,
 }
 
+/// What `gc` removed.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub trees_removed: Vec<String>,
+    pub images_removed: Vec<String>,
+    pub blobs_removed: usize,
+}
+
 pub struct Store {
     pub root: PathBuf,
+    /// The rkt data dir (`--dir`), parent of `root`.
+    pub data_dir: PathBuf,
+    pub(crate) blobs: BlobStore,
+    pub(crate) index: index::Index,
+}
+
+/// `sha256-<hex>` from `sha256:<hex>`.
+pub fn digest_to_id(digest: &str) -> String {
+    digest.replacen("sha256:", "sha256-", 1)
+}
+
+/// `sha256:<hex>` from `sha256-<hex>`.
+pub fn id_to_digest(id: &str) -> String {
+    id.replacen("sha256-", "sha256:", 1)
+}
+
+/// `sha256-<first 12 hex>`.
+pub fn short_id(id: &str) -> String {
+    id.chars().take("sha256-".len() + 12).collect()
+}
+
+/// Splits `name[:tag]` (the tag is after the last `:` that follows the last `/`); default `latest`.
+pub fn split_name_tag(s: &str) -> (String, String) {
+    let slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match s[slash..].rfind(':') {
+        Some(i) => (s[..slash + i].to_string(), s[slash + i + 1..].to_string()),
+        None => (s.to_string(), "latest".to_string()),
+    }
+}
+
+/// An exclusive or shared `flock` on a file under `cas/locks`, released on drop.
+pub(crate) struct FileLock(#[allow(dead_code)] File);
+
+impl FileLock {
+    pub(crate) fn acquire(path: &Path, exclusive: bool) -> Result<FileLock> {
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening lock {}", path.display()))?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+                return Ok(FileLock(f));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(anyhow!(e).context(format!("locking {}", path.display())));
+            }
+        }
+    }
 }
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         let root = dir.join("cas");
-        std::fs::create_dir_all(&root)?;
-        Ok(Store { root })
+        for sub in ["blobs/sha256", "db", "tree", "locks", "tmp"] {
+            std::fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("creating {}", root.join(sub).display()))?;
+        }
+        let blobs = BlobStore::new(root.join("blobs"), root.join("tmp"));
+        let index = index::Index::open(&root.join("db/index.sqlite"))?;
+        Ok(Store {
+            data_dir: dir.to_path_buf(),
+            root,
+            blobs,
+            index,
+        })
+    }
+
+    pub(crate) fn lock(&self, name: &str, exclusive: bool) -> Result<FileLock> {
+        FileLock::acquire(&self.root.join("locks").join(name), exclusive)
+    }
+
+    /// Fetches (or finds, per the pull policy) an image and leaves it rendered, ready to run.
+    pub fn fetch(&self, image: &str, opts: &FetchOptions) -> Result<ImageInfo> {
+        let src = Source::parse(image)?;
+        let f = fetch::fetch(self, &src, opts)?;
+        if let Err(e) = self.render(&f.info.id) {
+            if f.new {
+                // A freshly imported image whose layers cannot be rendered is taken out again.
+                let _ = self.remove(&f.info.id);
+            }
+            return Err(e);
+        }
+        self.index
+            .get(&f.info.id)?
+            .ok_or_else(|| anyhow!("image {} vanished from the store", f.info.id))
+    }
+
+    /// An image already in the store, by id (full or ≥ 12-hex prefix) or name[:tag].
+    pub fn resolve(&self, name_or_id: &str) -> Result<ImageInfo> {
+        let s = name_or_id.trim();
+        if let Some(hex) = s
+            .strip_prefix("sha256-")
+            .or_else(|| s.strip_prefix("sha256:"))
+        {
+            if hex.len() < 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("invalid image ID {s:?}: need sha256- and at least 12 hex digits");
+            }
+            let ids = self
+                .index
+                .ids_with_prefix(&format!("sha256-{}", hex.to_ascii_lowercase()))?;
+            return match ids.len() {
+                0 => Err(anyhow!("image {s:?} not found in the store")),
+                1 => Ok(self.index.get(&ids[0])?.expect("listed id")),
+                n => Err(anyhow!("image ID {s:?} is ambiguous ({n} images match)")),
+            };
+        }
+        let s = s.strip_prefix("docker://").unwrap_or(s);
+        let (name, tag) = split_name_tag(s);
+        self.index
+            .by_name(&name, &tag)?
+            .ok_or_else(|| anyhow!("image {name_or_id:?} not found in the store"))
+    }
+
+    /// SQLite's integrity check of the image index.
+    pub fn index_ok(&self) -> Result<bool> {
+        self.index.integrity_ok()
+    }
+
+    /// All images in the index.
+    pub fn list(&self) -> Result<Vec<ImageInfo>> {
+        self.index.list()
+    }
+
+    /// The appc manifest of an image.
+    pub fn manifest(&self, id: &str) -> Result<ImageManifest> {
+        let rec = self.index.record(id)?;
+        serde_json::from_str(&rec.appc_manifest).context("parsing the stored image manifest")
+    }
+
+    /// Renders the image's tree once (under a lock) and returns it; marks the image used.
+    pub fn render(&self, id: &str) -> Result<RenderedTree> {
+        let rec = self.index.record(id)?;
+        let t = render::render(self, &rec)?;
+        self.index.touch(id)?;
+        Ok(t)
+    }
+
+    /// The rendered tree of an image, if it has been rendered.
+    pub fn rendered(&self, id: &str) -> Option<RenderedTree> {
+        render::existing(self, id)
+    }
+
+    /// Unpacks the image's layers into `outdir` (created; must not exist).
+    pub fn extract_to(&self, id: &str, outdir: &Path) -> Result<()> {
+        let rec = self.index.record(id)?;
+        render::unpack_layers(self, &rec, outdir, &mut extract::ContentHashes::default())?;
+        Ok(())
+    }
+
+    /// Writes the image as an oci-archive at `out`.
+    pub fn export(&self, id: &str, out: &Path) -> Result<()> {
+        let rec = self.index.record(id)?;
+        export::export_oci_archive(self, &rec, out)
+    }
+
+    /// Removes an image: index entry, rendered tree and blobs no other image uses.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let _g = self.lock("gc.lock", true)?;
+        if self.index.get(id)?.is_none() {
+            bail!("image {id:?} not found in the store");
+        }
+        render::remove_tree(self, id)?;
+        self.index.remove(id)?;
+        self.sweep_blobs()?;
+        Ok(())
+    }
+
+    /// Image ids whose trees are in use by a pod: `<dir>/pods/*/*/appsinfo/*/treeStoreID`.
+    pub fn trees_in_use(&self) -> std::collections::HashSet<String> {
+        let mut used = std::collections::HashSet::new();
+        let pods = self.data_dir.join("pods");
+        let states = std::fs::read_dir(&pods).into_iter().flatten().flatten();
+        for state in states {
+            for pod in std::fs::read_dir(state.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let apps = pod.path().join("appsinfo");
+                for app in std::fs::read_dir(&apps).into_iter().flatten().flatten() {
+                    if let Ok(s) = std::fs::read_to_string(app.path().join("treeStoreID")) {
+                        used.insert(s.trim().to_string());
+                    }
+                }
+                if let Ok(s) = std::fs::read_to_string(pod.path().join("stage1TreeStoreID")) {
+                    used.insert(s.trim().to_string());
+                }
+            }
+        }
+        used
+    }
+
+    /// `rkt image gc`: removes trees no pod uses, images unused for `grace`, then orphan blobs.
+    pub fn gc(&self, grace: std::time::Duration) -> Result<GcReport> {
+        let _g = self.lock("gc.lock", true)?;
+        let mut report = GcReport::default();
+        let in_use = self.trees_in_use();
+        for id in render::rendered_ids(self)? {
+            if !in_use.contains(&id) {
+                render::remove_tree(self, &id)?;
+                report.trees_removed.push(id);
+            }
+        }
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(grace).map_err(|_| anyhow!("grace period too long"))?;
+        for img in self.index.list()? {
+            if img.last_used < cutoff && !in_use.contains(&img.id) {
+                self.index.remove(&img.id)?;
+                report.images_removed.push(img.id);
+            }
+        }
+        report.blobs_removed = self.sweep_blobs()?;
+        Ok(report)
+    }
+
+    /// Deletes blobs no image references. Caller holds `gc.lock`; imports hold it shared.
+    fn sweep_blobs(&self) -> Result<usize> {
+        let referenced = self.index.referenced_blobs()?;
+        let mut n = 0;
+        for d in self.blobs.all()? {
+            if !referenced.contains(&d) {
+                self.blobs.remove(&d)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_tag_split() {
+        assert_eq!(
+            split_name_tag("busybox"),
+            ("busybox".into(), "latest".into())
+        );
+        assert_eq!(split_name_tag("a/b:1.2"), ("a/b".into(), "1.2".into()));
+        assert_eq!(
+            split_name_tag("127.0.0.1:5000/x/y"),
+            ("127.0.0.1:5000/x/y".into(), "latest".into())
+        );
+        assert_eq!(
+            split_name_tag("127.0.0.1:5000/x:v1"),
+            ("127.0.0.1:5000/x".into(), "v1".into())
+        );
+        assert_eq!(
+            short_id(&format!("sha256-{}", "ab".repeat(32))),
+            "sha256-abababababab"
+        );
     }
 }

@@ -1,0 +1,269 @@
+//! The image index: SQLite (WAL, busy timeout) at `cas/db/index.sqlite`. Every write is one
+//! `BEGIN IMMEDIATE` transaction, so concurrent rkt processes serialise on SQLite's lock and a
+//! crash leaves either the old or the new state.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::{ImageInfo, Result};
+
+/// One layer blob of an image, in application order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Layer {
+    pub digest: String,
+    /// OCI media type, or `application/vnd.appc.aci` for an ACI file (entries under `rootfs/`).
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub size: u64,
+}
+
+pub const ACI_MEDIA_TYPE: &str = "application/vnd.appc.aci";
+
+/// Everything the store keeps about an image.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: String,
+    pub name: String,
+    pub tag: String,
+    pub size: u64,
+    pub import_time: DateTime<Utc>,
+    pub last_used: DateTime<Utc>,
+    pub origin: String,
+    /// `oci` (OCI/Docker manifest + config + layers) or `aci`.
+    pub kind: String,
+    pub appc_manifest: String,
+    /// OCI image manifest blob (None for ACI).
+    pub manifest_digest: Option<String>,
+    pub config_digest: Option<String>,
+    pub layers: Vec<Layer>,
+}
+
+impl Record {
+    pub fn info(&self) -> ImageInfo {
+        ImageInfo {
+            id: self.id.clone(),
+            name: format!("{}:{}", self.name, self.tag),
+            size: self.size,
+            import_time: self.import_time,
+            last_used: self.last_used,
+            origin: self.origin.clone(),
+        }
+    }
+}
+
+pub struct Index {
+    conn: Connection,
+}
+
+fn ts(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+fn from_ts(n: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(n)
+}
+
+const COLS: &str = "id, name, tag, size, import_time, last_used, origin, kind, appc_manifest, \
+                    manifest_digest, config_digest, layers";
+
+fn row_to_record(r: &rusqlite::Row) -> rusqlite::Result<Record> {
+    let layers: String = r.get(11)?;
+    Ok(Record {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        tag: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        import_time: from_ts(r.get(4)?),
+        last_used: from_ts(r.get(5)?),
+        origin: r.get(6)?,
+        kind: r.get(7)?,
+        appc_manifest: r.get(8)?,
+        manifest_digest: r.get(9)?,
+        config_digest: r.get(10)?,
+        layers: serde_json::from_str(&layers).unwrap_or_default(),
+    })
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Index> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening image index {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(60))?;
+        // journal_mode=WAL needs the write lock the first time; the busy timeout covers the race.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .context("enabling WAL on the image index")?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(anyhow!("image index refused WAL mode (got {mode})"));
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS images (
+                id TEXT PRIMARY KEY, name TEXT NOT NULL, tag TEXT NOT NULL, size INTEGER NOT NULL,
+                import_time INTEGER NOT NULL, last_used INTEGER NOT NULL, origin TEXT NOT NULL,
+                kind TEXT NOT NULL, appc_manifest TEXT NOT NULL, manifest_digest TEXT,
+                config_digest TEXT, layers TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS names (
+                name TEXT NOT NULL, tag TEXT NOT NULL, id TEXT NOT NULL, added INTEGER NOT NULL,
+                PRIMARY KEY (name, tag, id));",
+        )
+        .context("creating the image index schema")?;
+        Ok(Index { conn })
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>) -> Result<T> {
+        // `unchecked_transaction` because we hold &self; the connection is not shared across threads.
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .context("locking the image index")?;
+        let v = f(&tx).context("writing the image index")?;
+        tx.commit().context("committing the image index")?;
+        Ok(v)
+    }
+
+    /// Adds the image (or, if its id is known, just records the extra name and refreshes origin).
+    pub fn insert(&self, r: &Record) -> Result<()> {
+        let layers = serde_json::to_string(&r.layers)?;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO images (id, name, tag, size, import_time, last_used, origin, kind,
+                    appc_manifest, manifest_digest, config_digest, layers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT(id) DO NOTHING",
+                params![
+                    r.id,
+                    r.name,
+                    r.tag,
+                    r.size as i64,
+                    ts(r.import_time),
+                    ts(r.last_used),
+                    r.origin,
+                    r.kind,
+                    r.appc_manifest,
+                    r.manifest_digest,
+                    r.config_digest,
+                    layers
+                ],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO names (name, tag, id, added) VALUES (?1, ?2, ?3, ?4)",
+                params![r.name, r.tag, r.id, ts(Utc::now())],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records that `name:tag` (also) refers to `id`, most recently.
+    pub fn add_name(&self, name: &str, tag: &str, id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO names (name, tag, id, added) VALUES (?1, ?2, ?3, ?4)",
+                params![name, tag, id, ts(Utc::now())],
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn record(&self, id: &str) -> Result<Record> {
+        self.get_record(id)?
+            .ok_or_else(|| anyhow!("image {id:?} not found in the store"))
+    }
+
+    pub fn get_record(&self, id: &str) -> Result<Option<Record>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {COLS} FROM images WHERE id = ?1"),
+                [id],
+                row_to_record,
+            )
+            .optional()?)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<ImageInfo>> {
+        Ok(self.get_record(id)?.map(|r| r.info()))
+    }
+
+    /// The image `name:tag` most recently pointed at.
+    pub fn by_name(&self, name: &str, tag: &str) -> Result<Option<ImageInfo>> {
+        let id: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT n.id FROM names n JOIN images i ON i.id = n.id
+                 WHERE n.name = ?1 AND n.tag = ?2 ORDER BY n.added DESC LIMIT 1",
+                [name, tag],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => self.get(&id),
+            None => Ok(None),
+        }
+    }
+
+    pub fn ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM images WHERE substr(id, 1, length(?1)) = ?1")?;
+        let ids = st
+            .query_map([prefix], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
+    }
+
+    pub fn list(&self) -> Result<Vec<ImageInfo>> {
+        Ok(self.records()?.iter().map(Record::info).collect())
+    }
+
+    pub fn records(&self) -> Result<Vec<Record>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {COLS} FROM images ORDER BY import_time"))?;
+        let v = st
+            .query_map([], row_to_record)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(v)
+    }
+
+    pub fn touch(&self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE images SET last_used = ?1 WHERE id = ?2",
+                params![ts(Utc::now()), id],
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn remove(&self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM names WHERE id = ?1", [id])?;
+            tx.execute("DELETE FROM images WHERE id = ?1", [id])
+        })?;
+        Ok(())
+    }
+
+    /// Digests of every blob some image needs.
+    pub fn referenced_blobs(&self) -> Result<HashSet<String>> {
+        let mut set = HashSet::new();
+        for r in self.records()? {
+            set.extend(r.manifest_digest.clone());
+            set.extend(r.config_digest.clone());
+            set.extend(r.layers.iter().map(|l| l.digest.clone()));
+        }
+        Ok(set)
+    }
+
+    /// `PRAGMA integrity_check` (tests and `rkt image list --debug` sanity).
+    pub fn integrity_ok(&self) -> Result<bool> {
+        let s: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        Ok(s == "ok")
+    }
+}

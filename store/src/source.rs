@@ -1,0 +1,179 @@
+//! Image arguments: `oci:PATH[:TAG]`, `oci-archive:FILE`, `docker-archive:FILE`, a local `.aci`
+//! file, `docker://[HOST[:PORT]/]NAME[:TAG|@DIGEST]`, or a name/ID already in the store.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+
+use crate::Result;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Oci {
+        path: PathBuf,
+        tag: Option<String>,
+    },
+    OciArchive {
+        path: PathBuf,
+        tag: Option<String>,
+    },
+    DockerArchive {
+        path: PathBuf,
+    },
+    Aci {
+        path: PathBuf,
+    },
+    Docker(DockerRef),
+    /// A name[:tag] or image ID: only looked up in the store.
+    Stored(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerRef {
+    /// `host[:port]` as written (docker.io for Docker Hub).
+    pub registry: String,
+    pub repo: String,
+    /// Tag (default `latest`), unless a digest was given.
+    pub tag: String,
+    pub digest: Option<String>,
+}
+
+impl DockerRef {
+    /// The name images from this reference get in the store (`host[:port]/repo`).
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repo)
+    }
+
+    /// The host to talk to (Docker Hub's API host for docker.io).
+    pub fn api_host(&self) -> &str {
+        if self.registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            &self.registry
+        }
+    }
+}
+
+fn split_tag(s: &str) -> (PathBuf, Option<String>) {
+    if Path::new(s).exists() {
+        return (PathBuf::from(s), None);
+    }
+    match s.rfind(':') {
+        Some(i) if !s[i + 1..].contains('/') && i > 0 => {
+            (PathBuf::from(&s[..i]), Some(s[i + 1..].to_string()))
+        }
+        _ => (PathBuf::from(s), None),
+    }
+}
+
+pub fn parse_docker(rest: &str) -> Result<DockerRef> {
+    let rest = rest.trim_start_matches('/');
+    if rest.is_empty() {
+        bail!("empty docker image reference");
+    }
+    let (first, remainder) = match rest.split_once('/') {
+        Some((f, r)) if f.contains('.') || f.contains(':') || f == "localhost" => {
+            (f.to_string(), r.to_string())
+        }
+        _ => ("docker.io".to_string(), rest.to_string()),
+    };
+    let (repo_tag, digest) = match remainder.split_once('@') {
+        Some((r, d)) => (r.to_string(), Some(d.to_string())),
+        None => (remainder, None),
+    };
+    let (mut repo, tag) = match repo_tag.rfind(':') {
+        Some(i) => (repo_tag[..i].to_string(), repo_tag[i + 1..].to_string()),
+        None => (repo_tag.clone(), "latest".to_string()),
+    };
+    if first == "docker.io" && !repo.contains('/') {
+        repo = format!("library/{repo}");
+    }
+    if repo.is_empty()
+        || !repo
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
+    {
+        bail!("invalid docker repository name {repo:?}");
+    }
+    if let Some(d) = &digest {
+        crate::blob::digest_hex(d)?;
+    }
+    Ok(DockerRef {
+        registry: first,
+        repo,
+        tag,
+        digest,
+    })
+}
+
+impl Source {
+    pub fn parse(s: &str) -> Result<Source> {
+        if let Some(r) = s.strip_prefix("docker://") {
+            return Ok(Source::Docker(parse_docker(r)?));
+        }
+        if let Some(r) = s.strip_prefix("oci:") {
+            let (path, tag) = split_tag(r);
+            return Ok(Source::Oci { path, tag });
+        }
+        if let Some(r) = s.strip_prefix("oci-archive:") {
+            let (path, tag) = split_tag(r);
+            return Ok(Source::OciArchive { path, tag });
+        }
+        if let Some(r) = s.strip_prefix("docker-archive:") {
+            let (path, _) = split_tag(r);
+            return Ok(Source::DockerArchive { path });
+        }
+        let file = s.strip_prefix("file://").unwrap_or(s);
+        if file.ends_with(".aci") || (file.contains('/') && Path::new(file).is_file()) {
+            return Ok(Source::Aci {
+                path: PathBuf::from(file),
+            });
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            bail!("fetching ACIs over {s:?} is not supported: use docker:// for registries");
+        }
+        Ok(Source::Stored(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_refs() {
+        let r = parse_docker("127.0.0.1:5000/busybox:1.36").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repo.as_str(), r.tag.as_str()),
+            ("127.0.0.1:5000", "busybox", "1.36")
+        );
+        let r = parse_docker("busybox").unwrap();
+        assert_eq!(r.name(), "docker.io/library/busybox");
+        assert_eq!(r.tag, "latest");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse_docker(&format!("localhost/x/y@{d}")).unwrap();
+        assert_eq!(r.digest.as_deref(), Some(d.as_str()));
+        assert!(parse_docker("HOST.io/Bad").is_err());
+    }
+
+    #[test]
+    fn parses_sources() {
+        assert_eq!(
+            Source::parse("oci:/nonexistent/img:v1").unwrap(),
+            Source::Oci {
+                path: "/nonexistent/img".into(),
+                tag: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            Source::parse("x.aci").unwrap(),
+            Source::Aci {
+                path: "x.aci".into()
+            }
+        );
+        assert_eq!(
+            Source::parse("busybox:1").unwrap(),
+            Source::Stored("busybox:1".into())
+        );
+    }
+}
