@@ -404,3 +404,72 @@ pub fn pod_mode(g: &Globals, pod_dir: &Path) -> Result<TpmMode> {
     let recorded = std::fs::read_to_string(pod_dir.join("tpm-mode")).ok();
     TpmMode::resolve(recorded.as_deref().map(str::trim), g)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_data_round_trips() {
+        let d = json!({"pod": "abc", "sha256": "00ff", "exec": ["/bin/sh", "-c", "echo a b"]});
+        let bytes = event_data("rkt/app", &d);
+        // Keys are sorted, so the same measurement always gives the same bytes.
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            r#"rkt/app {"exec":["/bin/sh","-c","echo a b"],"pod":"abc","sha256":"00ff"}"#
+        );
+        let (label, back) = parse_event_data(&bytes).unwrap();
+        assert_eq!(label, "rkt/app");
+        assert_eq!(back, d);
+        assert!(parse_event_data(b"no-json-here").is_none());
+        assert!(parse_event_data(&[0xff, b' ', b'{', b'}']).is_none());
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(TpmMode::parse("auto").unwrap(), TpmMode::Auto);
+        assert_eq!(TpmMode::parse("required").unwrap(), TpmMode::Required);
+        assert_eq!(TpmMode::parse("off").unwrap(), TpmMode::Off);
+        let e = TpmMode::parse("yes").unwrap_err().to_string();
+        assert!(e.contains("expected auto, required or off"), "{e}");
+    }
+
+    #[test]
+    fn pod_record_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_pod_events(dir.path()).unwrap(), None);
+        let rec = PodEvents {
+            log: "eventlog-1-0.bin".into(),
+            boot: "1-0".into(),
+            pcr: 15,
+            events: vec![3, 4, 5],
+        };
+        std::fs::write(
+            dir.path().join(EVENTS_FILE),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(read_pod_events(dir.path()).unwrap(), Some(rec));
+    }
+
+    #[test]
+    fn pods_are_found_by_unambiguous_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        for (state, uuid) in [
+            ("run", "aaaa1111"),
+            ("prepared", "aaaa2222"),
+            ("run", "bbbb"),
+        ] {
+            std::fs::create_dir_all(dir.path().join("pods").join(state).join(uuid)).unwrap();
+        }
+        let (uuid, path) = find_pod_dir(dir.path(), "aaaa2").unwrap();
+        assert_eq!(uuid, "aaaa2222");
+        assert!(path.ends_with("pods/prepared/aaaa2222"));
+        assert!(find_pod_dir(dir.path(), "aaaa")
+            .unwrap_err()
+            .to_string()
+            .contains("ambiguous"));
+        assert!(find_pod_dir(dir.path(), "cccc").is_err());
+        assert!(find_pod_dir(dir.path(), "").is_err());
+    }
+}

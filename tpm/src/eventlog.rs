@@ -167,6 +167,21 @@ impl Log {
         v
     }
 
+    /// The value of `pcr` in `bank` after each prefix of the log: element k is `replay(pcr, bank, k)`.
+    pub fn replay_prefixes(&self, pcr: u32, bank: Bank) -> Vec<Vec<u8>> {
+        let mut v = bank.zero();
+        let mut out = vec![v.clone()];
+        for ev in &self.events {
+            if ev.pcr == pcr && ev.event_type != EV_NO_ACTION {
+                if let Some(d) = ev.digest(bank) {
+                    v = bank.extend(&v, d);
+                }
+            }
+            out.push(v.clone());
+        }
+        out
+    }
+
     /// Every PCR index the log extends.
     pub fn pcrs(&self) -> Vec<u32> {
         let mut p: Vec<u32> = self
@@ -329,6 +344,11 @@ mod tests {
         v = b.extend(&v, &b.hash(b""));
         assert_eq!(log.replay(15, b, 3), v);
         assert_eq!(log.replay(15, b, 0), b.zero());
+        let prefixes = log.replay_prefixes(15, b);
+        assert_eq!(prefixes.len(), 4);
+        for (k, p) in prefixes.iter().enumerate() {
+            assert_eq!(*p, log.replay(15, b, k));
+        }
     }
 
     #[test]

@@ -280,8 +280,9 @@ fn verify(g: &Globals, pod: Option<&str>) -> Result<i32> {
     }
     // The replay of the whole log must equal the TPM, PCR by PCR, bank by bank.
     for (p, bank, tpm_value) in &snap.pcrs {
-        let replay = log.replay(*p, *bank, n);
-        if replay == *tpm_value {
+        let prefixes = log.replay_prefixes(*p, *bank);
+        let replay = &prefixes[n];
+        if replay == tpm_value {
             println!(
                 "PCR {p} {bank:<6} {}  matches the replay of {n} log entries",
                 hex::encode(tpm_value)
@@ -289,10 +290,7 @@ fn verify(g: &Globals, pod: Option<&str>) -> Result<i32> {
             continue;
         }
         // A shorter prefix that matches means later entries were logged but never extended.
-        if let Some(k) = (0..n)
-            .rev()
-            .find(|k| log.replay(*p, *bank, *k) == *tpm_value)
-        {
+        if let Some(k) = (0..n).rev().find(|k| prefixes[*k] == *tpm_value) {
             bail!(
                 "{}: logged but not in PCR {p} ({bank}); the TPM matches the log only up to entry {k}",
                 entry(k + 1, &log.events[k])
@@ -301,7 +299,7 @@ fn verify(g: &Globals, pod: Option<&str>) -> Result<i32> {
         bail!(
             "PCR {p} ({bank}) is {} but the log replays to {}: no prefix of the log matches (an entry was removed or altered consistently, or the PCR was extended outside rkt)",
             hex::encode(tpm_value),
-            hex::encode(&replay)
+            hex::encode(replay)
         );
     }
 
