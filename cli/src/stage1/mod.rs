@@ -3,6 +3,9 @@
 //! clean up after that pod. Flavours: `ns` (namespaces, runs in the `rkt run` process and its
 //! children) and `kvm` (refused until its issue lands).
 
+// Routed from `Flavor` once rkt-vmm has virtio-fs + vsock (see docs/kvm.md).
+#[allow(dead_code)]
+pub mod kvm;
 pub mod ns;
 
 use std::fmt;
