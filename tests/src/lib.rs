@@ -9,7 +9,7 @@ mod proc;
 mod registry;
 
 pub use images::{big_image, images, TestImages};
-pub use proc::{run_command, RktChild, RktOutput};
+pub use proc::{run_command, run_command_with_stdin, RktChild, RktOutput};
 pub use registry::{Registry, RegistryOptions};
 
 use std::path::{Path, PathBuf};

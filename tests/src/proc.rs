@@ -134,6 +134,11 @@ pub fn run_command(cmd: Command, timeout_secs: u64) -> RktOutput {
     run(cmd, None, Duration::from_secs(timeout_secs))
 }
 
+/// Like [`run_command`], feeding `stdin` to the process.
+pub fn run_command_with_stdin(cmd: Command, stdin: &[u8], timeout_secs: u64) -> RktOutput {
+    run(cmd, Some(stdin.to_vec()), Duration::from_secs(timeout_secs))
+}
+
 pub(crate) fn run(mut cmd: Command, stdin: Option<Vec<u8>>, timeout: Duration) -> RktOutput {
     let line = cmdline(&cmd);
     cmd.stdin(if stdin.is_some() {

@@ -622,3 +622,73 @@ fn registry_with_tls_and_basic_auth() {
     let anon = cmd("skopeo", &["inspect", &cert_dir, "--no-creds", &r]);
     assert_ne!(anon.code, 0, "{anon}");
 }
+
+/// Signal handling, stdin, TCP serve/connect and namespace ids, checked from the host.
+#[test]
+fn inspect_signals_stdin_and_network() {
+    let im = images();
+    let env = RktEnv::new();
+    let spawn = |args: &[&str]| {
+        let mut c = Command::new(&im.inspect);
+        c.args(args);
+        rkt_tests::RktChild::spawn_command(c, &env.scratch)
+    };
+    // Trapped SIGTERM: message and the --exit-code value.
+    let mut t = spawn(&["--trap-signals", "--sleep=30", "--exit-code=7"]);
+    assert!(t.wait_for_stdout("TRAPPING=", 10));
+    t.signal(libc::SIGTERM);
+    let o = t.wait_timeout(10);
+    o.assert_code(7);
+    assert_eq!(o.expect_value("SIGNAL"), "SIGTERM");
+    // Ignored SIGTERM: still running afterwards.
+    let mut i = spawn(&["--ignore-signals", "--sleep=30"]);
+    assert!(i.wait_for_stdout("IGNORING=", 10));
+    i.signal(libc::SIGTERM);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(i.is_running(), "SIGTERM must be ignored");
+    assert_eq!(i.kill().code, 137);
+
+    let mut c = Command::new(&im.inspect);
+    c.arg("--read-stdin");
+    let o = rkt_tests::run_command_with_stdin(c, b"line1\nline2\n", 30);
+    assert_eq!(o.stdout, "STDIN=line1\nline2\n");
+
+    let port = free_port();
+    let mut s = spawn(&[&format!("--serve-tcp={port}")]);
+    assert!(
+        s.wait_for_stdout(&format!("LISTENING={port}"), 10),
+        "{}",
+        s.output_so_far()
+    );
+    let o = cmd(
+        im.inspect.to_str().unwrap(),
+        &[&format!("--connect=127.0.0.1:{port}")],
+    );
+    o.assert_ok();
+    assert!(o.expect_value("RECEIVED").starts_with("inspect "), "{o}");
+    s.kill();
+    let o = cmd(
+        im.inspect.to_str().unwrap(),
+        &[&format!("--connect=127.0.0.1:{port}")],
+    );
+    o.assert_code(1);
+    assert_eq!(o.expect_value("CONNECT_ERRNO"), "ECONNREFUSED");
+
+    let o = cmd(im.inspect.to_str().unwrap(), &["--print-ns", "--print-net"]);
+    o.assert_ok();
+    let own_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(o.expect_value("NS_NET"), own_net.display().to_string());
+    assert!(o.values("IFACE").contains(&"lo".to_string()), "{o}");
+    assert!(
+        o.values("ADDR").contains(&"lo 127.0.0.1/8".to_string()),
+        "{o}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

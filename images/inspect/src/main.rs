@@ -3,7 +3,7 @@
 //! so a typo fails with exit 2 without side effects. Failed actions print `*_ERRNO=` lines and make
 //! the exit code 1 unless `--exit-code=N` is given. See images/README.md for the full list.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +29,13 @@ enum Action {
     PrintArgs,
     Echo(String),
     EchoStderr(String),
+    TrapSignals,
+    IgnoreSignals,
+    ReadStdin,
+    PrintNs,
+    PrintNet,
+    ServeTcp(u16),
+    Connect(String),
 }
 
 #[derive(Debug, PartialEq)]
@@ -41,7 +48,8 @@ const USAGE: &str = "usage: inspect [--print-env=VAR] [--print-all-env] [--print
 [--print-hostname] [--print-caps] [--print-cgroup-limits] [--print-mounts] [--read-file=PATH] \
 [--write-file=PATH --content=X] [--stat=PATH] [--print-cwd] [--print-no-new-privs] [--print-seccomp] \
 [--check-syscall=NAME] [--sleep=SECS] [--print-pid] [--print-oom-score-adj] [--print-args] \
-[--echo=TEXT] [--echo-stderr=TEXT] [--exit-code=N]";
+[--echo=TEXT] [--echo-stderr=TEXT] [--trap-signals] [--ignore-signals] [--read-stdin] [--print-ns] \
+[--print-net] [--serve-tcp=PORT] [--connect=HOST:PORT] [--exit-code=N]";
 
 /// Syscalls `--check-syscall` knows how to try harmlessly (see `try_syscall`).
 const SYSCALLS: &[&str] = &[
@@ -131,6 +139,28 @@ fn parse(args: &[String]) -> Result<Plan, String> {
             "--print-args" => none(&val).map(|_| Action::PrintArgs)?,
             "--echo" => Action::Echo(need(val)?),
             "--echo-stderr" => Action::EchoStderr(need(val)?),
+            "--trap-signals" => none(&val).map(|_| Action::TrapSignals)?,
+            "--ignore-signals" => none(&val).map(|_| Action::IgnoreSignals)?,
+            "--read-stdin" => none(&val).map(|_| Action::ReadStdin)?,
+            "--print-ns" => none(&val).map(|_| Action::PrintNs)?,
+            "--print-net" => none(&val).map(|_| Action::PrintNet)?,
+            "--serve-tcp" => {
+                let v = need(val)?;
+                Action::ServeTcp(
+                    v.parse()
+                        .map_err(|_| format!("--serve-tcp: bad port {v:?}"))?,
+                )
+            }
+            "--connect" => {
+                let v = need(val)?;
+                if v.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(format!("--connect: want HOST:PORT, got {v:?}"));
+                }
+                Action::Connect(v)
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown flag {arg:?}")),
         };
@@ -172,6 +202,13 @@ fn errno_name(e: i32) -> String {
         libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
         libc::ENOTSUP => "ENOTSUP",
         libc::EDQUOT => "EDQUOT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
         _ => return format!("E{e}"),
     };
     name.to_string()
@@ -478,6 +515,105 @@ fn file_type(m: &std::fs::Metadata) -> &'static str {
     }
 }
 
+const TRAPPED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
+
+/// Exit code used by the signal handler (the `--exit-code` value, else 0).
+static SIGNAL_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let msg: &[u8] = match sig {
+        libc::SIGTERM => b"SIGNAL=SIGTERM\n",
+        libc::SIGINT => b"SIGNAL=SIGINT\n",
+        libc::SIGHUP => b"SIGNAL=SIGHUP\n",
+        _ => b"SIGNAL=SIGUSR1\n",
+    };
+    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    unsafe {
+        libc::write(1, msg.as_ptr().cast(), msg.len());
+        libc::_exit(SIGNAL_EXIT.load(std::sync::atomic::Ordering::Relaxed));
+    }
+}
+
+/// Network interfaces (from /proc/net/dev) and their IPv4/IPv6 addresses (getifaddrs).
+fn print_net(out: &mut Vec<String>) {
+    let dev = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
+    for l in dev.lines().skip(2) {
+        if let Some((name, _)) = l.split_once(':') {
+            out.push(format!("IFACE={}", name.trim()));
+        }
+    }
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills ifap with a list we free below; we only read its fields.
+    unsafe {
+        if libc::getifaddrs(&mut ifap) != 0 {
+            out.push(format!("ADDR_ERRNO={}", errno_name(errno())));
+            return;
+        }
+        let mut p = ifap;
+        while !p.is_null() {
+            let ifa = &*p;
+            p = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+            let (ip, prefix) = match (*ifa.ifa_addr).sa_family as i32 {
+                libc::AF_INET => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                    let prefix = if ifa.ifa_netmask.is_null() {
+                        32
+                    } else {
+                        let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                        u32::from_be(m.sin_addr.s_addr).count_ones()
+                    };
+                    (ip.to_string(), prefix)
+                }
+                libc::AF_INET6 => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+                    let prefix = if ifa.ifa_netmask.is_null() {
+                        128
+                    } else {
+                        let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in6);
+                        m.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum()
+                    };
+                    (ip.to_string(), prefix)
+                }
+                _ => continue,
+            };
+            out.push(format!("ADDR={name} {ip}/{prefix}"));
+        }
+        libc::freeifaddrs(ifap);
+    }
+}
+
+/// Serves TCP on 0.0.0.0:PORT until killed: each connection gets
+/// one line `inspect <hostname>` and is closed. Prints `LISTENING=PORT` once bound.
+fn serve_tcp(port: u16) -> ! {
+    let listener = match std::net::TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("LISTEN_ERRNO={}", io_errno(&e));
+            std::process::exit(1);
+        }
+    };
+    let mut name = [0u8; 256];
+    // SAFETY: buffer of the given length.
+    unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) };
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let reply = format!("inspect {}\n", String::from_utf8_lossy(&name[..end]));
+    println!(
+        "LISTENING={}",
+        listener.local_addr().map(|a| a.port()).unwrap_or(port)
+    );
+    let _ = std::io::stdout().flush();
+    for mut c in listener.incoming().flatten() {
+        let _ = c.write_all(reply.as_bytes());
+    }
+    std::process::exit(0)
+}
+
 /// Runs one action; returns its output lines and whether it failed.
 fn run(action: &Action, argv: &[String]) -> (Vec<String>, bool) {
     let mut out = Vec::new();
@@ -648,6 +784,68 @@ fn run(action: &Action, argv: &[String]) -> (Vec<String>, bool) {
         Action::EchoStderr(t) => {
             eprintln!("{t}");
         }
+        Action::TrapSignals => {
+            for sig in TRAPPED {
+                // SAFETY: the handler only calls async-signal-safe functions (write, _exit).
+                unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+            }
+            out.push("TRAPPING=SIGTERM,SIGINT,SIGHUP,SIGUSR1".into());
+        }
+        Action::IgnoreSignals => {
+            for sig in TRAPPED {
+                // SAFETY: installing SIG_IGN.
+                unsafe { libc::signal(sig, libc::SIG_IGN) };
+            }
+            out.push("IGNORING=SIGTERM,SIGINT,SIGHUP,SIGUSR1".into());
+        }
+        Action::ReadStdin => {
+            let mut buf = Vec::new();
+            match std::io::stdin().read_to_end(&mut buf) {
+                Ok(_) => {
+                    let s = String::from_utf8_lossy(&buf);
+                    out.push(format!("STDIN={}", s.strip_suffix('\n').unwrap_or(&s)));
+                }
+                Err(e) => {
+                    out.push(format!("STDIN_ERRNO={}", io_errno(&e)));
+                    failed = true;
+                }
+            }
+        }
+        Action::PrintNs => {
+            for ns in ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"] {
+                let v = std::fs::read_link(format!("/proc/self/ns/{ns}"))
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_else(|e| io_errno(&e));
+                out.push(format!("NS_{}={v}", ns.to_uppercase()));
+            }
+        }
+        Action::PrintNet => print_net(&mut out),
+        Action::ServeTcp(port) => serve_tcp(*port),
+        Action::Connect(target) => {
+            use std::net::ToSocketAddrs;
+            let res = target
+                .to_socket_addrs()
+                .map_err(|e| io_errno(&e))
+                .and_then(|mut a| {
+                    let addr = a.next().ok_or_else(|| "ENOENT".to_string())?;
+                    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+                        .map_err(|e| io_errno(&e))
+                });
+            match res {
+                Ok(mut s) => {
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                    let mut buf = Vec::new();
+                    let _ = s.read_to_end(&mut buf);
+                    let text = String::from_utf8_lossy(&buf);
+                    out.push("CONNECT=OK".into());
+                    out.push(format!("RECEIVED={}", text.lines().next().unwrap_or("")));
+                }
+                Err(e) => {
+                    out.push(format!("CONNECT_ERRNO={e}"));
+                    failed = true;
+                }
+            }
+        }
     }
     (out, failed)
 }
@@ -661,6 +859,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    SIGNAL_EXIT.store(
+        plan.exit_code.unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let mut any_failed = false;
     let stdout = std::io::stdout();
     for a in &plan.actions {
@@ -712,6 +914,32 @@ mod tests {
     }
 
     #[test]
+    fn parses_network_and_signal_flags() {
+        let plan = p(&[
+            "--trap-signals",
+            "--ignore-signals",
+            "--read-stdin",
+            "--print-ns",
+            "--print-net",
+            "--connect=10.0.0.1:80",
+            "--serve-tcp=8080",
+        ])
+        .unwrap();
+        assert_eq!(
+            plan.actions,
+            vec![
+                Action::TrapSignals,
+                Action::IgnoreSignals,
+                Action::ReadStdin,
+                Action::PrintNs,
+                Action::PrintNet,
+                Action::Connect("10.0.0.1:80".into()),
+                Action::ServeTcp(8080),
+            ]
+        );
+    }
+
+    #[test]
     fn empty_is_ok() {
         assert_eq!(
             p(&[]).unwrap(),
@@ -737,6 +965,9 @@ mod tests {
             .unwrap_err()
             .contains("unknown syscall"));
         assert!(p(&["positional"]).is_err());
+        assert!(p(&["--serve-tcp=99999"]).is_err());
+        assert!(p(&["--connect=nohost"]).unwrap_err().contains("HOST:PORT"));
+        assert!(p(&["--trap-signals=1"]).is_err());
     }
 
     #[test]
