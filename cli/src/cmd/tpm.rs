@@ -352,14 +352,8 @@ fn verify(g: &Globals, pod: Option<&str>) -> Result<i32> {
                 let Some(rootfs) = d.get("rootfs").and_then(Value::as_str) else {
                     continue;
                 };
-                let Some(now) = tree_digest(Path::new(rootfs)) else {
-                    println!(
-                        "{}: rendered tree not re-checked (the store cannot digest trees yet)",
-                        entry(i, e)
-                    );
-                    continue;
-                };
-                let now = now.with_context(|| format!("{}: digesting {rootfs}", entry(i, e)))?;
+                let now = rkt_store::tree_digest(Path::new(rootfs))
+                    .with_context(|| format!("{}: digesting {rootfs}", entry(i, e)))?;
                 if now != want {
                     bail!(
                         "{}: the rendered tree {rootfs} changed since it was measured (digest now {now})",
@@ -385,10 +379,6 @@ fn verify(g: &Globals, pod: Option<&str>) -> Result<i32> {
     Ok(0)
 }
 
-/// The store's digest of a rendered tree, recomputed from disk (None until the store exposes it).
-fn tree_digest(_rootfs: &Path) -> Option<Result<String>> {
-    None
-}
 
 fn quote(g: &Globals, nonce: &str, out: &Path) -> Result<i32> {
     let nonce_bytes = hex::decode(nonce.trim_start_matches("0x"))
