@@ -379,7 +379,6 @@ fn verify(g: &Globals, pod: Option<&str>) -> Result<i32> {
     Ok(0)
 }
 
-
 fn quote(g: &Globals, nonce: &str, out: &Path) -> Result<i32> {
     let nonce_bytes = hex::decode(nonce.trim_start_matches("0x"))
         .map_err(|_| anyhow::anyhow!("--nonce {nonce:?} is not hex"))?;
