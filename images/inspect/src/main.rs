@@ -200,7 +200,35 @@ fn errno_name(e: i32) -> String {
         libc::ELOOP => "ELOOP",
         libc::EAFNOSUPPORT => "EAFNOSUPPORT",
         libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
-        libc::ENOTSUP => "ENOTSUP",
+        // Same number as ENOTSUP on Linux; the kernel's name.
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::ECHILD => "ECHILD",
+        libc::ENOTBLK => "ENOTBLK",
+        libc::EXDEV => "EXDEV",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::ENOTTY => "ENOTTY",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EFBIG => "EFBIG",
+        libc::ESPIPE => "ESPIPE",
+        libc::EMLINK => "EMLINK",
+        libc::EPIPE => "EPIPE",
+        libc::EDOM => "EDOM",
+        libc::ERANGE => "ERANGE",
+        libc::EDEADLK => "EDEADLK",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOLCK => "ENOLCK",
+        libc::ENODATA => "ENODATA",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EPROTOTYPE => "EPROTOTYPE",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::EALREADY => "EALREADY",
+        libc::EINPROGRESS => "EINPROGRESS",
+        libc::ESTALE => "ESTALE",
+        libc::ECANCELED => "ECANCELED",
+        libc::EOWNERDEAD => "EOWNERDEAD",
         libc::EDQUOT => "EDQUOT",
         libc::ECONNREFUSED => "ECONNREFUSED",
         libc::ECONNRESET => "ECONNRESET",
@@ -1031,6 +1059,7 @@ mod tests {
         assert_eq!(errno_name(libc::EPERM), "EPERM");
         assert_eq!(errno_name(libc::EROFS), "EROFS");
         assert_eq!(errno_name(9999), "E9999");
+        assert_eq!(errno_name(95), "EOPNOTSUPP");
     }
 
     #[test]
