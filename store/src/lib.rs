@@ -257,6 +257,12 @@ impl Store {
         Ok(())
     }
 
+    /// Renders the image (tree store) and copies its tree to `outdir` (must not exist).
+    pub fn render_to(&self, id: &str, outdir: &Path) -> Result<()> {
+        let t = self.render(id)?;
+        render::copy_tree(&t.rootfs, outdir)
+    }
+
     /// Writes the image as an oci-archive at `out`.
     pub fn export(&self, id: &str, out: &Path) -> Result<()> {
         let rec = self.index.record(id)?;

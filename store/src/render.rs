@@ -103,6 +103,64 @@ pub fn rendered_ids(store: &Store) -> Result<Vec<String>> {
     Ok(v)
 }
 
+/// Copies a tree preserving types, modes, owners (when root), hardlinks, symlinks and devices.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    let mut links = std::collections::HashMap::new();
+    copy_entry(src, dst, &mut links)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))
+}
+
+fn copy_entry(
+    src: &Path,
+    dst: &Path,
+    links: &mut std::collections::HashMap<(u64, u64), PathBuf>,
+) -> Result<()> {
+    use std::os::unix::fs::{chown, lchown, PermissionsExt};
+    let m = std::fs::symlink_metadata(src)?;
+    let ft = m.file_type();
+    // SAFETY: no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if ft.is_dir() {
+        std::fs::create_dir(dst)?;
+        let mut names: Vec<_> = std::fs::read_dir(src)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        for n in names {
+            copy_entry(&src.join(&n), &dst.join(&n), links)?;
+        }
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(src)?, dst)?;
+        if root {
+            lchown(dst, Some(m.uid()), Some(m.gid()))?;
+        }
+        return Ok(());
+    } else if let Some(first) = links.get(&(m.dev(), m.ino())).filter(|_| m.nlink() > 1) {
+        std::fs::hard_link(first, dst)?;
+        return Ok(());
+    } else if ft.is_file() {
+        std::fs::copy(src, dst)?;
+        if m.nlink() > 1 {
+            links.insert((m.dev(), m.ino()), dst.to_path_buf());
+        }
+    } else {
+        if !root && !ft.is_fifo() {
+            return Ok(());
+        }
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dst.as_os_str()))?;
+        // SAFETY: valid C string; mode and rdev come from an existing node.
+        if unsafe { libc::mknod(c.as_ptr(), m.mode(), m.rdev()) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mknod {}", dst.display()));
+        }
+    }
+    if root {
+        chown(dst, Some(m.uid()), Some(m.gid()))?;
+    }
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    Ok(())
+}
+
 /// `sha256-<hex>` over a canonical walk of `root`: for every entry in byte order of its path, one
 /// record `path NUL type NUL mode(octal) NUL uid NUL gid NUL size NUL extra LF`, where type is
 /// d/f/l/c/b/p/s, size is the file size (0 otherwise) and extra is the content sha256 (files), the

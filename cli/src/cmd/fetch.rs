@@ -1,16 +1,58 @@
-//! `rkt fetch IMAGE…` (owned by the store work; stub until it lands).
+//! `rkt fetch IMAGE…`: imports images into the store (and renders them, ready to run), printing
+//! one image ID per image on stdout.
+
+use std::io::IsTerminal;
 
 use clap::Args;
+use rkt_store::{FetchOptions, PullPolicy, Store};
 
 use crate::global::Globals;
 
 #[derive(Args, Debug)]
 pub struct FetchArgs {
-    /// Images to fetch
+    /// Images to fetch: oci:PATH[:TAG], oci-archive:FILE, docker-archive:FILE, FILE.aci,
+    /// docker://[HOST[:PORT]/]NAME[:TAG|@DIGEST]
     #[arg(required = true)]
     pub images: Vec<String>,
+    /// When to fetch: never (store only), new (if not in the store), update (always check)
+    #[arg(long, default_value = "update", value_name = "POLICY")]
+    pub pull_policy: String,
+    /// Print the full image ID (IDs are always printed in full)
+    #[arg(long)]
+    pub full: bool,
+    /// Local signature file (accepted for compatibility; OCI images are verified by digest)
+    #[arg(long, value_name = "FILE")]
+    pub signature: Vec<String>,
+    /// Deprecated: same as --pull-policy=never
+    #[arg(long, hide = true)]
+    pub store_only: bool,
+    /// Deprecated: same as --pull-policy=update
+    #[arg(long, hide = true)]
+    pub no_store: bool,
 }
 
-pub fn run(_g: &Globals, _a: FetchArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("fetch is not implemented yet")
+pub fn fetch_options(g: &Globals, policy: PullPolicy) -> FetchOptions {
+    FetchOptions {
+        pull_policy: policy,
+        insecure_http: g.insecure.http,
+        insecure_tls: g.insecure.tls,
+        progress: std::io::stderr().is_terminal(),
+    }
+}
+
+pub fn run(g: &Globals, a: FetchArgs) -> anyhow::Result<i32> {
+    let mut policy: PullPolicy = a.pull_policy.parse()?;
+    if a.store_only {
+        policy = PullPolicy::Never;
+    }
+    if a.no_store {
+        policy = PullPolicy::Update;
+    }
+    let store = Store::open(&g.dir)?;
+    let opts = fetch_options(g, policy);
+    for img in &a.images {
+        let info = store.fetch(img, &opts)?;
+        println!("{}", info.id);
+    }
+    Ok(0)
 }

@@ -1,15 +1,432 @@
-//! `rkt image …` (owned by the store work; stub until it lands).
+//! `rkt image list|rm|cat-manifest|extract|render|export|gc` (and the hidden `image fetch`).
 
-use clap::Args;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{ArgAction, Args, Subcommand};
+use rkt_store::{short_id, ImageInfo, Store};
 
 use crate::global::Globals;
+use crate::pod::table::{humanize, tabulate};
 
 #[derive(Args, Debug)]
 pub struct ImageArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    #[command(subcommand)]
+    pub cmd: ImageCmd,
 }
 
-pub fn run(_g: &Globals, _a: ImageArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("image commands are not implemented yet")
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// List images in the local store
+    List(ListArgs),
+    /// Remove one or more images with the given IDs or names from the local store
+    Rm(RmArgs),
+    /// Inspect and print the image manifest
+    CatManifest(CatManifestArgs),
+    /// Extract an image's rootfs (and manifest) to a directory
+    Extract(OutDirArgs),
+    /// Render an image from the tree store to a directory
+    Render(OutDirArgs),
+    /// Export a stored image as an oci-archive
+    Export(ExportArgs),
+    /// Garbage collect unused trees and images
+    Gc(GcArgs),
+    /// Fetch image(s) and store them in the local store
+    #[command(hide = true)]
+    Fetch(super::fetch::FetchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Comma-separated fields: id,name,size,importtime,lastused,latest
+    #[arg(
+        long,
+        default_value = "id,name,size,importtime,lastused",
+        value_name = "FIELDS"
+    )]
+    pub fields: String,
+    /// Sort by: name,importtime,lastused,size (comma-separated)
+    #[arg(long, default_value = "importtime", value_name = "FIELDS")]
+    pub sort: String,
+    /// asc or desc
+    #[arg(long, default_value = "asc")]
+    pub order: String,
+    /// Do not print the header
+    #[arg(long)]
+    pub no_legend: bool,
+    /// Full image IDs and absolute times
+    #[arg(long)]
+    pub full: bool,
+    /// json or json-pretty
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CatManifestArgs {
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// Pretty-print the manifest
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub pretty_print: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct OutDirArgs {
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    #[arg(value_name = "OUTDIR")]
+    pub outdir: PathBuf,
+    /// Write only the root filesystem into OUTDIR (no manifest)
+    #[arg(long)]
+    pub rootfs_only: bool,
+    /// Replace OUTDIR if it exists
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
+    /// Replace OUT if it exists
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Remove images not used for this long (Go duration, e.g. 24h, 30m, 0s)
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub grace_period: String,
+}
+
+pub fn run(g: &Globals, a: ImageArgs) -> anyhow::Result<i32> {
+    match a.cmd {
+        ImageCmd::Fetch(f) => super::fetch::run(g, f),
+        ImageCmd::List(l) => list(g, l),
+        ImageCmd::Rm(r) => rm(g, r),
+        ImageCmd::CatManifest(c) => cat_manifest(g, c),
+        ImageCmd::Extract(o) => to_dir(g, o, false),
+        ImageCmd::Render(o) => to_dir(g, o, true),
+        ImageCmd::Export(e) => export(g, e),
+        ImageCmd::Gc(gc) => image_gc(g, gc),
+    }
+}
+
+/// go-humanize's `IBytes`, without the space rkt stripped: 512B, 7.6MiB, 14MiB.
+pub fn ibytes(n: u64) -> String {
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64 / 1024.0;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    let v = (v * 10.0 + 0.5).floor() / 10.0;
+    if v < 10.0 {
+        format!("{v:.1}{}", units[i])
+    } else {
+        format!("{v:.0}{}", units[i])
+    }
+}
+
+/// Go's `time.ParseDuration` subset: a sequence of <number><unit> with units ns, us, ms, s, m, h.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || anyhow!("invalid duration {s:?} (e.g. 24h, 1h30m, 10s)");
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * mult;
+        rest = &rest[unit_end..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+fn list(g: &Globals, a: ListArgs) -> anyhow::Result<i32> {
+    let store = Store::open(&g.dir)?;
+    let mut imgs = store.list()?;
+    let sort_keys: Vec<String> = a.sort.split(',').map(|s| s.trim().to_lowercase()).collect();
+    for k in &sort_keys {
+        if !["name", "importtime", "lastused", "size", "id"].contains(&k.as_str()) {
+            bail!("unknown sort field {k:?} (allowed: name, importtime, lastused, size)");
+        }
+    }
+    let desc = match a.order.as_str() {
+        "asc" => false,
+        "desc" => true,
+        o => bail!("invalid order {o:?} (allowed: asc, desc)"),
+    };
+    imgs.sort_by(|x, y| {
+        let mut o = std::cmp::Ordering::Equal;
+        for k in &sort_keys {
+            o = o.then(match k.as_str() {
+                "name" => x.name.cmp(&y.name),
+                "importtime" => x.import_time.cmp(&y.import_time),
+                "lastused" => x.last_used.cmp(&y.last_used),
+                "size" => x.size.cmp(&y.size),
+                _ => x.id.cmp(&y.id),
+            });
+        }
+        if desc {
+            o.reverse()
+        } else {
+            o
+        }
+    });
+    if let Some(f) = &a.format {
+        let v: Vec<serde_json::Value> = imgs
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "id": i.id,
+                    "name": i.name,
+                    "import_time": i.import_time.timestamp_nanos_opt().unwrap_or(0),
+                    "last_used_time": i.last_used.timestamp_nanos_opt().unwrap_or(0),
+                    "size": i.size,
+                })
+            })
+            .collect();
+        match f.as_str() {
+            "json" => println!("{}", serde_json::to_string(&v)?),
+            "json-pretty" => println!("{}", serde_json::to_string_pretty(&v)?),
+            o => bail!("invalid format {o:?} (allowed: json, json-pretty)"),
+        }
+        return Ok(0);
+    }
+    let fields: Vec<String> = a
+        .fields
+        .split(',')
+        .map(|s| s.trim().to_lowercase())
+        .collect();
+    let mut header = Vec::new();
+    for f in &fields {
+        header.push(match f.as_str() {
+            "id" => "ID",
+            "name" => "NAME",
+            "size" => "SIZE",
+            "importtime" => "IMPORT TIME",
+            "lastused" => "LAST USED",
+            "latest" => "LATEST",
+            o => {
+                bail!("unknown field {o:?} (allowed: id, name, size, importtime, lastused, latest)")
+            }
+        });
+    }
+    let now = chrono::Utc::now();
+    let time = |t: chrono::DateTime<chrono::Utc>| {
+        if a.full {
+            t.format("%Y-%m-%d %H:%M:%S%.3f %z UTC").to_string()
+        } else {
+            humanize(t, now)
+        }
+    };
+    let mut rows = Vec::new();
+    if !a.no_legend {
+        rows.push(header.iter().map(|s| s.to_string()).collect());
+    }
+    for i in &imgs {
+        let mut row = Vec::new();
+        for f in &fields {
+            row.push(match f.as_str() {
+                "id" if a.full => i.id.clone(),
+                "id" => short_id(&i.id),
+                "name" => i.name.clone(),
+                "size" => ibytes(i.size),
+                "importtime" => time(i.import_time),
+                "lastused" => time(i.last_used),
+                _ => store
+                    .resolve(&i.name)
+                    .map(|l| l.id == i.id)
+                    .unwrap_or(false)
+                    .to_string(),
+            });
+        }
+        rows.push(row);
+    }
+    print!("{}", tabulate(&rows));
+    Ok(0)
+}
+
+fn rm(g: &Globals, a: RmArgs) -> anyhow::Result<i32> {
+    let store = Store::open(&g.dir)?;
+    let in_use = store.trees_in_use();
+    let mut removed = 0;
+    let mut failed = false;
+    for img in &a.images {
+        let r = store.resolve(img).and_then(|info: ImageInfo| {
+            if in_use.contains(&info.id) {
+                bail!("image {} is in use by a pod", info.id);
+            }
+            store.remove(&info.id)?;
+            Ok(info.id)
+        });
+        match r {
+            Ok(id) => {
+                println!("successfully removed aci for image: {id}");
+                removed += 1;
+            }
+            Err(e) => {
+                eprintln!("rkt: {}", crate::one_line(&e));
+                failed = true;
+            }
+        }
+    }
+    if removed > 0 {
+        println!("{removed} image(s) successfully removed");
+    }
+    Ok(if failed { crate::EXIT_RKT_ERROR } else { 0 })
+}
+
+fn cat_manifest(g: &Globals, a: CatManifestArgs) -> anyhow::Result<i32> {
+    let store = Store::open(&g.dir)?;
+    let info = store.resolve(&a.image)?;
+    let m = store.manifest(&info.id)?;
+    if a.pretty_print {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        println!("{}", serde_json::to_string(&m)?);
+    }
+    Ok(0)
+}
+
+/// Prepares OUTDIR: refuses an existing one unless --overwrite (then removes it).
+fn prepare_out(p: &Path, overwrite: bool) -> anyhow::Result<()> {
+    if std::fs::symlink_metadata(p).is_ok() {
+        if !overwrite {
+            bail!(
+                "output directory {} already exists (use --overwrite)",
+                p.display()
+            );
+        }
+        std::fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn to_dir(g: &Globals, a: OutDirArgs, render: bool) -> anyhow::Result<i32> {
+    let store = Store::open(&g.dir)?;
+    let info = store.resolve(&a.image)?;
+    prepare_out(&a.outdir, a.overwrite)?;
+    let rootfs = if a.rootfs_only {
+        a.outdir.clone()
+    } else {
+        std::fs::create_dir_all(&a.outdir)
+            .with_context(|| format!("creating {}", a.outdir.display()))?;
+        a.outdir.join("rootfs")
+    };
+    let r = (|| {
+        if render {
+            store.render_to(&info.id, &rootfs)?;
+        } else {
+            store.extract_to(&info.id, &rootfs)?;
+        }
+        if !a.rootfs_only {
+            let m = store.manifest(&info.id)?;
+            std::fs::write(a.outdir.join("manifest"), serde_json::to_vec_pretty(&m)?)?;
+        }
+        anyhow::Ok(())
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_dir_all(&a.outdir);
+        return Err(e);
+    }
+    Ok(0)
+}
+
+fn export(g: &Globals, a: ExportArgs) -> anyhow::Result<i32> {
+    let store = Store::open(&g.dir)?;
+    let info = store.resolve(&a.image)?;
+    if std::fs::symlink_metadata(&a.out).is_ok() && !a.overwrite {
+        bail!("{} already exists (use --overwrite)", a.out.display());
+    }
+    store.export(&info.id, &a.out)?;
+    Ok(0)
+}
+
+fn image_gc(g: &Globals, a: GcArgs) -> anyhow::Result<i32> {
+    let grace = parse_duration(&a.grace_period)?;
+    let store = Store::open(&g.dir)?;
+    // rkt holds locks/prepareLock shared while preparing pods; image gc takes it exclusively so it
+    // never removes a tree a pod is being prepared with.
+    let locks = g.dir.join("locks");
+    std::fs::create_dir_all(&locks)?;
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(locks.join("prepareLock"))?;
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow!("locking prepareLock: {e}"))
+        .map(|_held| -> anyhow::Result<()> {
+            let rep = store.gc(grace)?;
+            for t in &rep.trees_removed {
+                println!("successfully removed treestore {t}");
+            }
+            for i in &rep.images_removed {
+                println!("successfully removed aci for image: {i}");
+            }
+            println!("{} image(s) successfully removed", rep.images_removed.len());
+            Ok(())
+        })??;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ibytes_like_go_humanize() {
+        assert_eq!(ibytes(512), "512B");
+        assert_eq!(ibytes(7_969_177), "7.6MiB");
+        assert_eq!(ibytes(14 * 1024 * 1024), "14MiB");
+        assert_eq!(ibytes(1536), "1.5KiB");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("5 days").is_err());
+    }
 }
