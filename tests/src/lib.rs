@@ -3,6 +3,30 @@
 //! real Docker registry on a free port.
 //!
 //! Failures panic with the full output of the command that failed; nothing is silently skipped.
+//!
+//! ```no_run
+//! use rkt_tests::{images, require_root, Registry, RktEnv};
+//!
+//! require_root();
+//! let env = RktEnv::new(); // fresh --dir, cleaned up (unmount, kill) on drop
+//! let im = images(); // built once, cached under target/test-images/
+//! let out = env.rkt(&[
+//!     "run",
+//!     "--insecure-options=image",
+//!     &im.busybox_oci_ref(),
+//!     "--exec=/inspect",
+//!     "--",
+//!     "--print-user",
+//!     "--exit-code=3",
+//! ]);
+//! out.assert_code(3);
+//! assert_eq!(out.expect_value("UID"), "0");
+//!
+//! let reg = Registry::start(); // real docker-registry on 127.0.0.1:<free port>
+//! reg.push(&im.busybox_oci_ref(), "busybox:latest");
+//! let id = env.fetch_id(&["--insecure-options=http,image", &reg.docker_ref("busybox:latest")]);
+//! assert!(id.starts_with("sha512-"));
+//! ```
 
 mod images;
 mod proc;
