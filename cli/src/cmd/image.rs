@@ -8,7 +8,6 @@ use clap::{ArgAction, Args, Subcommand};
 use rkt_store::{short_id, ImageInfo, Store};
 
 use crate::global::Globals;
-use crate::pod::table::{humanize, tabulate};
 
 #[derive(Args, Debug)]
 pub struct ImageArgs {
@@ -253,7 +252,7 @@ fn list(g: &Globals, a: ListArgs) -> anyhow::Result<i32> {
     let now = chrono::Utc::now();
     let time = |t: chrono::DateTime<chrono::Utc>| {
         if a.full {
-            t.format("%Y-%m-%d %H:%M:%S%.3f %z UTC").to_string()
+            full_time(t)
         } else {
             humanize(t, now)
         }
@@ -409,6 +408,63 @@ fn image_gc(g: &Globals, a: GcArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+// Output helpers like rkt's (Go tabwriter with tab padding, go-humanize times). The pods code has
+// the same helpers in cli/src/pod/table.rs; these stay local until that lands in the tree.
+
+/// Go's `tabwriter.NewWriter(w, 0, 8, 1, '\t', 0)`: columns padded with tabs to (widest cell + 1)
+/// rounded up to a multiple of 8.
+fn tabulate(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; cols];
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(r.len().saturating_sub(1)) {
+            widths[i] = widths[i].max((c.chars().count() + 1).div_ceil(8) * 8);
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            out.push_str(c);
+            if i + 1 < r.len() {
+                out.push_str(&"\t".repeat((widths[i] - c.chars().count()).div_ceil(8)));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// go-humanize's `Time`: "now", "5 seconds ago", "1 minute ago", "3 days ago"…
+fn humanize(t: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> String {
+    let secs = (now - t).num_seconds().max(0);
+    let unit = |n: i64, one: &str| {
+        if n == 1 {
+            format!("1 {one} ago")
+        } else {
+            format!("{n} {one}s ago")
+        }
+    };
+    const H: i64 = 3600;
+    const D: i64 = 24 * H;
+    match secs {
+        0 => "now".into(),
+        s if s < 60 => unit(s, "second"),
+        s if s < H => unit(s / 60, "minute"),
+        s if s < D => unit(s / H, "hour"),
+        s if s < 7 * D => unit(s / D, "day"),
+        s if s < 30 * D => unit(s / (7 * D), "week"),
+        s if s < 360 * D => unit(s / (30 * D), "month"),
+        s => unit(s / (360 * D), "year"),
+    }
+}
+
+/// rkt's `defaultTimeLayout` ("2006-01-02 15:04:05.999 -0700 MST"), in UTC.
+fn full_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    let ms = format!(".{:03}", t.timestamp_subsec_millis());
+    let ms = ms.trim_end_matches('0').trim_end_matches('.');
+    format!("{}{ms} +0000 UTC", t.format("%Y-%m-%d %H:%M:%S"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,6 +475,24 @@ mod tests {
         assert_eq!(ibytes(7_969_177), "7.6MiB");
         assert_eq!(ibytes(14 * 1024 * 1024), "14MiB");
         assert_eq!(ibytes(1536), "1.5KiB");
+    }
+
+    #[test]
+    fn table_and_times() {
+        let rows = vec![
+            vec!["ID".to_string(), "NAME".into(), "X".into()],
+            vec!["sha256-0123456789ab".to_string(), "n".into(), "y".into()],
+        ];
+        assert_eq!(
+            tabulate(&rows),
+            "ID\t\t\tNAME\tX\nsha256-0123456789ab\tn\ty\n"
+        );
+        let now = chrono::Utc::now();
+        assert_eq!(humanize(now, now), "now");
+        assert_eq!(
+            humanize(now - chrono::Duration::seconds(125), now),
+            "2 minutes ago"
+        );
     }
 
     #[test]
