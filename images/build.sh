@@ -15,7 +15,7 @@ if [ "${1:-}" = "--big" ]; then
 fi
 [ $# -eq 1 ] || { echo "usage: $0 [--big] OUTDIR" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "build.sh: must run as root (image files owned by uid 1000, umoci unpack)" >&2; exit 1; }
-for t in umoci skopeo tar gzip file; do
+for t in umoci skopeo tar gzip file gpg; do
   command -v "$t" >/dev/null || { echo "build.sh: $t is not installed" >&2; exit 1; }
 done
 
@@ -175,6 +175,28 @@ tar "${tarflags[@]}" -C "$aci" -cf "$out/busybox-aci.tar" manifest rootfs
 gzip -n -c "$out/busybox-aci.tar" >"$out/busybox.aci"
 rm -rf "$aci"
 
+# Detached OpenPGP signatures for `rkt trust` / signature checks: RSA keys (rkt v1's openpgp library
+# predates EdDSA), a trusted one and an "other" one that signs the same image.
+log "signing busybox.aci"
+keys="$out/keys"
+rm -rf "$keys" "$out"/busybox.aci*.asc
+mkdir -p "$keys"
+for who in trusted other; do
+  home="$keys/gnupg-$who"
+  mkdir -m 0700 "$home"
+  gpg --homedir "$home" --batch --quiet --pinentry-mode loopback --passphrase '' \
+    --quick-gen-key "rkt test $who <$who@example.com>" rsa2048 sign never
+  gpg --homedir "$home" --batch --armor --export >"$keys/$who.pub.asc"
+  gpg --homedir "$home" --batch --with-colons --fingerprint | awk -F: '$1=="fpr"{print $10; exit}' \
+    >"$keys/$who.fingerprint"
+done
+gpg --homedir "$keys/gnupg-trusted" --batch --armor --detach-sign \
+  --output "$out/busybox.aci.asc" "$out/busybox.aci"
+gpg --homedir "$keys/gnupg-other" --batch --armor --detach-sign \
+  --output "$out/busybox.aci.other.asc" "$out/busybox.aci"
+gpgconf --homedir "$keys/gnupg-trusted" --kill all 2>/dev/null || true
+gpgconf --homedir "$keys/gnupg-other" --kill all 2>/dev/null || true
+
 # --------------------------------------------------------------------------------------------- multilayer
 # Base = the busybox image (same layer blob, so stores can dedupe), then three layers made by
 # umoci repack from changes to an unpacked bundle.
@@ -238,6 +260,7 @@ rm -f "$out/multilayer-docker.tar"
 
 log "done:"
 for f in inspect rootfs busybox-oci busybox-oci.tar busybox-docker.tar busybox.aci busybox-aci.tar \
+  busybox.aci.asc busybox.aci.other.asc keys/trusted.pub.asc keys/other.pub.asc \
   configured-oci multilayer-oci multilayer-docker.tar; do
   echo "  $out/$f"
 done

@@ -6,6 +6,7 @@ pkgs=(
   libtss2-dev tpm2-tools swtpm swtpm-tools             # TPM access and the TPM emulator for tests
   docker-registry skopeo umoci                         # real registry, image copy/inspect, import peer
   busybox-static                                       # test images
+  gnupg openssl                                        # test image signatures, test registry TLS cert
   containernetworking-plugins iproute2                 # CNI networking
   runc hyperfine                                       # benchmark peers and timing
   linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio  # guest kernel build

@@ -25,6 +25,14 @@ pub struct TestImages {
     pub busybox_aci: PathBuf,
     /// The same ACI uncompressed.
     pub busybox_aci_tar: PathBuf,
+    /// Armored detached signature of `busybox_aci` by the trusted key.
+    pub busybox_aci_asc: PathBuf,
+    /// Armored detached signature of `busybox_aci` by the other (untrusted) key.
+    pub busybox_aci_other_asc: PathBuf,
+    /// Armored public key (RSA 2048) that made `busybox_aci_asc`, for `rkt trust`.
+    pub trusted_pubkey: PathBuf,
+    /// Armored public key that made `busybox_aci_other_asc`.
+    pub other_pubkey: PathBuf,
     /// OCI layout, tag `latest`: the busybox layer with a richer config (User `user`, Entrypoint
     /// `/inspect --print-user`, Cmd `--print-cwd --print-env=GREETING`, Env GREETING=hello,
     /// WorkingDir /home/user, ports 8080/tcp 5353/udp, volume /data, StopSignal SIGINT).
@@ -57,6 +65,14 @@ impl TestImages {
     pub fn multilayer_oci_ref(&self) -> String {
         format!("oci:{}:latest", self.multilayer_oci.display())
     }
+    /// Uppercase hex fingerprint of `trusted_pubkey`.
+    pub fn trusted_fingerprint(&self) -> String {
+        read_trimmed(&self.dir.join("keys/trusted.fingerprint"))
+    }
+    /// Uppercase hex fingerprint of `other_pubkey`.
+    pub fn other_fingerprint(&self) -> String {
+        read_trimmed(&self.dir.join("keys/other.fingerprint"))
+    }
     /// `docker-archive:<multilayer_docker_archive>`
     pub fn multilayer_docker_archive_ref(&self) -> String {
         format!(
@@ -70,6 +86,13 @@ impl TestImages {
     }
 }
 
+fn read_trimmed(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
 /// The test images, built on first use (once per process; shared between processes via the cache).
 pub fn images() -> &'static TestImages {
     static IMAGES: OnceLock<TestImages> = OnceLock::new();
@@ -81,6 +104,10 @@ pub fn images() -> &'static TestImages {
             busybox_docker_archive: dir.join("busybox-docker.tar"),
             busybox_aci: dir.join("busybox.aci"),
             busybox_aci_tar: dir.join("busybox-aci.tar"),
+            busybox_aci_asc: dir.join("busybox.aci.asc"),
+            busybox_aci_other_asc: dir.join("busybox.aci.other.asc"),
+            trusted_pubkey: dir.join("keys/trusted.pub.asc"),
+            other_pubkey: dir.join("keys/other.pub.asc"),
             configured_oci: dir.join("configured-oci"),
             multilayer_oci: dir.join("multilayer-oci"),
             multilayer_docker_archive: dir.join("multilayer-docker.tar"),

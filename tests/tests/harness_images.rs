@@ -692,3 +692,36 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The ACI signatures verify with gpgv against the right key only.
+#[test]
+fn aci_signatures_verify_with_gpgv() {
+    let im = images();
+    let tmp = tempfile::tempdir().unwrap();
+    let keyring = |pubkey: &Path, name: &str| {
+        let ring = tmp.path().join(name);
+        let mut c = Command::new("gpg");
+        c.args(["--batch", "--dearmor", "--output"])
+            .arg(&ring)
+            .arg(pubkey);
+        run_command(c, 60).assert_ok();
+        ring
+    };
+    let trusted = keyring(&im.trusted_pubkey, "trusted.gpg");
+    let other = keyring(&im.other_pubkey, "other.gpg");
+    let verify = |ring: &Path, sig: &Path| {
+        let mut c = Command::new("gpgv");
+        c.arg("--keyring").arg(ring).arg(sig).arg(&im.busybox_aci);
+        run_command(c, 60)
+    };
+    let good = verify(&trusted, &im.busybox_aci_asc);
+    good.assert_ok();
+    assert!(good.stderr.contains("rkt test trusted"), "{good}");
+    assert_ne!(verify(&trusted, &im.busybox_aci_other_asc).code, 0);
+    verify(&other, &im.busybox_aci_other_asc).assert_ok();
+    assert_ne!(verify(&other, &im.busybox_aci_asc).code, 0);
+    let fp = im.trusted_fingerprint();
+    assert_eq!(fp.len(), 40, "{fp}");
+    assert!(good.stderr.contains(&fp), "{good}");
+    assert_ne!(fp, im.other_fingerprint());
+}
