@@ -164,10 +164,24 @@ impl Registry {
         self.opts.basic_auth.clone()
     }
 
-    /// Copies image `src` (any skopeo transport, e.g. `oci:/path:latest`) to `<addr>/<repo_tag>`.
+    /// Copies image `src` (any skopeo transport, e.g. `oci:/path:latest`) to `<addr>/<repo_tag>`,
+    /// keeping its manifest format (OCI for the test images).
     pub fn push(&self, src: &str, repo_tag: &str) {
+        self.push_inner(src, repo_tag, None)
+    }
+
+    /// Like [`Registry::push`], converting the manifest to `format`: `v2s2` (Docker schema 2, what
+    /// Docker Hub mostly serves), `oci`, or `v2s1` (the deprecated Docker schema 1).
+    pub fn push_as(&self, src: &str, repo_tag: &str, format: &str) {
+        self.push_inner(src, repo_tag, Some(format))
+    }
+
+    fn push_inner(&self, src: &str, repo_tag: &str, format: Option<&str>) {
         let mut c = Command::new("skopeo");
         c.args(["--insecure-policy", "copy", "--dest-tls-verify=false"]);
+        if let Some(f) = format {
+            c.arg(format!("--format={f}"));
+        }
         if let Some((u, p)) = &self.opts.basic_auth {
             c.arg(format!("--dest-creds={u}:{p}"));
         }

@@ -343,6 +343,22 @@ fn registry_serves_pushed_images() {
     );
     ml.assert_ok();
     assert_eq!(json(&ml.stdout)["Layers"].as_array().unwrap().len(), 4);
+    // Docker schema 2 on request.
+    reg.push_as(&im.busybox_oci_ref(), "busybox:v2s2", "v2s2");
+    let raw = cmd(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &reg.docker_ref("busybox:v2s2"),
+        ],
+    );
+    raw.assert_ok();
+    assert_eq!(
+        json(&raw.stdout)["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
     // The second registry has its own storage.
     let missing = cmd(
         "skopeo",
