@@ -317,11 +317,13 @@ pub fn enter(pod_dir: &Path, spec: &PodSpec, app: &str, cmd: &[String]) -> Resul
     nix::unistd::fchdir(rootfd.as_raw_fd()).context("entering the app's root")?;
     nix::unistd::chroot(".").context("chroot")?;
     std::env::set_current_dir("/")?;
-    let cmd: Vec<String> = if cmd.is_empty() {
-        vec!["/bin/sh".to_string()]
-    } else {
-        cmd.to_vec()
-    };
+    // rkt's default is /bin/bash; images without bash (busybox, alpine) get /bin/sh.
+    let cmd: Vec<String> =
+        if cmd.is_empty() || (cmd == ["/bin/bash"] && !Path::new("/bin/bash").exists()) {
+            vec!["/bin/sh".to_string()]
+        } else {
+            cmd.to_vec()
+        };
     let env = rkt_stage2::app::environment(a, rkt_stage2::passwd::home_of(Path::new("/"), 0));
     let path = env
         .iter()
