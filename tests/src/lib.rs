@@ -25,7 +25,7 @@
 //! let reg = Registry::start(); // real docker-registry on 127.0.0.1:<free port>
 //! reg.push(&im.busybox_oci_ref(), "busybox:latest");
 //! let id = env.fetch_id(&["--insecure-options=http,image", &reg.docker_ref("busybox:latest")]);
-//! assert!(id.starts_with("sha512-"));
+//! assert!(!id.is_empty());
 //! ```
 
 mod images;
