@@ -138,11 +138,9 @@ impl TarFile {
         (&file).seek(SeekFrom::Start(0))?;
         let mut members = HashMap::new();
         let mut ar = tar::Archive::new(&file);
-        for e in ar
-            .entries_with_seek()
-            .with_context(|| format!("{} is not a tar archive", path.display()))?
-        {
-            let e = e.with_context(|| format!("reading {}", path.display()))?;
+        let not_tar = || anyhow!("{} is not a valid tar archive", path.display());
+        for e in ar.entries_with_seek().map_err(|_| not_tar())? {
+            let e = e.map_err(|_| not_tar())?;
             if e.header().entry_type().is_file() {
                 let name = e
                     .path()?
@@ -389,33 +387,50 @@ fn import_oci(
     }
     let config = read_verified(b, &m.config)?;
     let appc = convert::to_appc(&name, &tag_out, &config)?;
-    store.blobs.put_bytes(&manifest_bytes, Some(&desc.digest))?;
-    store.blobs.put_bytes(&config, Some(&m.config.digest))?;
     let mut layers = Vec::new();
     let mut size = manifest_bytes.len() as u64 + config.len() as u64;
-    for (i, l) in m.layers.iter().enumerate() {
-        size += l.size;
-        layers.push(Layer {
-            digest: l.digest.clone(),
-            media_type: l.media_type.clone(),
-            size: l.size,
-        });
-        if store.blobs.has(&l.digest) {
-            continue;
+    // Blobs this import added: on failure they are removed again, so nothing is left behind.
+    let mut added: Vec<String> = Vec::new();
+    let r = (|| -> Result<()> {
+        for (i, l) in m.layers.iter().enumerate() {
+            size += l.size;
+            layers.push(Layer {
+                digest: l.digest.clone(),
+                media_type: l.media_type.clone(),
+                size: l.size,
+            });
+            if store.blobs.has(&l.digest) {
+                continue;
+            }
+            let pb = progress::bar(
+                opts.progress,
+                l.size,
+                &format!("layer {}/{} {}", i + 1, m.layers.len(), &l.digest[7..19]),
+            );
+            let mut r = b.open(&l.digest, l.size)?;
+            store
+                .blobs
+                .put(&mut r, Some(&l.digest), Some(l.size), |n| {
+                    progress::inc(&pb, n)
+                })
+                .with_context(|| format!("layer {} of {origin}", l.digest))?;
+            progress::finish(pb);
+            added.push(l.digest.clone());
         }
-        let pb = progress::bar(
-            opts.progress,
-            l.size,
-            &format!("layer {}/{} {}", i + 1, m.layers.len(), &l.digest[7..19]),
-        );
-        let mut r = b.open(&l.digest, l.size)?;
-        store
-            .blobs
-            .put(&mut r, Some(&l.digest), Some(l.size), |n| {
-                progress::inc(&pb, n)
-            })
-            .with_context(|| format!("layer {} of {origin}", l.digest))?;
-        progress::finish(pb);
+        for (data, d) in [(&config, &m.config.digest), (&manifest_bytes, &desc.digest)] {
+            if !store.blobs.has(d) {
+                store.blobs.put_bytes(data, Some(d))?;
+                added.push(d.clone());
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        let referenced = store.index.referenced_blobs().unwrap_or_default();
+        for d in added.iter().filter(|d| !referenced.contains(*d)) {
+            let _ = store.blobs.remove(d);
+        }
+        return Err(e);
     }
     let now = chrono::Utc::now();
     let rec = Record {
@@ -766,7 +781,8 @@ impl RegistryClient {
                     } else {
                         ""
                     };
-                    bail!("registry GET {url}: {t}{hint}");
+                    let msg = t.to_string().replacen(&format!("{url}: "), "", 1);
+                    bail!("registry GET {url}: {msg}{hint}");
                 }
             }
         }
