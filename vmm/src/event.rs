@@ -22,7 +22,12 @@ pub struct EventOps<'a> {
     sub: u32,
 }
 
-impl EventOps<'_> {
+impl<'a> EventOps<'a> {
+    /// Registration handle for subscriber number `sub` (the event loop makes these; tests too).
+    pub fn new(epoll: &'a Epoll, sub: u32) -> Self {
+        EventOps { epoll, sub }
+    }
+
     fn data(&self, token: u32) -> u64 {
         (u64::from(self.sub) << 32) | u64::from(token)
     }

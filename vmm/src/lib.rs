@@ -70,6 +70,10 @@ pub enum SerialOut {
 pub enum DeviceConfig {
     /// virtio-rng, fed from the host's getrandom(2).
     Rng,
+    /// virtio-vsock bridged to Unix sockets (see `devices::virtio::vsock`): guest connections
+    /// to host port P go to `<uds_path>_<P>`; host clients connect to `uds_path` and send
+    /// `CONNECT <guest port>\n`.
+    Vsock { guest_cid: u64, uds_path: PathBuf },
 }
 
 pub struct VmConfig {
@@ -268,6 +272,12 @@ impl Vm {
             let (base, irq) = layout::virtio_slot(i).context("too many virtio devices")?;
             let device: Box<dyn VirtioDevice> = match d {
                 DeviceConfig::Rng => Box::new(devices::virtio::rng::Rng::new(debug)),
+                DeviceConfig::Vsock {
+                    guest_cid,
+                    uds_path,
+                } => Box::new(devices::virtio::vsock::Vsock::new(
+                    guest_cid, uds_path, debug,
+                )?),
             };
             let nq = device.queue_max_sizes().len();
             let mut evts = Vec::with_capacity(nq);

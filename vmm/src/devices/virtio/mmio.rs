@@ -389,7 +389,7 @@ impl Subscriber for MmioTransport {
         if let Some(e) = self.queue_evts.get(i) {
             let _ = e.read();
             if self.active {
-                self.device.process_queue(i);
+                self.device.process_queue(i, ops);
             }
         }
     }

@@ -4,6 +4,7 @@
 pub mod mmio;
 pub mod queue;
 pub mod rng;
+pub mod vsock;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -85,8 +86,9 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, active: ActiveQueues) -> anyhow::Result<()>;
     /// The driver reset the device: drop queues and return to the pre-activation state.
     fn reset(&mut self);
-    /// The driver notified queue `index` (only called while active).
-    fn process_queue(&mut self, index: usize);
+    /// The driver notified queue `index` (only called while active). `ops` lets the device
+    /// register new backend fds (e.g. a vsock connection's socket).
+    fn process_queue(&mut self, index: usize, ops: &mut EventOps);
     /// Registers device-private fds (tokens >= DEVICE_TOKEN_BASE).
     fn init_events(&mut self, _ops: &mut EventOps) -> io::Result<()> {
         Ok(())

@@ -8,7 +8,7 @@ use std::ops::Deref;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::arch::boot::GuestMem;
 
@@ -104,6 +104,58 @@ where
     }
 }
 
+/// Copies bytes from the device-readable buffers of a validated chain, starting `skip` bytes
+/// in; returns how many were copied.
+pub fn gather(mem: &GuestMem, bufs: &[Buf], skip: usize, out: &mut [u8]) -> usize {
+    copy_bufs(bufs, false, skip, out.len(), |addr, range| {
+        mem.read_slice(&mut out[range], addr).is_ok()
+    })
+}
+
+/// Copies `data` into the device-writable buffers of a validated chain, starting `skip`
+/// bytes in; returns how many were copied.
+pub fn scatter(mem: &GuestMem, bufs: &[Buf], skip: usize, data: &[u8]) -> usize {
+    copy_bufs(bufs, true, skip, data.len(), |addr, range| {
+        mem.write_slice(&data[range], addr).is_ok()
+    })
+}
+
+fn copy_bufs(
+    bufs: &[Buf],
+    write: bool,
+    mut skip: usize,
+    len: usize,
+    mut copy: impl FnMut(GuestAddress, std::ops::Range<usize>) -> bool,
+) -> usize {
+    let mut done = 0;
+    for b in bufs.iter().filter(|b| b.write == write) {
+        if done == len {
+            break;
+        }
+        let blen = b.len as usize;
+        if skip >= blen {
+            skip -= blen;
+            continue;
+        }
+        let n = (blen - skip).min(len - done);
+        // The buffer was range-checked by collect_chain, so the offset cannot overflow.
+        if !copy(GuestAddress(b.addr.0 + skip as u64), done..done + n) {
+            break;
+        }
+        done += n;
+        skip = 0;
+    }
+    done
+}
+
+/// Total bytes of the readable (or writable) buffers.
+pub fn bufs_len(bufs: &[Buf], write: bool) -> usize {
+    bufs.iter()
+        .filter(|b| b.write == write)
+        .map(|b| b.len as usize)
+        .sum()
+}
+
 /// Test helper: lays out a split queue in guest memory the way a driver would.
 #[cfg(test)]
 pub mod testutil {
@@ -118,25 +170,47 @@ pub mod testutil {
     pub struct DriverQueue {
         pub size: u16,
         pub avail_idx: u16,
+        /// Descriptor table; the avail ring is 4 KiB above, the used ring 8 KiB above.
+        pub base: u64,
     }
 
     impl DriverQueue {
         pub fn new(size: u16) -> Self {
-            DriverQueue { size, avail_idx: 0 }
+            Self::at(size, DESC)
+        }
+
+        pub fn at(size: u16, base: u64) -> Self {
+            DriverQueue {
+                size,
+                avail_idx: 0,
+                base,
+            }
+        }
+
+        fn avail(&self) -> u64 {
+            self.base + 0x1000
+        }
+
+        fn used_ring(&self) -> u64 {
+            self.base + 0x2000
         }
 
         pub fn queue(&self) -> Queue {
             let mut q = Queue::new(self.size).unwrap();
             q.set_size(self.size);
-            q.set_desc_table_address(Some(DESC as u32), Some(0));
-            q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-            q.set_used_ring_address(Some(USED as u32), Some(0));
+            q.set_desc_table_address(Some(self.base as u32), Some(0));
+            q.set_avail_ring_address(Some(self.avail() as u32), Some(0));
+            q.set_used_ring_address(Some(self.used_ring() as u32), Some(0));
             q.set_ready(true);
             q
         }
 
         pub fn set_desc(mem: &GuestMem, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            let base = DESC + u64::from(i) * 16;
+            DriverQueue::new(16).desc(mem, i, addr, len, flags, next)
+        }
+
+        pub fn desc(&self, mem: &GuestMem, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+            let base = self.base + u64::from(i) * 16;
             mem.write_obj(addr, GuestAddress(base)).unwrap();
             mem.write_obj(len, GuestAddress(base + 8)).unwrap();
             mem.write_obj(flags, GuestAddress(base + 12)).unwrap();
@@ -146,20 +220,24 @@ pub mod testutil {
         /// Offers chain `head` to the device.
         pub fn push(&mut self, mem: &GuestMem, head: u16) {
             let slot = u64::from(self.avail_idx % self.size);
-            mem.write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
+            mem.write_obj(head, GuestAddress(self.avail() + 4 + 2 * slot))
                 .unwrap();
             self.avail_idx = self.avail_idx.wrapping_add(1);
-            mem.write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+            mem.write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
                 .unwrap();
         }
 
-        /// (id, len) of used element `n`, and the used index.
+        /// (id, len) of used element `n` of the default queue, and the used index.
         pub fn used(mem: &GuestMem, n: u16) -> (u32, u32, u16) {
-            let e = USED + 4 + 8 * u64::from(n);
+            DriverQueue::new(16).used_elem(mem, n)
+        }
+
+        pub fn used_elem(&self, mem: &GuestMem, n: u16) -> (u32, u32, u16) {
+            let e = self.used_ring() + 4 + 8 * u64::from(n);
             (
                 mem.read_obj(GuestAddress(e)).unwrap(),
                 mem.read_obj(GuestAddress(e + 4)).unwrap(),
-                mem.read_obj(GuestAddress(USED + 2)).unwrap(),
+                mem.read_obj(GuestAddress(self.used_ring() + 2)).unwrap(),
             )
         }
     }
@@ -185,6 +263,45 @@ mod tests {
         dq.push(mem, head);
         let chain = q.pop_descriptor_chain(mem).expect("a chain is available");
         collect_chain(chain, mem, 1 << 20)
+    }
+
+    #[test]
+    fn gather_and_scatter_span_buffers() {
+        let mem = create_memory(1 << 20).unwrap();
+        let bufs = [
+            Buf {
+                addr: GuestAddress(0x8000),
+                len: 4,
+                write: false,
+            },
+            Buf {
+                addr: GuestAddress(0x9000),
+                len: 4,
+                write: false,
+            },
+            Buf {
+                addr: GuestAddress(0xa000),
+                len: 3,
+                write: true,
+            },
+            Buf {
+                addr: GuestAddress(0xb000),
+                len: 8,
+                write: true,
+            },
+        ];
+        mem.write_slice(b"abcd", GuestAddress(0x8000)).unwrap();
+        mem.write_slice(b"efgh", GuestAddress(0x9000)).unwrap();
+        let mut out = [0u8; 5];
+        assert_eq!(gather(&mem, &bufs, 2, &mut out), 5);
+        assert_eq!(&out, b"cdefg");
+        assert_eq!(scatter(&mem, &bufs, 1, b"0123456789abcdef"), 10);
+        let mut w = [0u8; 8];
+        mem.read_slice(&mut w[..2], GuestAddress(0xa001)).unwrap();
+        assert_eq!(&w[..2], b"01");
+        mem.read_slice(&mut w, GuestAddress(0xb000)).unwrap();
+        assert_eq!(&w, b"23456789");
+        assert_eq!((bufs_len(&bufs, false), bufs_len(&bufs, true)), (8, 11));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use vm_memory::Bytes;
 
 use crate::devices::virtio::queue::collect_chain;
 use crate::devices::virtio::{ActiveQueues, VirtioDevice, TYPE_RNG};
+use crate::event::EventOps;
 
 const QUEUE_SIZES: &[u16] = &[256];
 /// Bytes served per request at most: bounds the work one chain can ask for.
@@ -79,7 +80,7 @@ impl VirtioDevice for Rng {
         self.active = None;
     }
 
-    fn process_queue(&mut self, index: usize) {
+    fn process_queue(&mut self, index: usize, _ops: &mut EventOps) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
@@ -147,6 +148,7 @@ mod tests {
         let mem = create_memory(1 << 20).unwrap();
         let mut dq = DriverQueue::new(16);
         let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let epoll = vmm_sys_util::epoll::Epoll::new().unwrap();
         let mut rng = Rng::new(false);
         rng.activate(ActiveQueues {
             mem: mem.clone(),
@@ -163,7 +165,7 @@ mod tests {
         for h in [0, 1, 2, 3] {
             dq.push(&mem, h);
         }
-        rng.process_queue(0);
+        rng.process_queue(0, &mut EventOps::new(&epoll, 0));
         assert_eq!(DriverQueue::used(&mem, 0), (0, 64, 4));
         assert_eq!(
             DriverQueue::used(&mem, 1).1,
@@ -190,6 +192,7 @@ mod tests {
         let mem = create_memory(1 << 20).unwrap();
         let mut dq = DriverQueue::new(16);
         let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let epoll = vmm_sys_util::epoll::Epoll::new().unwrap();
         let mut rng = Rng::new(false);
         rng.activate(ActiveQueues {
             mem: mem.clone(),
@@ -200,7 +203,7 @@ mod tests {
         .unwrap();
         DriverQueue::set_desc(&mem, 0, 0x1_0000, 0x8_0000, 2, 0);
         dq.push(&mem, 0);
-        rng.process_queue(0);
+        rng.process_queue(0, &mut EventOps::new(&epoll, 0));
         assert_eq!(DriverQueue::used(&mem, 0).1 as u64, MAX_REQUEST);
     }
 }
