@@ -683,3 +683,60 @@ fn gc_after_sigkill_removes_cgroups_and_mounts() {
         rkt_tests::mounts_under(&env.dir)
     );
 }
+
+#[test]
+fn interactive_app_gets_a_terminal() {
+    require_root();
+    let env = RktEnv::new();
+    let img = images().busybox_oci_ref();
+    // script(1) gives rkt a terminal on stdin/stdout and passes the shell's exit code back.
+    let rkt = format!(
+        "{} --dir={} run --insecure-options=image --stage1=ns --net=none --interactive {img} --exec /bin/sh",
+        rkt_tests::rkt_bin().display(),
+        env.dir.display()
+    );
+    let mut c = std::process::Command::new("script");
+    c.args(["-q", "-e", "-c", &rkt, "/dev/null"]);
+    let out = rkt_tests::run_command_with_stdin(
+        c,
+        b"test -t 0 && echo stdin-is-a-tty-$((40+2))\nexit 5\n",
+        60,
+    );
+    out.assert_code(5);
+    out.assert_stdout_contains("stdin-is-a-tty-42");
+}
+
+#[test]
+fn stop_kills_apps_that_ignore_sigterm_after_the_timeout() {
+    require_root();
+    let env = RktEnv::new();
+    let img = images().busybox_oci_ref();
+    let mut child = env.spawn(&[
+        "run",
+        "--insecure-options=image",
+        "--stage1=ns",
+        "--net=none",
+        &img,
+        "--name=main",
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        "trap '' TERM; echo started; while true; do sleep 1; done",
+    ]);
+    assert!(
+        child.wait_for_stdout("started", 60),
+        "{}",
+        child.output_so_far()
+    );
+    let t = Instant::now();
+    // SIGTERM to `rkt run` itself is forwarded to the pod like `rkt stop`.
+    child.signal(libc::SIGTERM);
+    let out = child.wait_timeout(40);
+    let took = t.elapsed();
+    out.assert_code(137);
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "took {took:?}"
+    );
+}
