@@ -101,6 +101,11 @@ pub struct RktEnv {
     pub dir: PathBuf,
     /// A scratch directory next to `dir` for test inputs (manifests, volumes, files).
     pub scratch: PathBuf,
+    /// Empty private stand-ins for `/etc/rkt` and `/usr/lib/rkt`; passed only by
+    /// [`RktEnv::rkt_isolated`] (or by hand with [`RktEnv::config_flags`]), so tests of `rkt trust`,
+    /// auth or network configs never touch the host's.
+    pub local_config: PathBuf,
+    pub system_config: PathBuf,
     root: PathBuf,
     tmp: Option<tempfile::TempDir>,
     timeout: Duration,
@@ -123,6 +128,10 @@ impl RktEnv {
         let scratch = root.join("scratch");
         std::fs::create_dir(&dir).expect("creating --dir");
         std::fs::create_dir(&scratch).expect("creating scratch dir");
+        let local_config = root.join("etc-rkt");
+        let system_config = root.join("usr-lib-rkt");
+        std::fs::create_dir(&local_config).expect("creating local config dir");
+        std::fs::create_dir(&system_config).expect("creating system config dir");
         let keep = std::env::var_os("RKT_TEST_KEEP").is_some_and(|v| v != "0" && !v.is_empty());
         let tmp = if keep {
             eprintln!("RKT_TEST_KEEP: keeping {}", root.display());
@@ -134,6 +143,8 @@ impl RktEnv {
         RktEnv {
             dir,
             scratch,
+            local_config,
+            system_config,
             root,
             tmp,
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
@@ -165,6 +176,22 @@ impl RktEnv {
         c.arg(format!("--dir={}", self.dir.display()));
         c.args(args);
         c
+    }
+
+    /// `--local-config=<local_config>` and `--system-config=<system_config>`.
+    pub fn config_flags(&self) -> [String; 2] {
+        [
+            format!("--local-config={}", self.local_config.display()),
+            format!("--system-config={}", self.system_config.display()),
+        ]
+    }
+
+    /// Runs `rkt --dir=<dir> --local-config=… --system-config=… ARGS…` (private config dirs).
+    pub fn rkt_isolated(&self, args: &[&str]) -> RktOutput {
+        let flags = self.config_flags();
+        let mut full: Vec<&str> = flags.iter().map(String::as_str).collect();
+        full.extend_from_slice(args);
+        self.rkt(&full)
     }
 
     /// Runs `rkt --dir=<dir> ARGS…` to completion (default timeout, panics on timeout).

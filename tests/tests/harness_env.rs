@@ -41,6 +41,19 @@ fn rkt_gets_dir_then_args_stdin_and_exit_code() {
     std::env::set_var("FAKE_EXIT", "0");
     assert_eq!(env.fetch_id(&["img"]), "sha512-0123abcd");
 
+    // Private config dirs come right after --dir.
+    let iso = env.rkt_isolated(&["trust"]);
+    assert_eq!(
+        iso.values("ARG")[..4],
+        [
+            format!("--dir={}", env.dir.display()),
+            format!("--local-config={}", env.local_config.display()),
+            format!("--system-config={}", env.system_config.display()),
+            "trust".to_string(),
+        ]
+    );
+    assert!(env.local_config.is_dir() && env.system_config.is_dir());
+
     std::env::set_var("RKT_BIN", script_dir.path().join("missing"));
     let r = std::panic::catch_unwind(rkt_tests::rkt_bin);
     let msg = *r.unwrap_err().downcast::<String>().unwrap();
