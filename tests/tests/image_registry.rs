@@ -25,9 +25,15 @@ fn pull_over_http_only_when_allowed() {
 
     // Without --insecure-options=http rkt speaks HTTPS, which this registry does not.
     let out = env.rkt(&["fetch", &r]);
-    out.assert_code(254).assert_stderr_contains("--insecure-options=http");
+    out.assert_code(254)
+        .assert_stderr_contains("--insecure-options=http");
     assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
-    assert_eq!(std::fs::read_dir(env.dir.join("cas/blobs/sha256")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(env.dir.join("cas/blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
 
     let id = fetch_ok(&env, &["--insecure-options=http", "fetch", &r]);
     let rootfs = env.dir.join("cas/tree").join(&id).join("rootfs");
@@ -35,23 +41,47 @@ fn pull_over_http_only_when_allowed() {
     let list = env.rkt(&["image", "list", "--no-legend", "--fields=name"]);
     list.assert_ok();
     assert_eq!(list.stdout.trim(), format!("{}/busybox:1.0", reg.addr));
-    let m = env.rkt(&["image", "cat-manifest", &format!("{}/busybox:1.0", reg.addr)]);
+    let m = env.rkt(&[
+        "image",
+        "cat-manifest",
+        &format!("{}/busybox:1.0", reg.addr),
+    ]);
     m.assert_ok().assert_stdout_contains("\"value\": \"1.0\"");
 
     // Multi-layer image with whiteouts through the registry: same tree as from the layout.
-    let multi = fetch_ok(&env, &["--insecure-options=http", "fetch", &reg.docker_ref("tools/multi")]);
+    let multi = fetch_ok(
+        &env,
+        &[
+            "--insecure-options=http",
+            "fetch",
+            &reg.docker_ref("tools/multi"),
+        ],
+    );
     let local = fetch_ok(&env, &["fetch", &images().multilayer_oci_ref()]);
-    let td = |id: &str| std::fs::read_to_string(env.dir.join("cas/tree").join(id).join("tree_digest")).unwrap();
+    let td = |id: &str| {
+        std::fs::read_to_string(env.dir.join("cas/tree").join(id).join("tree_digest")).unwrap()
+    };
     assert_eq!(td(&multi), td(&local));
 
     // By digest.
     let digest = id.replacen("sha256-", "sha256:", 1);
     let env2 = RktEnv::new();
-    let by_digest = fetch_ok(&env2, &["--insecure-options=http", "fetch", &reg.docker_ref(&format!("busybox@{digest}"))]);
+    let by_digest = fetch_ok(
+        &env2,
+        &[
+            "--insecure-options=http",
+            "fetch",
+            &reg.docker_ref(&format!("busybox@{digest}")),
+        ],
+    );
     assert_eq!(by_digest, id);
 
     // Unknown tag: one clear line.
-    let out = env.rkt(&["--insecure-options=http", "fetch", &reg.docker_ref("busybox:nope")]);
+    let out = env.rkt(&[
+        "--insecure-options=http",
+        "fetch",
+        &reg.docker_ref("busybox:nope"),
+    ]);
     out.assert_code(254).assert_stderr_contains("HTTP 404");
 }
 
@@ -91,7 +121,12 @@ impl TokenProxy {
             tokens: Arc::default(),
             seen_scope: Arc::default(),
         };
-        let (m, b, t, s) = (p.manifests.clone(), p.blobs.clone(), p.tokens.clone(), p.seen_scope.clone());
+        let (m, b, t, s) = (
+            p.manifests.clone(),
+            p.blobs.clone(),
+            p.tokens.clone(),
+            p.seen_scope.clone(),
+        );
         std::thread::spawn(move || {
             for conn in l.incoming().flatten() {
                 let (upstream, addr) = (upstream.clone(), addr.clone());
@@ -101,7 +136,9 @@ impl TokenProxy {
                     let mut w = conn;
                     while let Some(head) = read_head(&mut r) {
                         let path = head[0].split(' ').nth(1).unwrap_or("").to_string();
-                        let authed = head.iter().any(|h| h.eq_ignore_ascii_case("authorization: bearer anon-token"));
+                        let authed = head
+                            .iter()
+                            .any(|h| h.eq_ignore_ascii_case("authorization: bearer anon-token"));
                         if path.starts_with("/token") {
                             t.fetch_add(1, Ordering::SeqCst);
                             *s.lock().unwrap() = path.clone();
@@ -124,7 +161,9 @@ impl TokenProxy {
                         let mut req = format!("{}\r\n", head[0]);
                         for h in &head[1..] {
                             let lower = h.to_ascii_lowercase();
-                            if !lower.starts_with("connection:") && !lower.starts_with("authorization:") {
+                            if !lower.starts_with("connection:")
+                                && !lower.starts_with("authorization:")
+                            {
                                 req.push_str(&format!("{h}\r\n"));
                             }
                         }
@@ -155,26 +194,54 @@ fn bearer_token_flow_and_no_work_refetch() {
     let r = format!("docker://{}/busybox", proxy.addr);
 
     let id = fetch_ok(&env, &["--insecure-options=http", "fetch", &r]);
-    assert!(proxy.tokens.load(Ordering::SeqCst) >= 1, "no token was requested");
+    assert!(
+        proxy.tokens.load(Ordering::SeqCst) >= 1,
+        "no token was requested"
+    );
     let scope = proxy.seen_scope.lock().unwrap().clone();
-    assert!(scope.contains("service=test-registry") && scope.contains("scope=repository%3Abusybox%3Apull"), "{scope}");
+    assert!(
+        scope.contains("service=test-registry")
+            && scope.contains("scope=repository%3Abusybox%3Apull"),
+        "{scope}"
+    );
     let blobs = proxy.blobs.load(Ordering::SeqCst);
     assert!(blobs >= 2, "config and layer come from the registry");
 
     // --pull-policy=update (fetch's default): the manifest is checked, no blob is downloaded again.
     let m0 = proxy.manifests.load(Ordering::SeqCst);
-    assert_eq!(fetch_ok(&env, &["--insecure-options=http", "fetch", &r]), id);
+    assert_eq!(
+        fetch_ok(&env, &["--insecure-options=http", "fetch", &r]),
+        id
+    );
     assert!(proxy.manifests.load(Ordering::SeqCst) > m0);
-    assert_eq!(proxy.blobs.load(Ordering::SeqCst), blobs, "re-fetch downloaded blobs again");
+    assert_eq!(
+        proxy.blobs.load(Ordering::SeqCst),
+        blobs,
+        "re-fetch downloaded blobs again"
+    );
 
     // --pull-policy=new with the name in the store: no network at all.
-    let (m1, t1) = (proxy.manifests.load(Ordering::SeqCst), proxy.tokens.load(Ordering::SeqCst));
-    assert_eq!(fetch_ok(&env, &["--insecure-options=http", "fetch", "--pull-policy=new", &r]), id);
+    let (m1, t1) = (
+        proxy.manifests.load(Ordering::SeqCst),
+        proxy.tokens.load(Ordering::SeqCst),
+    );
+    assert_eq!(
+        fetch_ok(
+            &env,
+            &["--insecure-options=http", "fetch", "--pull-policy=new", &r]
+        ),
+        id
+    );
     assert_eq!(proxy.manifests.load(Ordering::SeqCst), m1);
     assert_eq!(proxy.tokens.load(Ordering::SeqCst), t1);
     assert_eq!(proxy.blobs.load(Ordering::SeqCst), blobs);
 
     // --pull-policy=never for a name not in the store.
-    let out = env.rkt(&["fetch", "--pull-policy=never", &format!("docker://{}/other", proxy.addr)]);
-    out.assert_code(254).assert_stderr_contains("not found in the store");
+    let out = env.rkt(&[
+        "fetch",
+        "--pull-policy=never",
+        &format!("docker://{}/other", proxy.addr),
+    ]);
+    out.assert_code(254)
+        .assert_stderr_contains("not found in the store");
 }
