@@ -11,7 +11,7 @@ use rkt_vmm::{DeviceConfig, ExitReason, SerialOut, Vm, VmConfig};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: boot --kernel VMLINUX [--initrd INITRD] [--mem MIB] [--vcpus N] [--cmdline ARGS] [--rng] [--vsock UDS_PATH] [--serial-log FILE] [--debug]"
+        "usage: boot --kernel VMLINUX [--initrd INITRD] [--mem MIB] [--vcpus N] [--cmdline ARGS] [--rng] [--vsock UDS_PATH] [--fs TAG=DIR] [--serial-log FILE] [--debug]"
     );
     std::process::exit(2)
 }
@@ -30,6 +30,14 @@ fn main() -> ExitCode {
             "--cmdline" => cfg.cmdline_extra = val(),
             "--serial-log" => cfg.serial_out = SerialOut::Both(val().into()),
             "--rng" => cfg.devices.push(DeviceConfig::Rng),
+            "--fs" => {
+                let v = val();
+                let (tag, dir) = v.split_once('=').unwrap_or_else(|| usage());
+                cfg.devices.push(DeviceConfig::Fs {
+                    tag: tag.into(),
+                    shared_dir: dir.into(),
+                });
+            }
             "--vsock" => cfg.devices.push(DeviceConfig::Vsock {
                 guest_cid: 3,
                 uds_path: val().into(),

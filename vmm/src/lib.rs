@@ -74,6 +74,8 @@ pub enum DeviceConfig {
     /// to host port P go to `<uds_path>_<P>`; host clients connect to `uds_path` and send
     /// `CONNECT <guest port>\n`.
     Vsock { guest_cid: u64, uds_path: PathBuf },
+    /// virtio-fs serving `shared_dir`; the guest mounts it with `mount -t virtiofs <tag> DIR`.
+    Fs { tag: String, shared_dir: PathBuf },
 }
 
 pub struct VmConfig {
@@ -278,6 +280,9 @@ impl Vm {
                 } => Box::new(devices::virtio::vsock::Vsock::new(
                     guest_cid, uds_path, debug,
                 )?),
+                DeviceConfig::Fs { tag, shared_dir } => {
+                    Box::new(devices::virtio::fs::Fs::new(&tag, &shared_dir, debug)?)
+                }
             };
             let nq = device.queue_max_sizes().len();
             let mut evts = Vec::with_capacity(nq);

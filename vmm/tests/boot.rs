@@ -1,8 +1,10 @@
-//! Boots the cached rkt guest kernel with a tiny init and a virtio-rng device, and checks the
-//! serial output and a clean reset exit. Needs /dev/kvm and the kernel built by
+//! Boots the cached rkt guest kernel with a tiny init, virtio-rng, virtio-fs and virtio-vsock
+//! devices, and checks the serial output (rng in use, a file read from and one written to the
+//! share, vsock traffic both ways) and a clean reset exit. Needs /dev/kvm and the kernel built by
 //! kernel-config/build.sh; without them this test FAILS (it does not skip).
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -126,8 +128,44 @@ impl Write for Capture {
     }
 }
 
+/// Host side of the guest's vsock client: answers "ping" with "PONG".
+fn serve_pong(uds: &Path) -> std::thread::JoinHandle<String> {
+    let l = UnixListener::bind(format!("{}_1234", uds.display())).unwrap();
+    std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        (&s).write_all(b"PONG\n").unwrap();
+        line
+    })
+}
+
+/// Host-initiated connection to the guest's port 5000, retried until the guest listens.
+fn connect_to_guest(uds: PathBuf, deadline: Instant) -> std::thread::JoinHandle<Option<String>> {
+    std::thread::spawn(move || {
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            let Ok(s) = UnixStream::connect(&uds) else {
+                continue;
+            };
+            (&s).write_all(b"CONNECT 5000\n").unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut ok = String::new();
+            if r.read_line(&mut ok).unwrap_or(0) == 0 || !ok.starts_with("OK ") {
+                continue; // guest not up or not listening yet
+            }
+            let mut greeting = String::new();
+            r.read_line(&mut greeting).unwrap();
+            (&s).write_all(b"bye\n").unwrap();
+            return Some(greeting);
+        }
+        None
+    })
+}
+
 #[test]
-fn boots_init_with_virtio_rng_and_resets() {
+fn boots_init_with_rng_fs_vsock_and_resets() {
     assert!(
         Path::new("/dev/kvm").exists(),
         "\n\n*** rkt-vmm boot test: /dev/kvm is missing: this test needs KVM. ***\n"
@@ -144,6 +182,19 @@ fn boots_init_with_virtio_rng_and_resets() {
     cfg.initrd = Some(initrd);
     cfg.mem_mib = 256;
     cfg.devices.push(DeviceConfig::Rng);
+    let uds = dir.path().join("vsock.sock");
+    cfg.devices.push(DeviceConfig::Vsock {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    });
+    let pong = serve_pong(&uds);
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), "from the host\n").unwrap();
+    cfg.devices.push(DeviceConfig::Fs {
+        tag: "rkt".into(),
+        shared_dir: share.clone(),
+    });
     cfg.debug = true;
     // Placeholder writer: replaced below once guest memory addresses are known.
     let slot: Arc<Mutex<Option<Capture>>> = Arc::new(Mutex::new(None));
@@ -174,6 +225,7 @@ fn boots_init_with_virtio_rng_and_resets() {
         guest_starts,
         partial: String::new(),
     });
+    let to_guest = connect_to_guest(uds.clone(), start + TIMEOUT);
     let handle = vm.handle();
     let watchdog = std::thread::spawn(move || {
         std::thread::sleep(TIMEOUT);
@@ -206,6 +258,29 @@ fn boots_init_with_virtio_rng_and_resets() {
     assert!(
         out.contains("RKT-VMM-TEST: hwrng read 32 bytes nonzero"),
         "no bytes from virtio-rng"
+    );
+    assert!(
+        out.contains("RKT-VMM-TEST: virtiofs hello.txt=from the host"),
+        "guest could not read the virtio-fs share"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest.txt"))
+            .ok()
+            .as_deref(),
+        Some("written by the guest\n")
+    );
+    assert!(
+        out.contains("RKT-VMM-TEST: vsock reply=PONG"),
+        "guest-to-host vsock failed"
+    );
+    assert_eq!(pong.join().unwrap(), "ping\n");
+    assert!(
+        out.contains("RKT-VMM-TEST: vsock host said=bye"),
+        "host-to-guest vsock failed"
+    );
+    assert_eq!(
+        to_guest.join().unwrap().as_deref(),
+        Some("hello from guest\n")
     );
     assert_eq!(reason, ExitReason::Reset);
 }

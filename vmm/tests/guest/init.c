@@ -1,9 +1,12 @@
 /*
  * /init for rkt-vmm's boot test: prints a line as soon as it runs, checks that the virtio-rng
- * device is the guest's hardware RNG and delivers bytes, then reboots (reboot=k makes the kernel
- * reset through the i8042, which ends the VM with ExitReason::Reset).
+ * device is the guest's hardware RNG and delivers bytes, reads and writes a virtio-fs share, talks
+ * to the host over virtio-vsock in both directions, then reboots (reboot=k makes the kernel reset through the i8042, which ends
+ * the VM with ExitReason::Reset).
  */
 #include <fcntl.h>
+#include <linux/vm_sockets.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -31,6 +34,69 @@ static int slurp(const char *path, char *buf, size_t n)
 	if (r > 0 && buf[r - 1] == '\n')
 		buf[r - 1] = 0;
 	return (int)r;
+}
+
+/* Reads one line (without the newline) from fd. */
+static int read_line(int fd, char *buf, size_t n)
+{
+	size_t i = 0;
+
+	while (i + 1 < n) {
+		if (read(fd, buf + i, 1) != 1)
+			return -1;
+		if (buf[i] == '\n')
+			break;
+		i++;
+	}
+	buf[i] = 0;
+	return (int)i;
+}
+
+/* Guest -> host: connect to the host (CID 2) port 1234, send a line, print the answer. */
+static void vsock_client(void)
+{
+	struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_cid = 2, .svm_port = 1234 };
+	char buf[128], line[256];
+	int fd = socket(AF_VSOCK, SOCK_STREAM, 0);
+
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		say("RKT-VMM-TEST: vsock connect failed\n");
+		return;
+	}
+	write(fd, "ping\n", 5);
+	if (read_line(fd, buf, sizeof(buf)) < 0)
+		strcpy(buf, "(none)");
+	snprintf(line, sizeof(line), "RKT-VMM-TEST: vsock reply=%s\n", buf);
+	say(line);
+	close(fd);
+}
+
+/* Host -> guest: listen on port 5000, greet the host, print what it says back. */
+static void vsock_server(void)
+{
+	struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = 5000 };
+	char buf[128], line[256];
+	int l = socket(AF_VSOCK, SOCK_STREAM, 0), c;
+
+	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 1) < 0) {
+		say("RKT-VMM-TEST: vsock listen failed\n");
+		return;
+	}
+	say("RKT-VMM-TEST: vsock listening on 5000\n");
+	alarm(120);
+	c = accept(l, NULL, NULL);
+	alarm(0);
+	if (c < 0) {
+		say("RKT-VMM-TEST: vsock accept failed\n");
+		return;
+	}
+	write(c, "hello from guest\n", 17);
+	if (read_line(c, buf, sizeof(buf)) < 0)
+		strcpy(buf, "(none)");
+	snprintf(line, sizeof(line), "RKT-VMM-TEST: vsock host said=%s\n", buf);
+	say(line);
+	close(c);
+	close(l);
 }
 
 int main(void)
@@ -61,6 +127,25 @@ int main(void)
 	snprintf(line, sizeof(line), "RKT-VMM-TEST: hwrng read %d bytes%s\n", (int)n,
 		 n > 0 && !zero ? " nonzero" : "");
 	say(line);
+
+	mkdir("/mnt", 0755);
+	if (mount("rkt", "/mnt", "virtiofs", 0, NULL) < 0) {
+		say("RKT-VMM-TEST: virtiofs mount failed\n");
+	} else {
+		if (slurp("/mnt/hello.txt", buf, sizeof(buf)) < 0)
+			strcpy(buf, "(unreadable)");
+		snprintf(line, sizeof(line), "RKT-VMM-TEST: virtiofs hello.txt=%s\n", buf);
+		say(line);
+		fd = open("/mnt/from-guest.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (fd >= 0) {
+			write(fd, "written by the guest\n", 21);
+			close(fd);
+		}
+		umount("/mnt");
+	}
+
+	vsock_client();
+	vsock_server();
 
 	say("RKT-VMM-TEST: rebooting\n");
 	sync();

@@ -1,6 +1,7 @@
 //! virtio 1.x over MMIO. `mmio` is the transport (register file, feature negotiation, queue
 //! setup); each device lives in its own folder with its queue handling and its event handling.
 
+pub mod fs;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
