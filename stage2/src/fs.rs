@@ -411,8 +411,19 @@ pub fn pivot(root: &Path, readonly: bool) -> anyhow::Result<()> {
     std::env::set_current_dir(root).with_context(|| format!("entering {}", root.display()))?;
     // pivot_root(".", "."): the old root ends up stacked on the new one and is detached next,
     // so no put_old directory is needed inside the image.
-    nix::unistd::pivot_root(".", ".").context("pivot_root")?;
-    umount2(".", MntFlags::MNT_DETACH).context("detaching the old root")?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {
+            umount2(".", MntFlags::MNT_DETACH).context("detaching the old root")?;
+        }
+        // The initramfs root (the kvm guest's) cannot be pivoted away from: move the new root
+        // over it and chroot, as switch_root does.
+        Err(nix::errno::Errno::EINVAL) => {
+            mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+                .context("moving the app's root over /")?;
+            nix::unistd::chroot(".").context("chroot")?;
+        }
+        Err(e) => return Err(e).context("pivot_root"),
+    }
     std::env::set_current_dir("/")?;
     if readonly {
         remount_ro(Path::new("/"), MsFlags::empty())?;

@@ -156,6 +156,37 @@ fn readonly_rootfs() {
 }
 
 #[test]
+fn no_overlay_root_is_a_private_copy() {
+    require_root();
+    let env = RktEnv::new();
+    let out = run_ok(
+        &env,
+        &["--no-overlay"],
+        &[],
+        &["--write-file=/written", "--content=1", "--print-mounts"],
+    );
+    assert_eq!(out.expect_value("WROTE"), "/written");
+    let root = out
+        .values("MOUNT")
+        .into_iter()
+        .find(|m| m.starts_with("/ "))
+        .unwrap();
+    assert!(!root.contains("overlay"), "{root}");
+    let pod = pod_dir_any(&env);
+    assert!(pod
+        .join("stage1/rootfs/opt/stage2/main/rootfs/written")
+        .is_file());
+    let out = run(
+        &env,
+        &["--no-overlay"],
+        &["--readonly-rootfs=true"],
+        &["--write-file=/x", "--content=1"],
+    );
+    out.assert_code(1);
+    assert_eq!(out.expect_value("WRITE_ERRNO"), "EROFS");
+}
+
+#[test]
 fn volumes_host_and_empty_read_only() {
     require_root();
     let env = RktEnv::new();
