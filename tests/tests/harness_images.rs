@@ -690,6 +690,17 @@ fn inspect_signals_stdin_and_network() {
     o.assert_code(1);
     assert_eq!(o.expect_value("CONNECT_ERRNO"), "ECONNREFUSED");
 
+    // --wait-file blocks until the host creates the file.
+    let flag = env.scratch.join("go");
+    let mut w = spawn(&[&format!("--wait-file={}", flag.display()), "--print-tty"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(w.is_running() && !w.output_so_far().stdout.contains("WAITED"));
+    std::fs::write(&flag, b"").unwrap();
+    let o = w.wait_timeout(10);
+    o.assert_ok();
+    assert_eq!(o.expect_value("WAITED"), flag.display().to_string());
+    assert_eq!(o.expect_value("TTY_STDOUT"), "0", "stdout is a file here");
+
     let o = cmd(im.inspect.to_str().unwrap(), &["--print-ns", "--print-net"]);
     o.assert_ok();
     let own_net = std::fs::read_link("/proc/self/ns/net").unwrap();

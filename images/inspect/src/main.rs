@@ -36,6 +36,8 @@ enum Action {
     PrintNet,
     ServeTcp(u16),
     Connect(String),
+    PrintTty,
+    WaitFile(String),
 }
 
 #[derive(Debug, PartialEq)]
@@ -49,7 +51,7 @@ const USAGE: &str = "usage: inspect [--print-env=VAR] [--print-all-env] [--print
 [--write-file=PATH --content=X] [--stat=PATH] [--print-cwd] [--print-no-new-privs] [--print-seccomp] \
 [--check-syscall=NAME] [--sleep=SECS] [--print-pid] [--print-oom-score-adj] [--print-args] \
 [--echo=TEXT] [--echo-stderr=TEXT] [--trap-signals] [--ignore-signals] [--read-stdin] [--print-ns] \
-[--print-net] [--serve-tcp=PORT] [--connect=HOST:PORT] [--exit-code=N]";
+[--print-net] [--serve-tcp=PORT] [--connect=HOST:PORT] [--print-tty] [--wait-file=PATH] [--exit-code=N]";
 
 /// Syscalls `--check-syscall` knows how to try harmlessly (see `try_syscall`).
 const SYSCALLS: &[&str] = &[
@@ -144,6 +146,8 @@ fn parse(args: &[String]) -> Result<Plan, String> {
             "--read-stdin" => none(&val).map(|_| Action::ReadStdin)?,
             "--print-ns" => none(&val).map(|_| Action::PrintNs)?,
             "--print-net" => none(&val).map(|_| Action::PrintNet)?,
+            "--print-tty" => none(&val).map(|_| Action::PrintTty)?,
+            "--wait-file" => Action::WaitFile(need(val)?),
             "--serve-tcp" => {
                 let v = need(val)?;
                 Action::ServeTcp(
@@ -543,6 +547,9 @@ fn file_type(m: &std::fs::Metadata) -> &'static str {
     }
 }
 
+/// How long `--wait-file` waits before giving up.
+const WAIT_FILE_SECS: u64 = 600;
+
 const TRAPPED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
 
 /// Exit code used by the signal handler (the `--exit-code` value, else 0).
@@ -848,6 +855,29 @@ fn run(action: &Action, argv: &[String]) -> (Vec<String>, bool) {
             }
         }
         Action::PrintNet => print_net(&mut out),
+        Action::PrintTty => {
+            for (key, fd) in [("TTY_STDIN", 0), ("TTY_STDOUT", 1), ("TTY_STDERR", 2)] {
+                // SAFETY: isatty on a plain fd number.
+                out.push(format!("{key}={}", unsafe { libc::isatty(fd) }));
+            }
+        }
+        Action::WaitFile(p) => {
+            // Polls so the host can release the app at a moment of its choosing.
+            let deadline =
+                std::time::Instant::now() + std::time::Duration::from_secs(WAIT_FILE_SECS);
+            loop {
+                if std::path::Path::new(p).exists() {
+                    out.push(format!("WAITED={p}"));
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    out.push("WAIT_ERRNO=ETIMEDOUT".into());
+                    failed = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         Action::ServeTcp(port) => serve_tcp(*port),
         Action::Connect(target) => {
             use std::net::ToSocketAddrs;
@@ -951,6 +981,8 @@ mod tests {
             "--print-net",
             "--connect=10.0.0.1:80",
             "--serve-tcp=8080",
+            "--print-tty",
+            "--wait-file=/tmp/go",
         ])
         .unwrap();
         assert_eq!(
@@ -963,6 +995,8 @@ mod tests {
                 Action::PrintNet,
                 Action::Connect("10.0.0.1:80".into()),
                 Action::ServeTcp(8080),
+                Action::PrintTty,
+                Action::WaitFile("/tmp/go".into()),
             ]
         );
     }
