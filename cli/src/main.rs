@@ -5,6 +5,7 @@ mod cmd;
 mod config;
 mod global;
 mod measure;
+mod pod;
 mod stage1;
 
 use clap::{CommandFactory, Parser, Subcommand};

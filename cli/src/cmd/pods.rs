@@ -1,105 +1,826 @@
-//! Pod commands (owned by the pods work; stubs until it lands).
+//! Pod commands: run, prepare, run-prepared, list, status, enter, stop, rm, gc, cat-manifest.
+//! The on-disk lifecycle lives in `crate::pod`; running apps is the stage1 flavour's job.
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde_json::{json, Value};
 
 use crate::global::Globals;
+use crate::pod::args::{self, Mode, Parsed};
+use crate::pod::{build, table, Lock, Pod, PodDir, Pods, State};
+use crate::stage1::{self, Flavor};
+use rkt_store::Store;
+
+/// Exit code for rkt's own failures.
+const FAIL: i32 = 254;
+
+fn ensure_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cannot run as unprivileged user");
+    }
+    Ok(())
+}
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// [pod flags] IMAGE [app flags] [-- app args [---]] [IMAGE [app flags]...]
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
 
-pub fn run(_g: &Globals, _a: RunArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("run is not implemented yet")
+pub fn run(g: &Globals, a: RunArgs) -> Result<i32> {
+    ensure_root()?;
+    let p = args::parse(Mode::Run, &a.args)?;
+    let start = build::start_options(&p.pod.start)?;
+    let (pods, pod, lock, insecure) = prepare_pod(g, &p)?;
+    if let Some(f) = &p.pod.uuid_file_save {
+        save_uuid(f, &pod.uuid)?;
+    }
+    start_pod(
+        g,
+        &pods,
+        pod,
+        lock,
+        &start,
+        insecure,
+        g.debug || p.pod.debug,
+    )
 }
 
 #[derive(Args, Debug)]
 pub struct PrepareArgs {
+    /// [pod flags] IMAGE [app flags] [-- app args [---]] [IMAGE [app flags]...]
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
 
-pub fn prepare(_g: &Globals, _a: PrepareArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("prepare is not implemented yet")
+pub fn prepare(g: &Globals, a: PrepareArgs) -> Result<i32> {
+    ensure_root()?;
+    let p = args::parse(Mode::Prepare, &a.args)?;
+    let (_pods, pod, _lock, _) = prepare_pod(g, &p)?;
+    println!("{}", pod.uuid);
+    Ok(0)
 }
 
 #[derive(Args, Debug)]
 pub struct RunPreparedArgs {
+    /// [flags] UUID
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
 
-pub fn run_prepared(_g: &Globals, _a: RunPreparedArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("run-prepared is not implemented yet")
+pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
+    ensure_root()?;
+    let p = args::parse(Mode::RunPrepared, &a.args)?;
+    let start = build::start_options(&p.pod.start)?;
+    let insecure = build::insecure(g.insecure, &p.pod)?;
+    let pods = Pods::new(&g.dir);
+    let query = p.uuid.as_deref().unwrap_or_default();
+    let pod = pods.find(query)?;
+    if pod.state != State::Prepared {
+        bail!(
+            "pod {} is not prepared (state: {})",
+            pod.uuid,
+            pod.state.as_str()
+        );
+    }
+    let Some(lock) = Lock::try_exclusive(&pod.path)? else {
+        bail!("pod {} is being started by another process", pod.uuid);
+    };
+    // It may have been started (and moved) between the lookup and the lock.
+    if !pod.path.exists() {
+        bail!("pod {} is not prepared any more", pod.uuid);
+    }
+    Flavor::of_pod(&pod.path)?.ensure_available()?;
+    start_pod(
+        g,
+        &pods,
+        pod,
+        lock,
+        &start,
+        insecure,
+        g.debug || p.pod.debug,
+    )
+}
+
+/// Fetches, validates and writes a pod up to `prepared/`. Nothing is created on disk until every
+/// image and flag checked out; a failure while populating removes the half-made pod.
+fn prepare_pod(g: &Globals, p: &Parsed) -> Result<(Pods, Pod, Lock, crate::global::Insecure)> {
+    let insecure = build::insecure(g.insecure, &p.pod)?;
+    let flavor = build::flavor(&p.pod, g.config.stage1_name.as_deref())?;
+    let fetch = build::fetch_options(&p.pod, insecure)?;
+    let pods = Pods::new(&g.dir);
+    pods.ensure_dirs()?;
+    // Shared during prepare, exclusive for image gc: trees we are about to use stay put.
+    let _prepare_lock = prepare_lock(&g.dir)?;
+    let store = Store::open(&g.dir)?;
+    let plan = build::plan(
+        &store,
+        &p.pod,
+        &p.apps,
+        &fetch,
+        flavor,
+        g.config.tpm_mode.as_deref(),
+    )?;
+
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let path = pods.path(PodDir::Embryo, &uuid);
+    std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+    let lock = Lock::try_exclusive(&path)?.context("locking the new pod")?;
+    let mut pod = Pod {
+        uuid,
+        dir: PodDir::Embryo,
+        path,
+        state: State::Embryo,
+    };
+    pod.move_to(&pods, PodDir::Prepare)?;
+    if let Err(e) = build::populate(&pod.path, &plan) {
+        let _ = crate::pod::remove_tree(&pod.path);
+        return Err(e);
+    }
+    pod.move_to(&pods, PodDir::Prepared)?;
+    pod.state = State::Prepared;
+    Ok((pods, pod, lock, insecure))
+}
+
+fn prepare_lock(dir: &Path) -> Result<std::fs::File> {
+    let locks = dir.join("locks");
+    std::fs::create_dir_all(&locks)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(locks.join("prepareLock"))
+        .context("opening locks/prepareLock")?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_SH) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("locking locks/prepareLock");
+    }
+    Ok(f)
+}
+
+/// Moves a prepared, locked pod to `run/`, writes its spec and hands it to its stage1.
+fn start_pod(
+    g: &Globals,
+    pods: &Pods,
+    mut pod: Pod,
+    lock: Lock,
+    start: &build::Start,
+    insecure: crate::global::Insecure,
+    debug: bool,
+) -> Result<i32> {
+    let flavor = Flavor::of_pod(&pod.path)?;
+    let store = Store::open(&g.dir)?;
+    let pm = pod.manifest()?;
+    pod.move_to(pods, PodDir::Run)?;
+    let spec = build::pod_spec(&pod.path, &pod.uuid, &pm, &store, start, insecure, debug)?;
+    crate::pod::write_atomic(
+        &pod.path.join(rkt_stage2::SPEC_FILE),
+        &serde_json::to_vec_pretty(&spec)?,
+    )?;
+    crate::pod::write_time(&pod.path.join(crate::pod::STARTED_FILE))?;
+    if spec.net == rkt_stage2::NetMode::Default {
+        eprintln!(
+            "rkt: warning: the default network is not implemented yet, the pod gets loopback only (use --net=host or --net=none)"
+        );
+    }
+    // Measured after the spec is final and before anything of the pod runs.
+    let mode = crate::measure::pod_mode(g, &pod.path)?;
+    crate::measure::measure_pod(
+        g,
+        mode,
+        &pod.path,
+        &spec,
+        crate::measure::Stage1::Ns,
+        |id| store.render(id),
+    )?;
+    let code = flavor.run(&pod.path, &spec, lock.fd())?;
+    drop(lock);
+    Ok(code)
+}
+
+fn save_uuid(path: &Path, uuid: &str) -> Result<()> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    crate::pod::write_atomic(&abs, uuid.as_bytes())
+        .with_context(|| format!("--uuid-file-save {}", path.display()))
+}
+
+fn read_uuid_file(path: &Path) -> Result<String> {
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("unable to read UUID from file {}", path.display()))?;
+    let s = s.trim().to_string();
+    if s.is_empty() {
+        bail!("UUID file {} is empty", path.display());
+    }
+    Ok(s)
+}
+
+/// UUID arguments or `--uuid-file`, exactly one of the two.
+fn uuids(args: &[String], file: &Option<PathBuf>) -> Result<Vec<String>> {
+    match (args.is_empty(), file) {
+        (false, None) => Ok(args.to_vec()),
+        (true, Some(f)) => Ok(vec![read_uuid_file(f)?]),
+        (false, Some(_)) => bail!("give either UUIDs or --uuid-file, not both"),
+        (true, None) => bail!("no pod UUID given (pass UUID or --uuid-file=FILE)"),
+    }
 }
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// Suppress a legend with the list
+    #[arg(long)]
+    pub no_legend: bool,
+    /// Use long output format
+    #[arg(long)]
+    pub full: bool,
+    /// Choose the output format: json, json-pretty
+    #[arg(long, value_name = "FORMAT", default_value = "")]
+    pub format: String,
 }
 
-pub fn list(_g: &Globals, _a: ListArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("list is not implemented yet")
+fn check_format(f: &str) -> Result<()> {
+    if !matches!(f, "" | "json" | "json-pretty") {
+        bail!("invalid --format {f:?} (json or json-pretty)");
+    }
+    Ok(())
+}
+
+fn print_json(format: &str, v: &Value) -> Result<()> {
+    if format == "json-pretty" {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        println!("{}", serde_json::to_string(v)?);
+    }
+    Ok(())
+}
+
+pub fn list(g: &Globals, a: ListArgs) -> Result<i32> {
+    check_format(&a.format)?;
+    let pods = Pods::new(&g.dir);
+    let mut all = pods.all()?;
+    all.sort_by_key(|p| p.created());
+    if !a.format.is_empty() {
+        let v: Vec<Value> = all.iter().map(pod_json).collect();
+        print_json(&a.format, &Value::Array(v))?;
+        return Ok(0);
+    }
+    let now = chrono::Utc::now();
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| match t {
+        None => String::new(),
+        Some(t) if a.full => table::full_time(t),
+        Some(t) => table::humanize(t, now),
+    };
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    if !a.no_legend {
+        let mut h = vec!["UUID", "APP", "IMAGE NAME"];
+        if a.full {
+            h.push("IMAGE ID");
+        }
+        h.extend(["STATE", "CREATED", "STARTED", "NETWORKS"]);
+        rows.push(h.into_iter().map(String::from).collect());
+    }
+    for p in &all {
+        let apps = p.manifest().map(|m| m.apps).unwrap_or_default();
+        let uuid = if a.full {
+            p.uuid.clone()
+        } else {
+            p.short_uuid().to_string()
+        };
+        let app_cells = |i: usize| -> Vec<String> {
+            match apps.get(i) {
+                Some(ra) => {
+                    let mut c = vec![ra.name.clone(), ra.image.name.clone()];
+                    if a.full {
+                        c.push(ra.image.id.clone());
+                    }
+                    c
+                }
+                None => vec!["-".into(), "-".into()]
+                    .into_iter()
+                    .chain(a.full.then(|| "-".to_string()))
+                    .collect(),
+            }
+        };
+        let mut row = vec![uuid];
+        row.extend(app_cells(0));
+        row.push(p.state.as_str().to_string());
+        row.push(time(p.created()));
+        row.push(time(p.started()));
+        row.push(String::new());
+        rows.push(row);
+        for i in 1..apps.len() {
+            let mut row = vec![String::new()];
+            row.extend(app_cells(i));
+            rows.push(row);
+        }
+    }
+    print!("{}", table::tabulate(&rows));
+    Ok(0)
+}
+
+/// rkt's `lib.Pod` JSON, plus the apps' images and exit codes.
+fn pod_json(p: &Pod) -> Value {
+    let m = p.manifest().ok();
+    let apps = m.as_ref().map(|m| m.apps.clone()).unwrap_or_default();
+    let codes = p.app_statuses();
+    let mut annotations = serde_json::Map::new();
+    let mut labels = serde_json::Map::new();
+    for ra in &apps {
+        for nv in &ra.annotations {
+            if let Some(k) = nv.name.strip_prefix(build::USER_ANNOTATION) {
+                annotations.insert(k.into(), json!(nv.value));
+            } else if let Some(k) = nv.name.strip_prefix(build::USER_LABEL) {
+                labels.insert(k.into(), json!(nv.value));
+            }
+        }
+    }
+    let mut v = json!({
+        "name": p.uuid,
+        "state": p.state.as_str(),
+        "networks": [],
+        "app_names": apps.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
+        "apps": apps.iter().map(|a| {
+            let mut o = json!({"name": a.name, "image_name": a.image.name, "image_id": a.image.id});
+            if let Some((_, c)) = codes.iter().find(|(n, _)| *n == a.name) {
+                o["exit_code"] = json!(c);
+            }
+            o
+        }).collect::<Vec<_>>(),
+    });
+    if let Some(t) = p.created() {
+        v["created_at"] = json!(t.timestamp());
+    }
+    if let Some(t) = p.started() {
+        v["started_at"] = json!(t.timestamp());
+    }
+    if p.state.has_run() {
+        if let Some(pid) = p.pid() {
+            v["pid"] = json!(pid);
+        }
+    }
+    if !annotations.is_empty() {
+        v["user_annotations"] = Value::Object(annotations);
+    }
+    if !labels.is_empty() {
+        v["user_labels"] = Value::Object(labels);
+    }
+    v
 }
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// Pod UUID (or unambiguous prefix)
+    pub uuid: Option<String>,
+    /// Read pod UUID from file instead of argument
+    #[arg(long, value_name = "FILE")]
+    pub uuid_file: Option<PathBuf>,
+    /// Toggle waiting for the pod to exit: true, false or a timeout (e.g. 10s)
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL|DURATION")]
+    pub wait: Option<String>,
+    /// Toggle waiting until the pod is ready: true, false or a timeout (e.g. 10s)
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL|DURATION")]
+    pub wait_ready: Option<String>,
+    /// Choose the output format: json, json-pretty
+    #[arg(long, value_name = "FORMAT", default_value = "")]
+    pub format: String,
 }
 
-pub fn status(_g: &Globals, _a: StatusArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("status is not implemented yet")
+/// `--wait[=bool|duration]`: None = don't wait, Some(None) = forever, Some(Some(d)) = up to d.
+fn wait_flag(name: &str, v: &Option<String>) -> Result<Option<Option<Duration>>> {
+    Ok(match v.as_deref() {
+        None | Some("false") => None,
+        Some("true") => Some(None),
+        Some(d) => Some(Some(
+            parse_go_duration(d).with_context(|| format!("invalid --{name} {d:?}"))?,
+        )),
+    })
+}
+
+pub fn status(g: &Globals, a: StatusArgs) -> Result<i32> {
+    check_format(&a.format)?;
+    let wait = wait_flag("wait", &a.wait)?;
+    let wait_ready = wait_flag("wait-ready", &a.wait_ready)?;
+    let args: Vec<String> = a.uuid.iter().cloned().collect();
+    let query = uuids(&args, &a.uuid_file)?.remove(0);
+    let pods = Pods::new(&g.dir);
+    let mut pod = pods.find(&query)?;
+    if let Some(timeout) = wait_ready {
+        pod = wait_until(&pods, pod, timeout, "ready", |p| {
+            (p.state == State::Running && p.pid().is_some()) || is_done(p.state)
+        })?;
+        if is_done(pod.state) {
+            bail!("pod {} exited before it was ready", pod.uuid);
+        }
+    }
+    if let Some(timeout) = wait {
+        pod = wait_until(&pods, pod, timeout, "exited", |p| is_done(p.state))?;
+    }
+    if !a.format.is_empty() {
+        print_json(&a.format, &pod_json(&pod))?;
+        return Ok(0);
+    }
+    println!("state={}", pod.state.as_str());
+    if let Some(t) = pod.created() {
+        println!("created={}", table::full_time(t));
+    }
+    if let Some(t) = pod.started() {
+        println!("started={}", table::full_time(t));
+    }
+    if matches!(pod.state, State::Running | State::Exited) {
+        println!("networks=");
+    }
+    if !pod.state.has_run() {
+        return Ok(0);
+    }
+    if let Some(pid) = pod.pid() {
+        println!("pid={pid}");
+    }
+    println!(
+        "exited={}",
+        matches!(pod.state, State::Exited | State::ExitedGarbage)
+    );
+    if pod.state != State::Running {
+        for (app, code) in pod.app_statuses() {
+            println!("app-{app}={code}");
+        }
+    }
+    Ok(0)
+}
+
+fn is_done(s: State) -> bool {
+    matches!(
+        s,
+        State::Exited
+            | State::ExitedGarbage
+            | State::ExitedDeleting
+            | State::Garbage
+            | State::Deleting
+            | State::AbortedPrepare
+    )
+}
+
+fn wait_until(
+    pods: &Pods,
+    mut pod: Pod,
+    timeout: Option<Duration>,
+    what: &str,
+    done: impl Fn(&Pod) -> bool,
+) -> Result<Pod> {
+    let start = Instant::now();
+    loop {
+        if done(&pod) {
+            return Ok(pod);
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            bail!("timed out waiting for pod {} to be {what}", pod.uuid);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        pod =
+            Pod::load(pods, &pod.uuid)?.with_context(|| format!("pod {} disappeared", pod.uuid))?;
+    }
+}
+
+/// Go's `time.ParseDuration` subset: sequences like `1h30m`, `500ms`, `10s`, `0`.
+pub fn parse_go_duration(s: &str) -> Result<Duration> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        bail!("empty duration");
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .context("missing unit (use h, m, s, ms)")?;
+        let num: f64 = rest[..n].parse().context("bad number")?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let mul = match &rest[..u] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            other => bail!("unknown unit {other:?}"),
+        };
+        total += num * mul;
+        rest = &rest[u..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// Go's `Duration.String()` for whole seconds: `30m0s`, `24h0m0s`, `0s`.
+fn go_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
 }
 
 #[derive(Args, Debug)]
 pub struct EnterArgs {
+    /// Name of the app to enter within the pod
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Pod UUID (or unambiguous prefix)
+    pub uuid: String,
+    /// Command to run (default /bin/bash)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    pub cmd: Vec<String>,
 }
 
-pub fn enter(_g: &Globals, _a: EnterArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("enter is not implemented yet")
+pub fn enter(g: &Globals, a: EnterArgs) -> Result<i32> {
+    ensure_root()?;
+    let pods = Pods::new(&g.dir);
+    let pod = pods.find(&a.uuid)?;
+    if pod.state != State::Running {
+        bail!("pod {} is not running", pod.uuid);
+    }
+    let spec = rkt_stage2::PodSpec::load(&pod.path)?;
+    let app = match a.app {
+        Some(n) => {
+            if !spec.apps.iter().any(|x| x.name == n) {
+                bail!("pod {} has no app named {n:?}", pod.uuid);
+            }
+            n
+        }
+        None if spec.apps.len() == 1 => spec.apps[0].name.clone(),
+        None => bail!(
+            "pod {} has several apps, pick one with --app: {}",
+            pod.uuid,
+            spec.apps
+                .iter()
+                .map(|x| x.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let cmd = if a.cmd.is_empty() {
+        vec!["/bin/bash".to_string()]
+    } else {
+        a.cmd
+    };
+    Flavor::of_pod(&pod.path)?.enter(&pod.path, &spec, &app, &cmd)
 }
 
 #[derive(Args, Debug)]
 pub struct StopArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// Pod UUIDs (or unambiguous prefixes)
+    pub uuids: Vec<String>,
+    /// Read pod UUID from file instead of argument
+    #[arg(long, value_name = "FILE")]
+    pub uuid_file: Option<PathBuf>,
+    /// Forced stopping (SIGKILL)
+    #[arg(long)]
+    pub force: bool,
 }
 
-pub fn stop(_g: &Globals, _a: StopArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("stop is not implemented yet")
+pub fn stop(g: &Globals, a: StopArgs) -> Result<i32> {
+    let pods = Pods::new(&g.dir);
+    let mut failed = false;
+    for q in uuids(&a.uuids, &a.uuid_file)? {
+        let r = (|| -> Result<String> {
+            let pod = pods.find(&q)?;
+            if pod.state != State::Running {
+                bail!("pod {} is not running", pod.uuid);
+            }
+            stage1::stop(&pod.path, a.force)?;
+            // Report once the pod is down, so `rkt stop; rkt rm` works.
+            if !crate::pod::wait_exited(&pod.path, Some(Duration::from_secs(30))) {
+                bail!("pod {} did not stop within 30s (try --force)", pod.uuid);
+            }
+            Ok(pod.uuid)
+        })();
+        match r {
+            Ok(u) => println!("{u:?}"),
+            Err(e) => {
+                eprintln!("rkt: {}", crate::one_line(&e));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { FAIL } else { 0 })
 }
 
 #[derive(Args, Debug)]
 pub struct RmArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// Pod UUIDs (or unambiguous prefixes)
+    pub uuids: Vec<String>,
+    /// Read pod UUID from file instead of argument
+    #[arg(long, value_name = "FILE")]
+    pub uuid_file: Option<PathBuf>,
 }
 
-pub fn rm(_g: &Globals, _a: RmArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("rm is not implemented yet")
+pub fn rm(g: &Globals, a: RmArgs) -> Result<i32> {
+    ensure_root()?;
+    let pods = Pods::new(&g.dir);
+    let mut failed = false;
+    let list = uuids(&a.uuids, &a.uuid_file)?;
+    for q in &list {
+        let r = pods.find(q).and_then(|p| remove_pod(&pods, p));
+        match r {
+            Ok(u) => println!("{u:?}"),
+            Err(e) => {
+                eprintln!("rkt: {}", crate::one_line(&e));
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        if list.len() > 1 {
+            eprintln!("rkt: failed to remove one or more pods");
+        }
+        return Ok(FAIL);
+    }
+    Ok(0)
+}
+
+fn remove_pod(pods: &Pods, mut pod: Pod) -> Result<String> {
+    match pod.state {
+        State::Running => bail!("pod {} is currently running", pod.uuid),
+        State::Embryo | State::Preparing => bail!("pod {} is currently being prepared", pod.uuid),
+        State::Deleting | State::ExitedDeleting => {
+            bail!("pod {} is currently being deleted", pod.uuid)
+        }
+        State::AbortedPrepare | State::Prepared => pod.move_to(pods, PodDir::Garbage)?,
+        State::Exited => pod.move_to(pods, PodDir::ExitedGarbage)?,
+        State::ExitedGarbage | State::Garbage => {}
+    }
+    let Some(lock) = Lock::try_exclusive(&pod.path)? else {
+        bail!("pod {} is in use by another process", pod.uuid);
+    };
+    delete(&pod, lock)?;
+    Ok(pod.uuid)
+}
+
+/// Removes a garbage pod we hold exclusively: the flavour's clean-up, any mount left under the
+/// pod, then the files. A pod whose mounts cannot be removed stays for a later gc.
+fn delete(pod: &Pod, _lock: Lock) -> Result<()> {
+    if pod.dir == PodDir::ExitedGarbage {
+        if let Err(e) = Flavor::of_pod(&pod.path).and_then(|f| f.gc(&pod.path)) {
+            eprintln!(
+                "rkt: problem performing stage1 gc on {}: {}",
+                pod.uuid,
+                crate::one_line(&e)
+            );
+        }
+    }
+    crate::pod::unmount_all_under(&pod.path)
+        .with_context(|| format!("unmounting what pod {} left", pod.uuid))?;
+    crate::pod::remove_tree(&pod.path).with_context(|| format!("removing pod {}", pod.uuid))
 }
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// Duration to wait before discarding inactive pods from garbage
+    #[arg(long, default_value = "30m", value_name = "DURATION")]
+    pub grace_period: String,
+    /// Duration to wait before expiring prepared pods
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub expire_prepared: String,
+    /// Move exited/aborted pods to the garbage directories without deleting them
+    #[arg(long)]
+    pub mark_only: bool,
 }
 
-pub fn gc(_g: &Globals, _a: GcArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("gc is not implemented yet")
+pub fn gc(g: &Globals, a: GcArgs) -> Result<i32> {
+    ensure_root()?;
+    let grace = parse_go_duration(&a.grace_period)
+        .with_context(|| format!("invalid --grace-period {:?}", a.grace_period))?;
+    let expire = parse_go_duration(&a.expire_prepared)
+        .with_context(|| format!("invalid --expire-prepared {:?}", a.expire_prepared))?;
+    let pods = Pods::new(&g.dir);
+    // Mark: exited pods and failed prepares go to the garbage directories.
+    for mut p in pods.all()? {
+        match p.state {
+            State::Exited => {
+                eprintln!("rkt: moving pod {:?} to garbage", p.uuid);
+                p.move_to(&pods, PodDir::ExitedGarbage)?;
+            }
+            State::AbortedPrepare => {
+                eprintln!("rkt: moving failed prepare {:?} to garbage", p.uuid);
+                p.move_to(&pods, PodDir::Garbage)?;
+            }
+            // An embryo nobody holds: its creator died before it was even being prepared.
+            State::Embryo if !Lock::is_held(&p.path).unwrap_or(true) => {
+                p.move_to(&pods, PodDir::Garbage)?;
+            }
+            _ => {}
+        }
+    }
+    if a.mark_only {
+        return Ok(0);
+    }
+    let mut failed = false;
+    for mut p in pods.all()? {
+        match p.state {
+            State::Prepared if crate::pod::ctime_age(&p.path).is_some_and(|age| age >= expire) => {
+                // Only if nobody is starting it right now.
+                if let Some(l) = Lock::try_exclusive(&p.path)? {
+                    drop(l);
+                    eprintln!("rkt: moving expired prepared pod {:?} to garbage", p.uuid);
+                    p.move_to(&pods, PodDir::Garbage)?;
+                    p.state = State::Garbage;
+                }
+            }
+            _ => {}
+        }
+        let sweep = match p.state {
+            State::ExitedGarbage => {
+                let old = crate::pod::ctime_age(&p.path).is_some_and(|age| age >= grace);
+                if !old {
+                    eprintln!(
+                        "rkt: pod {:?} not removed: still within grace period ({})",
+                        p.uuid,
+                        go_duration(grace)
+                    );
+                }
+                old
+            }
+            State::Garbage => true,
+            _ => false,
+        };
+        if !sweep {
+            continue;
+        }
+        let Some(lock) = Lock::try_exclusive(&p.path)? else {
+            continue;
+        };
+        println!("Garbage collecting pod {:?}", p.uuid);
+        if let Err(e) = delete(&p, lock) {
+            eprintln!("rkt: {}", crate::one_line(&e));
+            failed = true;
+        }
+    }
+    Ok(if failed { FAIL } else { 0 })
 }
 
 #[derive(Args, Debug)]
 pub struct CatManifestArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// Pod UUID (or unambiguous prefix)
+    pub uuid: Option<String>,
+    /// Read pod UUID from file instead of argument
+    #[arg(long, value_name = "FILE")]
+    pub uuid_file: Option<PathBuf>,
+    /// Apply indent to format the output
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub pretty_print: bool,
 }
 
-pub fn cat_manifest(_g: &Globals, _a: CatManifestArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("cat-manifest is not implemented yet")
+pub fn cat_manifest(g: &Globals, a: CatManifestArgs) -> Result<i32> {
+    let args: Vec<String> = a.uuid.iter().cloned().collect();
+    let query = uuids(&args, &a.uuid_file)?.remove(0);
+    let pod = Pods::new(&g.dir).find(&query)?;
+    let m = pod.manifest()?;
+    if a.pretty_print {
+        // rkt used Go's json.MarshalIndent with a tab.
+        let mut out = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+        serde::Serialize::serialize(&m, &mut ser)?;
+        println!("{}", String::from_utf8_lossy(&out));
+    } else {
+        println!("{}", serde_json::to_string(&m)?);
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(
+            parse_go_duration("1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_go_duration("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_go_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_go_duration("10").is_err());
+        assert!(parse_go_duration("5y").is_err());
+        assert_eq!(go_duration(Duration::from_secs(1800)), "30m0s");
+        assert_eq!(go_duration(Duration::from_secs(86400)), "24h0m0s");
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+    }
 }

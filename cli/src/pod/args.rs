@@ -1,0 +1,482 @@
+//! Command-line parsing for `rkt run`, `rkt prepare` and `rkt run-prepared`.
+//!
+//! rkt's per-app flags are position-sensitive: they apply to the image just before them
+//! (`rkt run [pod flags] IMG1 [app flags] [-- args [---]] IMG2 [app flags] ...`), which clap cannot
+//! express, so these commands take their arguments raw and parse them here.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Run,
+    Prepare,
+    RunPrepared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `--flag` or `--flag=true|false`.
+    Bool,
+    /// `--flag=value` or `--flag value`.
+    Value,
+    /// `--flag=value`, or `--flag` alone meaning the given default (pflag's NoOptDefVal).
+    OptValue(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Pod,
+    App,
+}
+
+const RUN: u8 = 1;
+const PREPARE: u8 = 2;
+const RUN_PREPARED: u8 = 4;
+
+struct FlagDef {
+    name: &'static str,
+    kind: Kind,
+    scope: Scope,
+    modes: u8,
+}
+
+const fn f(name: &'static str, kind: Kind, scope: Scope, modes: u8) -> FlagDef {
+    FlagDef {
+        name,
+        kind,
+        scope,
+        modes,
+    }
+}
+
+use Kind::*;
+use Scope::*;
+
+const FLAGS: &[FlagDef] = &[
+    // pod flags, run and prepare
+    f("stage1", Value, Pod, RUN | PREPARE),
+    f("stage1-name", Value, Pod, RUN | PREPARE),
+    f("stage1-path", Value, Pod, RUN | PREPARE),
+    f("stage1-url", Value, Pod, RUN | PREPARE),
+    f("stage1-hash", Value, Pod, RUN | PREPARE),
+    f("stage1-from-dir", Value, Pod, RUN | PREPARE),
+    f("volume", Value, Pod, RUN | PREPARE),
+    f("inherit-env", Bool, Pod, RUN | PREPARE),
+    f("set-env", Value, Pod, RUN | PREPARE),
+    f("set-env-file", Value, Pod, RUN | PREPARE),
+    f("no-overlay", Bool, Pod, RUN | PREPARE),
+    f("private-users", Bool, Pod, RUN | PREPARE),
+    f("pull-policy", Value, Pod, RUN | PREPARE),
+    f("store-only", Bool, Pod, RUN | PREPARE),
+    f("no-store", Bool, Pod, RUN | PREPARE),
+    f("pod-manifest", Value, Pod, RUN | PREPARE),
+    f("tpm", Value, Pod, RUN | PREPARE),
+    f("port", Value, Pod, RUN | PREPARE),
+    f("insecure-options", Value, Pod, RUN | PREPARE | RUN_PREPARED),
+    f("debug", Bool, Pod, RUN | PREPARE | RUN_PREPARED),
+    // pod flags applied when the pod starts
+    f("net", OptValue("default"), Pod, RUN | RUN_PREPARED),
+    f("dns", Value, Pod, RUN | RUN_PREPARED),
+    f("dns-search", Value, Pod, RUN | RUN_PREPARED),
+    f("dns-opt", Value, Pod, RUN | RUN_PREPARED),
+    f("dns-domain", Value, Pod, RUN | RUN_PREPARED),
+    f("hosts-entry", Value, Pod, RUN | RUN_PREPARED),
+    f("hostname", Value, Pod, RUN | RUN_PREPARED),
+    f("interactive", Bool, Pod, RUN | RUN_PREPARED),
+    f("mds-register", Bool, Pod, RUN | RUN_PREPARED),
+    f("ipc", Value, Pod, RUN | RUN_PREPARED),
+    f("uuid-file-save", Value, Pod, RUN),
+    f("quiet", Bool, Pod, PREPARE),
+    // per-app flags
+    f("signature", Value, App, RUN | PREPARE),
+    f("exec", Value, App, RUN | PREPARE),
+    f("working-dir", Value, App, RUN | PREPARE),
+    f("readonly-rootfs", Bool, App, RUN | PREPARE),
+    f("mount", Value, App, RUN | PREPARE),
+    f("user", Value, App, RUN | PREPARE),
+    f("group", Value, App, RUN | PREPARE),
+    f("supplementary-gids", Value, App, RUN | PREPARE),
+    f("name", Value, App, RUN | PREPARE),
+    f("annotation", Value, App, RUN | PREPARE),
+    f("user-annotation", Value, App, RUN | PREPARE),
+    f("user-label", Value, App, RUN | PREPARE),
+    f("environment", Value, App, RUN | PREPARE),
+    f("memory", Value, App, RUN | PREPARE),
+    f("cpu", Value, App, RUN | PREPARE),
+    f("cpu-shares", Value, App, RUN | PREPARE),
+    f("caps-retain", Value, App, RUN | PREPARE),
+    f("caps-remove", Value, App, RUN | PREPARE),
+    f("cap-retain", Value, App, RUN | PREPARE),
+    f("cap-remove", Value, App, RUN | PREPARE),
+    f("seccomp", Value, App, RUN | PREPARE),
+    f("oom-score-adj", Value, App, RUN | PREPARE),
+];
+
+/// Pod-level options.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodFlags {
+    pub stage1: Option<String>,
+    pub volumes: Vec<String>,
+    pub inherit_env: bool,
+    pub set_env: Vec<String>,
+    pub set_env_file: Vec<String>,
+    pub no_overlay: bool,
+    pub pull_policy: Option<String>,
+    pub pod_manifest: Option<PathBuf>,
+    pub tpm: Option<String>,
+    pub ports: Vec<String>,
+    pub private_users: bool,
+    pub insecure_options: Vec<String>,
+    pub debug: bool,
+    pub quiet: bool,
+    pub uuid_file_save: Option<PathBuf>,
+    pub start: StartFlags,
+}
+
+/// Options that take effect when the pod starts (`run` and `run-prepared`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StartFlags {
+    pub net: Option<String>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_opt: Vec<String>,
+    pub dns_domain: Option<String>,
+    pub hosts_entries: Vec<String>,
+    pub hostname: Option<String>,
+    pub interactive: bool,
+    pub mds_register: bool,
+    pub ipc: Option<String>,
+}
+
+/// One image and the per-app flags that followed it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppFlags {
+    pub image: String,
+    /// Arguments after `--`; None when no `--` was given (keep the image's).
+    pub args: Option<Vec<String>>,
+    pub exec: Option<String>,
+    pub working_dir: Option<String>,
+    pub readonly_rootfs: Option<bool>,
+    pub mounts: Vec<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub supplementary_gids: Option<String>,
+    pub name: Option<String>,
+    pub annotations: Vec<String>,
+    pub user_annotations: Vec<String>,
+    pub user_labels: Vec<String>,
+    pub environment: Vec<String>,
+    pub memory: Option<String>,
+    pub cpu: Option<String>,
+    pub cpu_shares: Option<String>,
+    pub caps_retain: Option<String>,
+    pub caps_remove: Option<String>,
+    pub seccomp: Option<String>,
+    pub oom_score_adj: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    pub pod: PodFlags,
+    pub apps: Vec<AppFlags>,
+    /// `run-prepared`'s UUID.
+    pub uuid: Option<String>,
+}
+
+fn parse_bool(flag: &str, v: &str) -> Result<bool> {
+    Ok(match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => true,
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => false,
+        _ => bail!("invalid value {v:?} for --{flag}: expected true or false"),
+    })
+}
+
+pub fn parse(mode: Mode, args: &[String]) -> Result<Parsed> {
+    let bit = match mode {
+        Mode::Run => RUN,
+        Mode::Prepare => PREPARE,
+        Mode::RunPrepared => RUN_PREPARED,
+    };
+    let mut out = Parsed::default();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        if a == "--" {
+            let Some(app) = out.apps.last_mut() else {
+                bail!("\"--\" must follow an image (app arguments go after their image)");
+            };
+            let mut app_args = Vec::new();
+            while i < args.len() && args[i] != "---" {
+                app_args.push(args[i].clone());
+                i += 1;
+            }
+            i += 1; // skip the "---" terminator, if any
+            app.args = Some(app_args);
+            continue;
+        }
+        if a == "---" {
+            continue;
+        }
+        let Some(body) = a.strip_prefix("--") else {
+            if a.starts_with('-') && a.len() > 1 {
+                bail!("unknown shorthand flag {a:?}");
+            }
+            match mode {
+                Mode::RunPrepared => {
+                    if out.uuid.is_some() {
+                        bail!("run-prepared takes exactly one UUID");
+                    }
+                    out.uuid = Some(a.clone());
+                }
+                _ => out.apps.push(AppFlags {
+                    image: a.clone(),
+                    ..Default::default()
+                }),
+            }
+            continue;
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (body, None),
+        };
+        let Some(def) = FLAGS.iter().find(|d| d.name == name) else {
+            bail!("unknown flag: --{name}");
+        };
+        if def.modes & bit == 0 {
+            let cmd = match mode {
+                Mode::Run => "run",
+                Mode::Prepare => "prepare",
+                Mode::RunPrepared => "run-prepared",
+            };
+            bail!("unknown flag: --{name} (not accepted by rkt {cmd})");
+        }
+        let value = match def.kind {
+            Bool => match inline {
+                Some(v) => parse_bool(name, &v)?.to_string(),
+                None => "true".to_string(),
+            },
+            OptValue(default) => inline.unwrap_or_else(|| default.to_string()),
+            Value => match inline {
+                Some(v) => v,
+                None => {
+                    let Some(v) = args.get(i) else {
+                        bail!("flag needs an argument: --{name}");
+                    };
+                    i += 1;
+                    v.clone()
+                }
+            },
+        };
+        match def.scope {
+            Scope::Pod => set_pod(&mut out.pod, name, value),
+            Scope::App => {
+                let Some(app) = out.apps.last_mut() else {
+                    bail!("--{name} must follow an image");
+                };
+                set_app(app, name, value);
+            }
+        }
+    }
+    validate(mode, &out)?;
+    Ok(out)
+}
+
+fn set_pod(p: &mut PodFlags, name: &str, v: String) {
+    let b = v == "true";
+    let s = &mut p.start;
+    match name {
+        "stage1" | "stage1-name" | "stage1-path" | "stage1-url" | "stage1-hash"
+        | "stage1-from-dir" => p.stage1 = Some(v),
+        "volume" => p.volumes.push(v),
+        "inherit-env" => p.inherit_env = b,
+        "set-env" => p.set_env.push(v),
+        "set-env-file" => p.set_env_file.push(v),
+        "no-overlay" => p.no_overlay = b,
+        "private-users" => p.private_users = b,
+        "pull-policy" => p.pull_policy = Some(v),
+        "store-only" if b => p.pull_policy = Some("never".into()),
+        "no-store" if b => p.pull_policy = Some("update".into()),
+        "pod-manifest" => p.pod_manifest = Some(v.into()),
+        "tpm" => p.tpm = Some(v),
+        "port" => p.ports.push(v),
+        "insecure-options" => p.insecure_options.push(v),
+        "debug" => p.debug = b,
+        "quiet" => p.quiet = b,
+        "uuid-file-save" => p.uuid_file_save = Some(v.into()),
+        "net" => s.net = Some(v),
+        "dns" => s.dns.extend(split_list(&v)),
+        "dns-search" => s.dns_search.extend(split_list(&v)),
+        "dns-opt" => s.dns_opt.extend(split_list(&v)),
+        "dns-domain" => s.dns_domain = Some(v),
+        "hosts-entry" => s.hosts_entries.extend(split_list(&v)),
+        "hostname" => s.hostname = Some(v),
+        "interactive" => s.interactive = b,
+        "mds-register" => s.mds_register = b,
+        "ipc" => s.ipc = Some(v),
+        _ => {}
+    }
+}
+
+fn set_app(a: &mut AppFlags, name: &str, v: String) {
+    match name {
+        "exec" => a.exec = Some(v),
+        "working-dir" => a.working_dir = Some(v),
+        "readonly-rootfs" => a.readonly_rootfs = Some(v == "true"),
+        "mount" => a.mounts.push(v),
+        "user" => a.user = Some(v),
+        "group" => a.group = Some(v),
+        "supplementary-gids" => a.supplementary_gids = Some(v),
+        "name" => a.name = Some(v),
+        "annotation" => a.annotations.push(v),
+        "user-annotation" => a.user_annotations.push(v),
+        "user-label" => a.user_labels.push(v),
+        "environment" => a.environment.push(v),
+        "memory" => a.memory = Some(v),
+        "cpu" => a.cpu = Some(v),
+        "cpu-shares" => a.cpu_shares = Some(v),
+        "caps-retain" | "cap-retain" => a.caps_retain = Some(v),
+        "caps-remove" | "cap-remove" => a.caps_remove = Some(v),
+        "seccomp" => a.seccomp = Some(v),
+        "oom-score-adj" => a.oom_score_adj = Some(v),
+        _ => {} // --signature: signatures are not verified for OCI images
+    }
+}
+
+/// pflag string slices: comma-separated values, repeatable.
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn validate(mode: Mode, p: &Parsed) -> Result<()> {
+    let pf = &p.pod;
+    match mode {
+        Mode::RunPrepared => {
+            if p.uuid.is_none() {
+                bail!("run-prepared requires the UUID of a prepared pod");
+            }
+        }
+        Mode::Run | Mode::Prepare => {
+            if pf.pod_manifest.is_some() {
+                if !p.apps.is_empty()
+                    || !pf.volumes.is_empty()
+                    || !pf.ports.is_empty()
+                    || pf.inherit_env
+                    || !pf.set_env.is_empty()
+                    || !pf.set_env_file.is_empty()
+                    || pf.private_users
+                {
+                    bail!("conflicting flags set with --pod-manifest (see --help)");
+                }
+            } else if p.apps.is_empty() {
+                bail!("must provide at least one image");
+            }
+        }
+    }
+    if pf.start.interactive && p.apps.len() > 1 {
+        bail!("interactive option only supports one image");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn per_app_flags_follow_their_image() {
+        let p = parse(
+            Mode::Run,
+            &v(&[
+                "--net=host",
+                "--set-env",
+                "A=1",
+                "img1",
+                "--exec",
+                "/bin/a",
+                "--memory=64M",
+                "--",
+                "x",
+                "--not-a-flag",
+                "---",
+                "img2",
+                "--name=second",
+                "--readonly-rootfs",
+                "--",
+                "y",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.pod.start.net.as_deref(), Some("host"));
+        assert_eq!(p.pod.set_env, vec!["A=1"]);
+        assert_eq!(p.apps.len(), 2);
+        assert_eq!(p.apps[0].image, "img1");
+        assert_eq!(p.apps[0].exec.as_deref(), Some("/bin/a"));
+        assert_eq!(p.apps[0].memory.as_deref(), Some("64M"));
+        assert_eq!(p.apps[0].args, Some(v(&["x", "--not-a-flag"])));
+        assert_eq!(p.apps[1].name.as_deref(), Some("second"));
+        assert_eq!(p.apps[1].readonly_rootfs, Some(true));
+        assert_eq!(p.apps[1].args, Some(v(&["y"])));
+    }
+
+    #[test]
+    fn pod_flags_may_follow_images_and_net_alone_means_default() {
+        let p = parse(Mode::Run, &v(&["img", "--net", "--dns", "8.8.8.8,1.1.1.1"])).unwrap();
+        assert_eq!(p.pod.start.net.as_deref(), Some("default"));
+        assert_eq!(p.pod.start.dns, v(&["8.8.8.8", "1.1.1.1"]));
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let e = parse(Mode::Run, &v(&["--exec", "/x", "img"])).unwrap_err();
+        assert_eq!(e.to_string(), "--exec must follow an image");
+        let e = parse(Mode::Run, &v(&["img", "--bogus"])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown flag: --bogus");
+        let e = parse(Mode::Run, &v(&["img", "--exec"])).unwrap_err();
+        assert_eq!(e.to_string(), "flag needs an argument: --exec");
+        let e = parse(Mode::Run, &v(&["img", "--readonly-rootfs=maybe"])).unwrap_err();
+        assert!(e.to_string().contains("--readonly-rootfs"));
+        let e = parse(Mode::Run, &v(&[])).unwrap_err();
+        assert_eq!(e.to_string(), "must provide at least one image");
+        let e = parse(Mode::Prepare, &v(&["--hostname=x", "img"])).unwrap_err();
+        assert!(e.to_string().contains("--hostname"));
+        let e = parse(Mode::Run, &v(&["--pod-manifest=/p", "img"])).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("conflicting flags set with --pod-manifest"));
+        assert!(parse(Mode::Run, &v(&["--pod-manifest", "/p"])).is_ok());
+        let e = parse(Mode::Run, &v(&["--interactive", "a", "b"])).unwrap_err();
+        assert_eq!(e.to_string(), "interactive option only supports one image");
+    }
+
+    #[test]
+    fn run_prepared_takes_one_uuid_and_start_flags() {
+        let p = parse(Mode::RunPrepared, &v(&["--hostname", "h", "abcd"])).unwrap();
+        assert_eq!(p.uuid.as_deref(), Some("abcd"));
+        assert_eq!(p.pod.start.hostname.as_deref(), Some("h"));
+        assert!(parse(Mode::RunPrepared, &v(&["a", "b"])).is_err());
+        assert!(parse(Mode::RunPrepared, &v(&["--no-overlay", "a"])).is_err());
+        assert!(parse(Mode::RunPrepared, &v(&[])).is_err());
+    }
+
+    #[test]
+    fn bool_flags_take_explicit_values() {
+        let p = parse(Mode::Prepare, &v(&["--quiet=false", "--no-overlay", "img"])).unwrap();
+        assert!(!p.pod.quiet);
+        assert!(p.pod.no_overlay);
+        let p = parse(Mode::Prepare, &v(&["--quiet", "img"])).unwrap();
+        assert!(p.pod.quiet);
+        // a bool never swallows the next argument: "img" stays the image
+        assert_eq!(p.apps[0].image, "img");
+    }
+}

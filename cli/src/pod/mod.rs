@@ -1,0 +1,510 @@
+//! Pods on disk: `<dir>/pods/<state dir>/<uuid>`, state changes by `rename(2)`, liveness by a
+//! `flock` on the pod directory held by the process that owns the pod (exclusive while preparing,
+//! running or deleting; a shared lock that can be taken means nobody owns it any more).
+
+pub mod args;
+pub mod build;
+pub mod isolators;
+pub mod table;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+
+/// The directories under `pods/`, in the order a pod normally moves through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodDir {
+    Embryo,
+    Prepare,
+    Prepared,
+    Run,
+    ExitedGarbage,
+    Garbage,
+}
+
+impl PodDir {
+    pub const ALL: [PodDir; 6] = [
+        PodDir::Embryo,
+        PodDir::Prepare,
+        PodDir::Prepared,
+        PodDir::Run,
+        PodDir::ExitedGarbage,
+        PodDir::Garbage,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PodDir::Embryo => "embryo",
+            PodDir::Prepare => "prepare",
+            PodDir::Prepared => "prepared",
+            PodDir::Run => "run",
+            PodDir::ExitedGarbage => "exited-garbage",
+            PodDir::Garbage => "garbage",
+        }
+    }
+}
+
+/// rkt's pod states, as `rkt list`/`rkt status` print them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Embryo,
+    Preparing,
+    AbortedPrepare,
+    Prepared,
+    Running,
+    Deleting,
+    Exited,
+    ExitedDeleting,
+    ExitedGarbage,
+    Garbage,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Embryo => "embryo",
+            State::Preparing => "preparing",
+            State::AbortedPrepare => "aborted prepare",
+            State::Prepared => "prepared",
+            State::Running => "running",
+            State::Deleting => "deleting",
+            State::Exited => "exited",
+            State::ExitedDeleting => "exited deleting",
+            State::ExitedGarbage => "exited garbage",
+            State::Garbage => "garbage",
+        }
+    }
+
+    /// States in which the apps have run and may have left exit statuses.
+    pub fn has_run(self) -> bool {
+        matches!(
+            self,
+            State::Running
+                | State::Exited
+                | State::ExitedDeleting
+                | State::ExitedGarbage
+                | State::Deleting
+        )
+    }
+}
+
+/// An flock on a pod directory, released when dropped (or when the owning process dies).
+pub struct Lock {
+    file: File,
+}
+
+impl Lock {
+    fn open(path: &Path) -> Result<Lock> {
+        let file =
+            File::open(path).with_context(|| format!("opening pod dir {}", path.display()))?;
+        Ok(Lock { file })
+    }
+
+    fn flock(&self, op: i32) -> std::io::Result<bool> {
+        loop {
+            // SAFETY: flock on a descriptor owned by self.file.
+            if unsafe { libc::flock(self.file.as_raw_fd(), op) } == 0 {
+                return Ok(true);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => return Ok(false),
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Takes an exclusive lock without waiting; None if another process holds the pod.
+    pub fn try_exclusive(path: &Path) -> Result<Option<Lock>> {
+        let l = Lock::open(path)?;
+        Ok(l.flock(libc::LOCK_EX | libc::LOCK_NB)?.then_some(l))
+    }
+
+    /// Whether some process holds an exclusive lock on `path` (i.e. owns the pod).
+    pub fn is_held(path: &Path) -> Result<bool> {
+        let l = Lock::open(path)?;
+        Ok(!l.flock(libc::LOCK_SH | libc::LOCK_NB)?)
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+}
+
+/// The `pods/` tree of one data directory.
+pub struct Pods {
+    pub root: PathBuf,
+}
+
+impl Pods {
+    pub fn new(data_dir: &Path) -> Pods {
+        Pods {
+            root: data_dir.join("pods"),
+        }
+    }
+
+    pub fn dir(&self, d: PodDir) -> PathBuf {
+        self.root.join(d.name())
+    }
+
+    pub fn path(&self, d: PodDir, uuid: &str) -> PathBuf {
+        self.dir(d).join(uuid)
+    }
+
+    pub fn ensure_dirs(&self) -> Result<()> {
+        for d in PodDir::ALL {
+            let p = self.dir(d);
+            std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Every pod, found by walking the state directories. A pod that moves while we walk can be
+    /// seen twice or missed; callers that act on one pod re-locate it with [`Pods::find`].
+    pub fn all(&self) -> Result<Vec<Pod>> {
+        let mut out: Vec<Pod> = Vec::new();
+        for d in PodDir::ALL {
+            let rd = match std::fs::read_dir(self.dir(d)) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).context("listing pods"),
+            };
+            for ent in rd.flatten() {
+                let name = ent.file_name().to_string_lossy().into_owned();
+                if uuid::Uuid::parse_str(&name).is_err() || out.iter().any(|p| p.uuid == name) {
+                    continue;
+                }
+                if let Some(p) = Pod::load(self, &name)? {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds one pod by full UUID or unambiguous prefix.
+    pub fn find(&self, query: &str) -> Result<Pod> {
+        let q = query.trim().to_ascii_lowercase();
+        let mut matches: Vec<String> = Vec::new();
+        if !q.is_empty() {
+            for d in PodDir::ALL {
+                if let Ok(rd) = std::fs::read_dir(self.dir(d)) {
+                    for ent in rd.flatten() {
+                        let name = ent.file_name().to_string_lossy().into_owned();
+                        if name.starts_with(&q) && !matches.contains(&name) {
+                            matches.push(name);
+                        }
+                    }
+                }
+            }
+        }
+        match matches.len() {
+            0 => bail!("no matches found for {query:?}"),
+            1 => Pod::load(self, &matches[0])?
+                .with_context(|| format!("no matches found for {query:?}")),
+            _ => bail!("ambiguous UUID prefix {query:?}: matches {}", matches.len()),
+        }
+    }
+}
+
+/// A pod as observed at one moment.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub uuid: String,
+    pub dir: PodDir,
+    pub path: PathBuf,
+    pub state: State,
+}
+
+impl Pod {
+    /// Locates `uuid` and works out its state; None if it no longer exists. Retries when the pod
+    /// is renamed between the lookup and the lock probe.
+    pub fn load(pods: &Pods, uuid: &str) -> Result<Option<Pod>> {
+        for _ in 0..5 {
+            let mut raced = false;
+            for d in PodDir::ALL {
+                let path = pods.path(d, uuid);
+                if !path.exists() {
+                    continue;
+                }
+                let held = match Lock::is_held(&path) {
+                    Ok(h) => h,
+                    Err(_) if !path.exists() => {
+                        raced = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let state = match (d, held) {
+                    (PodDir::Embryo, _) => State::Embryo,
+                    (PodDir::Prepare, true) => State::Preparing,
+                    (PodDir::Prepare, false) => State::AbortedPrepare,
+                    (PodDir::Prepared, _) => State::Prepared,
+                    (PodDir::Run, true) => State::Running,
+                    (PodDir::Run, false) => State::Exited,
+                    (PodDir::ExitedGarbage, true) => State::ExitedDeleting,
+                    (PodDir::ExitedGarbage, false) => State::ExitedGarbage,
+                    (PodDir::Garbage, true) => State::Deleting,
+                    (PodDir::Garbage, false) => State::Garbage,
+                };
+                return Ok(Some(Pod {
+                    uuid: uuid.to_string(),
+                    dir: d,
+                    path,
+                    state,
+                }));
+            }
+            if !raced {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn short_uuid(&self) -> &str {
+        &self.uuid[..8.min(self.uuid.len())]
+    }
+
+    /// `pod-created`, else the directory's mtime.
+    pub fn created(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        read_time(&self.path.join(CREATED_FILE)).or_else(|| {
+            std::fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .map(Into::into)
+        })
+    }
+
+    /// When the pod was handed to its stage1 (None if it never ran).
+    pub fn started(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        read_time(&self.path.join(STARTED_FILE))
+    }
+
+    pub fn manifest(&self) -> Result<rkt_schema::PodManifest> {
+        let p = self.path.join(MANIFEST_FILE);
+        let text =
+            std::fs::read(&p).with_context(|| format!("reading pod manifest {}", p.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", p.display()))
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(rkt_stage2::pod_pid_path(&self.path))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Exit codes the stage1 recorded, in pod manifest order.
+    pub fn app_statuses(&self) -> Vec<(String, i32)> {
+        let names: Vec<String> = match self.manifest() {
+            Ok(m) => m.apps.into_iter().map(|a| a.name).collect(),
+            Err(_) => Vec::new(),
+        };
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let code = std::fs::read_to_string(rkt_stage2::app_status_path(&self.path, &n))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((n, code))
+            })
+            .collect()
+    }
+
+    /// Moves the pod to another state directory (atomic rename); updates self.
+    pub fn move_to(&mut self, pods: &Pods, to: PodDir) -> Result<()> {
+        let dest = pods.path(to, &self.uuid);
+        std::fs::rename(&self.path, &dest).with_context(|| {
+            format!(
+                "moving pod {} from {} to {}",
+                self.uuid,
+                self.dir.name(),
+                to.name()
+            )
+        })?;
+        sync_dir(&pods.dir(to));
+        self.path = dest;
+        self.dir = to;
+        Ok(())
+    }
+}
+
+pub const MANIFEST_FILE: &str = "pod";
+pub const CREATED_FILE: &str = "pod-created";
+pub const STARTED_FILE: &str = "pod-started";
+/// Present when the apps' root filesystems are overlays (rkt's marker file).
+pub const OVERLAY_MARKER: &str = "overlay-prepared";
+/// `--tpm` mode chosen at prepare time (`auto`, `required` or `off`).
+pub const TPM_FILE: &str = "tpm-mode";
+
+fn read_time(p: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
+    let s = std::fs::read_to_string(p).ok()?;
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+pub fn write_time(p: &Path) -> Result<()> {
+    write_atomic(
+        p,
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+            .as_bytes(),
+    )
+}
+
+/// Writes a file via a temporary in the same directory, fsync and rename.
+pub fn write_atomic(p: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = p.parent().context("path without parent")?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    // Like a plain file: readable by everybody (rkt list/status work unprivileged).
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(p)
+        .with_context(|| format!("writing {}", p.display()))?;
+    Ok(())
+}
+
+fn sync_dir(d: &Path) {
+    if let Ok(f) = File::open(d) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Waits until nobody holds the pod (it exited) or `timeout` passes; true if it exited.
+pub fn wait_exited(path: &Path, timeout: Option<Duration>) -> bool {
+    let start = Instant::now();
+    loop {
+        match Lock::is_held(path) {
+            Ok(false) | Err(_) => return true,
+            Ok(true) => {}
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Age of a directory for gc: its ctime, which the rename into the garbage dir refreshes.
+pub fn ctime_age(p: &Path) -> Option<Duration> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).ok()?;
+    let ctime = SystemTime::UNIX_EPOCH
+        + Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().max(0) as u32);
+    SystemTime::now().duration_since(ctime).ok()
+}
+
+/// Unmounts everything mounted at or below `dir` (deepest first), as left by a stage1 that died.
+pub fn unmount_all_under(dir: &Path) -> Result<()> {
+    let prefix = dir.to_string_lossy().into_owned();
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    let mut points: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mount)
+        .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    points.dedup();
+    for m in points {
+        let c = std::ffi::CString::new(m.clone())?;
+        // SAFETY: umount2 with a valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
+                return Err(e).with_context(|| format!("unmounting {m}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unescape_mount(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `rm -rf` that refuses to cross into another filesystem, so a bind mount that survived
+/// [`unmount_all_under`] can never make us delete host files.
+pub fn remove_tree(p: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = match std::fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+    };
+    fn walk(p: &Path, dev: u64) -> Result<()> {
+        for ent in std::fs::read_dir(p).with_context(|| format!("reading {}", p.display()))? {
+            let ent = ent?;
+            let path = ent.path();
+            let m = std::fs::symlink_metadata(&path)?;
+            if m.is_dir() {
+                if m.dev() != dev {
+                    bail!("{} is still a mount point, not removing it", path.display());
+                }
+                walk(&path, dev)?;
+                std::fs::remove_dir(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            } else {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+    if m.is_dir() {
+        walk(p, m.dev())?;
+        std::fs::remove_dir(p).with_context(|| format!("removing {}", p.display()))?;
+    } else {
+        std::fs::remove_file(p)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescapes_octal() {
+        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+        assert_eq!(unescape_mount("/plain"), "/plain");
+        assert_eq!(unescape_mount("/end\\"), "/end\\");
+    }
+
+    #[test]
+    fn lock_states() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!Lock::is_held(d.path()).unwrap());
+        let l = Lock::try_exclusive(d.path()).unwrap().unwrap();
+        assert!(Lock::is_held(d.path()).unwrap());
+        assert!(Lock::try_exclusive(d.path()).unwrap().is_none());
+        drop(l);
+        assert!(!Lock::is_held(d.path()).unwrap());
+    }
+}
