@@ -156,46 +156,6 @@ pub fn elf_has_interpreter(b: &[u8]) -> Option<bool> {
     Some(false)
 }
 
-/// Writes an uncompressed newc cpio: the directories the init mounts on, `/dev/console`, `/init`.
-/// Uncompressed on purpose: on PVM hosts guest kernel code is emulated, and gunzip there costs
-/// far more than copying a few more MiB.
-pub fn write_cpio<W: Write>(w: &mut W, init: &[u8]) -> io::Result<()> {
-    let mut ino = 1u32;
-    let mut entry =
-        |w: &mut W, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)| -> io::Result<()> {
-            let nm_len = name.len() + 1;
-            let hdr = format!(
-            "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
-            ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len(),
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            nm_len,
-            0
-        );
-            ino += 1;
-            w.write_all(hdr.as_bytes())?;
-            w.write_all(name.as_bytes())?;
-            w.write_all(&[0])?;
-            w.write_all(&vec![0u8; (4 - (110 + nm_len) % 4) % 4])?;
-            w.write_all(data)?;
-            w.write_all(&vec![0u8; (4 - data.len() % 4) % 4])
-        };
-    for d in ["dev", "proc", "sys", "run", "tmp", "rkt"] {
-        entry(w, d, 0o040755, &[], (0, 0))?;
-    }
-    entry(w, "dev/console", 0o020600, &[], (5, 1))?;
-    entry(w, "init", 0o100755, init, (0, 0))?;
-    entry(w, "TRAILER!!!", 0, &[], (0, 0))
-}
-
 /// The initramfs for `init`, packed at first use and cached as `<cache>/initramfs-<sha256>.cpio`.
 pub fn initramfs(cache: &Path, init: &Path) -> Result<PathBuf> {
     let bytes = std::fs::read(init).with_context(|| format!("reading {}", init.display()))?;
@@ -206,7 +166,7 @@ pub fn initramfs(cache: &Path, init: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(cache)?;
-    write_cpio(&mut io::BufWriter::new(tmp.as_file_mut()), &bytes)?;
+    rkt_guest_init::initramfs::write_newc(&mut io::BufWriter::new(tmp.as_file_mut()), &bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(&out)
         .map_err(|e| e.error)
@@ -588,11 +548,17 @@ mod vmm {
         } else {
             rkt_vmm::SerialOut::File(log)
         };
+        // Only the pod directory is shared: app roots and volumes were mounted under it.
+        cfg.devices.push(rkt_vmm::DeviceConfig::Fs {
+            tag: proto::SHARE_TAG.into(),
+            shared_dir: pod_dir.to_path_buf(),
+        });
+        cfg.devices.push(rkt_vmm::DeviceConfig::Vsock {
+            guest_cid: GUEST_CID as u64,
+            uds_path: uds.to_path_buf(),
+        });
         cfg.devices.push(rkt_vmm::DeviceConfig::Rng);
-        let _ = (uds, pod_dir);
-        // virtio-fs (tag `rkt`, the pod directory) and vsock (CID 3, `uds`) are attached here once
-        // rkt-vmm has them; until then the guest cannot reach its pod.
-        bail!("stage1 kvm: this rkt-vmm has no virtio-fs/vsock devices yet")
+        rkt_vmm::Vm::build(cfg)
     }
 }
 
