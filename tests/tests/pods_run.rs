@@ -551,3 +551,76 @@ fn gc_keeps_exited_pods_within_the_grace_period() {
     assert_eq!(st.expect_value("state"), "exited garbage");
     env.rkt(&["rm", &uuid]).assert_ok();
 }
+
+#[test]
+fn enter_runs_a_command_in_a_running_app() {
+    require_root();
+    let env = RktEnv::new();
+    let f = env.scratch.join("uuid");
+    let img = busybox();
+    let mut child = env.spawn(&[
+        "run",
+        "--net=none",
+        "--hostname=inside",
+        &format!("--uuid-file-save={}", f.display()),
+        &img,
+        "--name=busybox",
+        "--exec=/inspect",
+        "--",
+        "--sleep=60",
+    ]);
+    let uuid = wait_running(&env, &f);
+    let out = env.rkt(&[
+        "enter",
+        "--app=busybox",
+        &uuid,
+        "/inspect",
+        "--print-hostname",
+        "--exit-code=6",
+    ]);
+    out.assert_code(6);
+    assert_eq!(out.expect_value("HOSTNAME"), "inside");
+    let bad = env.rkt(&["enter", "--app=nope", &uuid, "/inspect"]);
+    bad.assert_code(254);
+    bad.assert_stderr_contains("no app named \"nope\"");
+    env.rkt(&["stop", "--force", &uuid]).assert_ok();
+    child.wait_timeout(60);
+    let after = env.rkt(&["enter", &uuid, "/inspect"]);
+    after.assert_code(254);
+    after.assert_stderr_contains("is not running");
+}
+
+/// Only the `rkt run` process is SIGKILLed: the pod's supervisor still holds the pod lock, so the
+/// pod is still running, and `rkt stop` ends it.
+#[test]
+fn pod_outlives_its_killed_rkt_process_until_stopped() {
+    require_root();
+    let env = RktEnv::new();
+    let f = env.scratch.join("uuid");
+    let img = busybox();
+    let mut child = env.spawn(&[
+        "run",
+        "--net=none",
+        &format!("--uuid-file-save={}", f.display()),
+        &img,
+        "--name=busybox",
+        "--exec=/inspect",
+        "--",
+        "--sleep=60",
+    ]);
+    let uuid = wait_running(&env, &f);
+    child.signal(libc::SIGKILL);
+    child.wait_timeout(30);
+    let st = env.rkt(&["status", &uuid]);
+    assert_eq!(st.expect_value("state"), "running", "{st}");
+    env.rkt(&["stop", &uuid]).assert_ok();
+    let st = env.rkt(&["status", &uuid]);
+    assert_eq!(st.expect_value("state"), "exited", "{st}");
+    assert_eq!(st.expect_value("app-busybox"), "143");
+    env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
+    assert!(
+        mounts_under(&env.dir).is_empty(),
+        "{:?}",
+        mounts_under(&env.dir)
+    );
+}
