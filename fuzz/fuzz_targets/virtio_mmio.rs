@@ -1,0 +1,79 @@
+//! Drives the virtio-mmio transport and the rng/vsock/fs devices the way a hostile guest could:
+//! guest RAM is filled from the input (descriptor tables, rings, buffers), then the rest of the
+//! input is a sequence of register writes/reads and queue notifications.
+//!   cargo +nightly fuzz run virtio_mmio      (from this directory, with cargo-fuzz installed)
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rkt_vmm::arch::boot::create_memory;
+use rkt_vmm::devices::virtio::mmio::MmioTransport;
+use rkt_vmm::devices::virtio::{Interrupt, VirtioDevice};
+use rkt_vmm::event::{EventOps, Subscriber};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::epoll::{Epoll, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+const MEM: u64 = 1 << 20;
+const IMAGE: usize = 64 * 1024;
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 2 {
+        return;
+    }
+    let (which, rest) = (data[0], &data[1..]);
+    let (image, ops) = rest.split_at(rest.len().min(IMAGE));
+    let mem = create_memory(MEM).unwrap();
+    mem.write_slice(image, GuestAddress(0)).unwrap();
+
+    let dir = tempfile_dir();
+    let device: Box<dyn VirtioDevice> = match which % 3 {
+        0 => Box::new(rkt_vmm::devices::virtio::rng::Rng::new(false)),
+        1 => Box::new(
+            rkt_vmm::devices::virtio::vsock::Vsock::new(3, dir.join("v.sock"), false).unwrap(),
+        ),
+        _ => Box::new(rkt_vmm::devices::virtio::fs::Fs::new("rkt", &dir, false).unwrap()),
+    };
+    let nq = device.queue_max_sizes().len();
+    let evts = (0..nq)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+        .collect();
+    let mut t = MmioTransport::new(
+        device,
+        mem,
+        Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+        evts,
+        false,
+    );
+    let epoll = Epoll::new().unwrap();
+    t.init(&mut EventOps::new(&epoll, 0)).unwrap();
+    for op in ops.chunks_exact(6) {
+        let off = u64::from(op[1]) * 4;
+        let val = [op[2], op[3], op[4], op[5]];
+        match op[0] % 4 {
+            0 => t.write(off, &val),
+            1 => {
+                let mut d = [0u8; 4];
+                t.read(off, &mut d);
+            }
+            2 => t.write(off, &val[..usize::from(op[2] % 4) + 1]),
+            _ => t.handle(
+                u32::from(op[1]) % nq as u32,
+                EventSet::IN,
+                &mut EventOps::new(&epoll, 0),
+            ),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+});
+
+fn tempfile_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "rkt-vmm-fuzz-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
