@@ -57,10 +57,7 @@ pub fn export_oci_archive(store: &Store, rec: &Record, out: &Path) -> Result<()>
     let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
     append(&mut b, "oci-layout", &mut &layout[..], layout.len() as u64)?;
 
-    let (manifest, config, layer_files): (Vec<u8>, Vec<u8>, Vec<(Descriptor, LayerData)>) = if rec
-        .kind
-        == "aci"
-    {
+    let (manifest, config, layer_files): Parts = if rec.kind == "aci" {
         aci_parts(store, rec)?
     } else {
         let mbytes = store.blobs.read(
@@ -135,16 +132,16 @@ pub fn export_oci_archive(store: &Store, rec: &Record, out: &Path) -> Result<()>
     Ok(())
 }
 
+/// (manifest, config, layers) of an image being exported.
+type Parts = (Vec<u8>, Vec<u8>, Vec<(Descriptor, LayerData)>);
+
 enum LayerData {
     Blob(String),
     File(tempfile::NamedTempFile),
 }
 
 /// An ACI as OCI: one uncompressed layer made from the rendered tree, a config from its manifest.
-fn aci_parts(
-    store: &Store,
-    rec: &Record,
-) -> Result<(Vec<u8>, Vec<u8>, Vec<(Descriptor, LayerData)>)> {
+fn aci_parts(store: &Store, rec: &Record) -> Result<Parts> {
     let tree = crate::render::render(store, rec)?;
     let mut layer = tempfile::Builder::new()
         .prefix("export-layer-")

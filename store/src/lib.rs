@@ -21,6 +21,8 @@ mod index;
 mod progress;
 mod render;
 mod source;
+#[cfg(test)]
+mod store_tests;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
