@@ -321,6 +321,7 @@ impl Vm {
         let cmdline_len = boot::write_cmdline(&mem, &cmdline)?;
         boot::write_boot_params(&mem, mem_bytes, cmdline_len, initrd)?;
         arch::regs::write_boot_tables(&mem)?;
+        arch::mptable::setup(&mem, cfg.vcpus)?;
 
         // vCPUs.
         let supported = kvm

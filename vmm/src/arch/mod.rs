@@ -2,4 +2,5 @@
 pub mod boot;
 pub mod cpuid;
 pub mod layout;
+pub mod mptable;
 pub mod regs;
