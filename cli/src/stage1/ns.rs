@@ -120,8 +120,8 @@ fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Re
     }
 }
 
-/// Waits for the supervisor, passing SIGTERM/SIGHUP on to it (SIGINT from a terminal reaches the
-/// whole foreground process group already).
+/// Waits for the supervisor, turning SIGTERM, SIGHUP and SIGINT into a graceful stop of the pod
+/// (a terminal's Ctrl-C also reaches the supervisor directly; stopping twice is harmless).
 fn wait_forwarding(child: Pid, set: &SigSet) -> Result<WaitStatus> {
     loop {
         match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))? {
@@ -129,7 +129,7 @@ fn wait_forwarding(child: Pid, set: &SigSet) -> Result<WaitStatus> {
             st => return Ok(st),
         }
         match set.wait()? {
-            Signal::SIGTERM | Signal::SIGHUP => {
+            Signal::SIGTERM | Signal::SIGHUP | Signal::SIGINT => {
                 let _ = nix::sys::signal::kill(child, Signal::SIGTERM);
             }
             _ => {}
