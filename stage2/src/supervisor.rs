@@ -110,13 +110,15 @@ pub struct Relay {
 
 /// Starts every app with `launch` (returns the app's pid as the supervisor sees it; it runs in a
 /// child process) and supervises them until all exited. `on_exit(app, code)` records a code
-/// (the ns flavour writes `app_status_path`). Must run as the reaper of the apps (PID 1 of their
-/// namespace or a subreaper).
+/// (the ns flavour writes `app_status_path`); `on_started` runs once every app was launched (the
+/// ns flavour writes the pod's pid file then: `rkt status --wait-ready` reads it as "ready"). Must
+/// run as the reaper of the apps (PID 1 of their namespace or a subreaper).
 pub fn supervise(
     spec: &PodSpec,
     sfd: &SignalFd,
     launch: &mut dyn FnMut(&AppSpec) -> anyhow::Result<Pid>,
     on_exit: &mut dyn FnMut(&str, i32),
+    on_started: &mut dyn FnMut(),
     relay: Option<Relay>,
     stop_timeout: Duration,
 ) -> i32 {
@@ -144,6 +146,7 @@ pub fn supervise(
             *deadline = Some(Instant::now() + stop_timeout);
         }
     };
+    on_started();
     if first_failure.is_some() {
         stop(&live, &mut deadline);
     }

@@ -102,17 +102,11 @@ fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Re
             return Err(e).context("creating the pod's namespaces");
         }
     };
-    let pid_written = write_atomic(&pod_pid_path(pod_dir), &format!("{child}\n"));
-    if let Err(e) = &pid_written {
-        eprintln!("rkt: {e:#}");
-        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-    }
     let status = wait_forwarding(child, &fwd);
     let _ = old_mask.thread_set_mask();
     if let Some(t) = &saved {
         restore(0, t);
     }
-    pid_written?;
     match status? {
         WaitStatus::Exited(_, c) => Ok(c),
         WaitStatus::Signaled(_, s, _) => Ok(128 + s as i32),
@@ -145,6 +139,8 @@ fn supervisor_main(
     tty: bool,
 ) -> Result<i32> {
     use nix::mount::{mount, MsFlags};
+    // First: as PID 1 of a namespace we would drop a SIGTERM whose disposition is still default.
+    let sfd = supervisor::take_signals()?;
     mount(
         None::<&str>,
         "/",
@@ -157,7 +153,6 @@ fn supervisor_main(
     if spec.net != NetMode::Host {
         loopback_up().context("bringing up lo")?;
     }
-    let sfd = supervisor::take_signals()?;
     let pty = if tty {
         Some(supervisor::open_pty()?)
     } else {
@@ -172,11 +167,22 @@ fn supervisor_main(
             eprintln!("rkt: {e:#}");
         }
     };
+    // The supervisor's host pid, through the host's /proc still mounted here.
+    let host_pid = std::fs::read_link("/proc/self").context("reading /proc/self")?;
+    let mut on_started = || {
+        let p = pod_pid_path(pod_dir);
+        if let Err(e) = write_atomic(&p, &format!("{}\n", host_pid.display())) {
+            // Without the pid file nobody can stop the pod: give up on it.
+            eprintln!("rkt: {e:#}");
+            let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+        }
+    };
     Ok(supervisor::supervise(
         spec,
         &sfd,
         &mut launch,
         &mut on_exit,
+        &mut on_started,
         relay,
         supervisor::STOP_TIMEOUT,
     ))
