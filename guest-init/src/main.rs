@@ -390,6 +390,8 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
         &sfd,
         &mut launch,
         &mut on_exit,
+        // The host writes the pod's pid file when every AppStarted arrived.
+        &mut || {},
         None,
         supervisor::STOP_TIMEOUT,
     );
