@@ -771,3 +771,74 @@ fn stop_kills_apps_that_ignore_sigterm_after_the_timeout() {
         "took {took:?}"
     );
 }
+
+#[test]
+fn each_app_has_its_own_root_and_enter_picks_one() {
+    require_root();
+    let env = RktEnv::new();
+    let img = images().busybox_oci_ref();
+    let mut child = env.spawn(&[
+        "run",
+        "--insecure-options=image",
+        "--stage1=ns",
+        "--net=none",
+        &img,
+        "--name=a",
+        "--environment=WHO=a",
+        "--exec",
+        "/inspect",
+        "--",
+        "--write-file=/only-in-a",
+        "--content=1",
+        "--echo=a-started",
+        "--sleep=120",
+        "---",
+        &img,
+        "--name=b",
+        "--environment=WHO=b",
+        "--exec",
+        "/inspect",
+        "--",
+        "--sleep=120",
+    ]);
+    assert!(
+        child.wait_for_stdout("a-started", 60),
+        "{}",
+        child.output_so_far()
+    );
+    let uuid = uuid_of(&pod_dir_any(&env));
+    let out = env.rkt(&[
+        "enter",
+        "--app=b",
+        &uuid,
+        "/inspect",
+        "--print-env=WHO",
+        "--stat=/only-in-a",
+    ]);
+    out.assert_code(1);
+    assert_eq!(out.expect_value("WHO"), "b");
+    assert_eq!(out.expect_value("STAT_ERRNO"), "ENOENT");
+    let out = env.rkt(&[
+        "enter",
+        "--app=a",
+        &uuid,
+        "/inspect",
+        "--print-env=WHO",
+        "--stat=/only-in-a",
+    ]);
+    out.assert_ok();
+    assert_eq!(out.expect_value("WHO"), "a");
+    // Both apps share the pod's hostname and PID namespace: b sees a's process.
+    let out = env.rkt(&[
+        "enter",
+        "--app=b",
+        &uuid,
+        "/bin/sh",
+        "-c",
+        "ps -o args | grep -c '^/inspect --write-file=/only-in-a'",
+    ]);
+    out.assert_ok();
+    assert_eq!(out.stdout.trim(), "1");
+    env.rkt(&["stop", &uuid]).assert_ok();
+    child.wait_timeout(30).assert_code(143);
+}
