@@ -372,6 +372,62 @@ mod tests {
     }
 
     #[test]
+    fn creates_v2_cgroups_with_controllers_enabled_along_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let l = Layout::V2 {
+            root: d.path().to_path_buf(),
+        };
+        create_app(&l, "u1", &app()).unwrap();
+        let read = |p: &str| std::fs::read_to_string(d.path().join(p)).unwrap();
+        for dir in ["", "rkt", "rkt/u1"] {
+            let p = if dir.is_empty() {
+                "cgroup.subtree_control".to_string()
+            } else {
+                format!("{dir}/cgroup.subtree_control")
+            };
+            assert_eq!(read(&p), "+memory +cpu +pids", "{p}");
+        }
+        assert_eq!(read("rkt/u1/a/memory.max"), "67108864");
+        assert_eq!(read("rkt/u1/a/cpu.max"), "50000 100000");
+        assert_eq!(
+            read("rkt/u1/a/cpu.weight"),
+            shares_to_weight(512).to_string()
+        );
+    }
+
+    #[test]
+    fn creates_v1_cgroups_in_the_managed_hierarchies_only() {
+        let d = tempfile::tempdir().unwrap();
+        let h = |c: &str| Hierarchy {
+            mountpoint: d.path().join(c),
+            controllers: vec![c.to_string()],
+        };
+        let l = Layout::V1 {
+            hierarchies: vec![h("memory"), h("cpu"), h("devices")],
+            unified: None,
+        };
+        create_app(&l, "u1", &app()).unwrap();
+        let read = |p: &str| std::fs::read_to_string(d.path().join(p)).unwrap();
+        assert_eq!(read("memory/rkt/u1/a/memory.limit_in_bytes"), "67108864");
+        assert_eq!(read("cpu/rkt/u1/a/cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu/rkt/u1/a/cpu.cfs_period_us"), "100000");
+        assert_eq!(read("cpu/rkt/u1/a/cpu.shares"), "512");
+        assert!(!d.path().join("devices/rkt").exists());
+        // A limit whose controller is missing is refused, not ignored.
+        let l = Layout::V1 {
+            hierarchies: vec![h("cpu")],
+            unified: None,
+        };
+        let e = create_app(&l, "u2", &app()).unwrap_err().to_string();
+        assert!(e.contains("memory"), "{e}");
+    }
+
+    #[test]
     fn unescapes_mount_points() {
         let mi = "1 2 0:1 / /a\\040b rw - tmpfs tmpfs rw\n";
         assert_eq!(parse_mountinfo(mi)[0].0, PathBuf::from("/a b"));
