@@ -79,7 +79,8 @@ fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Re
         fwd.add(s);
     }
     let old_mask = fwd.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
-    let mut stack = vec![0u8; 1 << 20];
+    // Pages of the stack are only allocated when touched.
+    let mut stack = vec![0u8; 8 << 20];
     let cb = Box::new(|| -> isize {
         match supervisor_main(pod_dir, spec, layout, tty) {
             Ok(code) => code as isize,
