@@ -181,6 +181,20 @@ fn measured_pod_verifies_and_tampering_is_named() {
     bad.assert_stderr_contains("is not the hash of its event data");
     flip_byte(&log_path, len - 3);
     env.rkt(&[&tcti, "tpm", "verify"]).assert_ok();
+
+    // An entry that is in the log but was never extended (a crash between append and extend):
+    // append a second copy of the last entry (4 banks: 12 + 2*4 + 20+32+48+64 + 4 + data bytes).
+    let last_len = 12 + 8 + 164 + 4 + entries[3]["event"].as_str().unwrap().len();
+    let bytes = std::fs::read(&log_path).unwrap();
+    let dup = [bytes.as_slice(), &bytes[bytes.len() - last_len..]].concat();
+    std::fs::write(&log_path, dup).unwrap();
+    let bad = env.rkt(&[&tcti, "tpm", "verify"]);
+    bad.assert_code(254);
+    bad.assert_stderr_contains("entry 5 (rkt/app");
+    bad.assert_stderr_contains("logged but not in PCR 15");
+    bad.assert_stderr_contains("only up to entry 4");
+    std::fs::write(&log_path, bytes).unwrap();
+    env.rkt(&[&tcti, "tpm", "verify"]).assert_ok();
 }
 
 #[test]
