@@ -43,9 +43,13 @@ pub fn resolve_tcti(explicit: Option<&str>) -> String {
 
 /// tpm2-tss logs warnings straight to stderr; rkt reports errors itself, in one line.
 fn quiet_tss() {
-    if std::env::var_os("TSS2_LOG").is_none() {
-        std::env::set_var("TSS2_LOG", "all+none");
-    }
+    // Once per process, before the first connection (tpm2-tss reads it when it first logs).
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TSS2_LOG").is_none() {
+            std::env::set_var("TSS2_LOG", "all+none");
+        }
+    });
 }
 
 /// The TPM's boot cycle: PCRs are reset exactly when one of these counters changes
