@@ -309,7 +309,10 @@ impl<'h> Extractor<'h> {
         let dfd = dir.as_raw_fd();
         let cname = cstr(name)?;
         let existing = lstat_at(dfd, name)?;
-        self.this_layer.insert(comps.clone());
+        // Implicit parents count as written by this layer too (an opaque whiteout keeps them).
+        for n in 1..=comps.len() {
+            self.this_layer.insert(comps[..n].to_vec());
+        }
 
         use tar::EntryType as T;
         match kind {
@@ -667,6 +670,7 @@ mod tests {
         let l2 = tar_of(&[
             ("etc/.wh.a", T::Regular, ""),
             ("opq/new", T::Regular, "new"),
+            ("opq/implicit/f", T::Regular, "f"),
             ("opq/.wh..wh..opq", T::Regular, ""),
             ("keep", T::Regular, "k2"),
         ]);
