@@ -55,6 +55,10 @@ fn the_log(env: &RktEnv) -> PathBuf {
 
 /// tpm2_eventlog's replay of PCR 15 in `bank`.
 fn eventlog_replay(tpm: &Swtpm, log: &Path, bank: &str) -> String {
+    eventlog_replay_pcr(tpm, log, bank, 15)
+}
+
+fn eventlog_replay_pcr(tpm: &Swtpm, log: &Path, bank: &str, pcr: u32) -> String {
     let out = tpm.tool(&["tpm2_eventlog", log.to_str().unwrap()]);
     let pcrs = out
         .split("pcrs:")
@@ -66,7 +70,7 @@ fn eventlog_replay(tpm: &Swtpm, log: &Path, bank: &str) -> String {
         .unwrap_or_else(|| panic!("no {bank} in {pcrs}"));
     let line = section
         .lines()
-        .find(|l| l.trim_start().starts_with("15 :"))
+        .find(|l| l.trim_start().starts_with(&format!("{pcr} :")))
         .unwrap();
     line.split("0x").nth(1).unwrap().trim().to_lowercase()
 }
@@ -300,4 +304,55 @@ fn concurrent_pods_keep_the_log_whole() {
         (1..=16).collect::<Vec<u64>>(),
         "every entry belongs to one pod"
     );
+}
+
+#[test]
+fn tpm_d_config_chooses_pcr_mode_and_tcti() {
+    require_root();
+    let tpm = Swtpm::start();
+    let env = RktEnv::new();
+    let conf = env.local_config.join("tpm.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    let write_conf = |tcti: &str| {
+        std::fs::write(
+            conf.join("tpm.json"),
+            format!(
+                r#"{{"rktKind":"tpm","rktVersion":"v1","mode":"required","pcr":23,"tcti":"{tcti}"}}"#
+            ),
+        )
+        .unwrap();
+    };
+    write_conf(&tpm.tcti());
+    let img = images().busybox_oci_ref();
+    let run = |word: &str| {
+        env.rkt_isolated(&[
+            "--insecure-options=image",
+            "run",
+            "--net=none",
+            &img,
+            "--exec",
+            "/bin/echo",
+            "--",
+            word,
+        ])
+    };
+    run("configured")
+        .assert_ok()
+        .assert_stdout_contains("configured");
+    // Measured into PCR 23, not 15.
+    let log = the_log(&env);
+    assert_eq!(
+        eventlog_replay_pcr(&tpm, &log, "sha256", 23),
+        tpm.pcrread("sha256", 23)
+    );
+    assert_eq!(tpm.pcrread("sha256", 15), "0".repeat(64));
+    env.rkt_isolated(&["tpm", "verify"])
+        .assert_ok()
+        .assert_stdout_contains("PCR 23 sha256");
+    // mode=required from the config: an unusable TCTI refuses the pod.
+    write_conf("device:/nonexistent/tpmrm0");
+    let out = run("should-not-run");
+    out.assert_code(254);
+    out.assert_stderr_contains("--tpm=required but no usable TPM");
+    assert!(!out.stdout.contains("should-not-run"));
 }
