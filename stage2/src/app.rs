@@ -24,24 +24,31 @@ pub fn setup_and_exec(
     root: &Path,
     cgroups: Option<&Layout>,
 ) -> anyhow::Error {
-    match try_setup_and_exec(app, pod, root, cgroups) {
-        Ok(never) => match never {},
-        Err(e) => e,
-    }
+    setup_and_exec_with(app, pod, root, cgroups, &mut |_| Ok(()))
 }
 
-fn try_setup_and_exec(
+/// [`setup_and_exec`] with a hook that runs once the root is assembled (the app's `/dev` exists
+/// at `root/dev`) and before pivot_root, e.g. to allocate the app's terminal in its own devpts.
+pub fn setup_and_exec_with(
     app: &AppSpec,
     pod: &PodSpec,
     root: &Path,
     cgroups: Option<&Layout>,
-) -> anyhow::Result<std::convert::Infallible> {
-    if app.exec.is_empty() {
-        bail!("app {:?} has nothing to execute", app.name);
+    before_pivot: &mut dyn FnMut(&Path) -> anyhow::Result<()>,
+) -> anyhow::Error {
+    let r = (|| -> anyhow::Result<std::convert::Infallible> {
+        if app.exec.is_empty() {
+            bail!("app {:?} has nothing to execute", app.name);
+        }
+        fs::prepare_root(pod, app, root, cgroups)?;
+        before_pivot(root)?;
+        fs::pivot(root, app.readonly_rootfs)?;
+        exec_as_app(app, pod, Path::new("/"))
+    })();
+    match r {
+        Ok(never) => match never {},
+        Err(e) => e,
     }
-    fs::prepare_root(pod, app, root, cgroups)?;
-    fs::pivot(root, app.readonly_rootfs)?;
-    exec_as_app(app, pod, Path::new("/"))
 }
 
 /// The final environment: the spec's, with PATH and HOME filled in when missing.

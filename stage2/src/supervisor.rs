@@ -103,9 +103,18 @@ pub fn exit_code(st: &WaitStatus) -> Option<i32> {
     }
 }
 
-/// What the supervisor relays when the app has a pty (interactive pods).
+/// The pty master the supervisor relays to its own stdin/stdout (interactive pods). `launch` sets
+/// it (the master is allocated inside the app's own devpts, so it exists only once the app's
+/// /dev is mounted); `supervise` picks it up after launching the apps.
+#[derive(Default)]
 pub struct Relay {
-    pub master: OwnedFd,
+    master: std::cell::RefCell<Option<OwnedFd>>,
+}
+
+impl Relay {
+    pub fn set_master(&self, fd: OwnedFd) {
+        *self.master.borrow_mut() = Some(fd);
+    }
 }
 
 /// Starts every app with `launch` (returns the app's pid as the supervisor sees it; it runs in a
@@ -119,7 +128,7 @@ pub fn supervise(
     launch: &mut dyn FnMut(&AppSpec) -> anyhow::Result<Pid>,
     on_exit: &mut dyn FnMut(&str, i32),
     on_started: &mut dyn FnMut(),
-    relay: Option<Relay>,
+    relay: Option<&Relay>,
     stop_timeout: Duration,
 ) -> i32 {
     let mut live: BTreeMap<i32, String> = BTreeMap::new();
@@ -147,6 +156,7 @@ pub fn supervise(
         }
     };
     on_started();
+    let relay: Option<OwnedFd> = relay.and_then(|r| r.master.borrow_mut().take());
     if first_failure.is_some() {
         stop(&live, &mut deadline);
     }
@@ -154,8 +164,8 @@ pub fn supervise(
     let mut stdin_open = relay.is_some();
     let mut master_open = relay.is_some();
     let mut buf = [0u8; 8192];
-    if let Some(r) = &relay {
-        copy_winsize(0, r.master.as_raw_fd());
+    if let Some(m) = &relay {
+        copy_winsize(0, m.as_raw_fd());
     }
     while !live.is_empty() {
         let timeout = match deadline {
@@ -167,9 +177,9 @@ pub fn supervise(
             _ => PollTimeout::NONE,
         };
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        if let Some(r) = &relay {
+        if let Some(m) = &relay {
             if master_open {
-                fds.push(PollFd::new(r.master.as_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
             }
             if stdin_open {
                 fds.push(PollFd::new(stdin_fd, PollFlags::POLLIN));
@@ -182,8 +192,8 @@ pub fn supervise(
             .collect();
         drop(fds);
         let mut idx = 1;
-        if let Some(r) = &relay {
-            let m = r.master.as_raw_fd();
+        if let Some(master) = &relay {
+            let m = master.as_raw_fd();
             if master_open {
                 if ready[idx] {
                     match nix::unistd::read(m, &mut buf) {
@@ -209,8 +219,8 @@ pub fn supervise(
                         stop(&live, &mut deadline)
                     }
                     Ok(Signal::SIGWINCH) => {
-                        if let Some(r) = &relay {
-                            copy_winsize(0, r.master.as_raw_fd());
+                        if let Some(m) = &relay {
+                            copy_winsize(0, m.as_raw_fd());
                         }
                     }
                     _ => {}
@@ -245,12 +255,12 @@ pub fn supervise(
         }
     }
     // Drain what the app printed last.
-    if let Some(r) = &relay {
+    if let Some(m) = &relay {
         let _ = nix::fcntl::fcntl(
-            r.master.as_raw_fd(),
+            m.as_raw_fd(),
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         );
-        while let Ok(n) = nix::unistd::read(r.master.as_raw_fd(), &mut buf) {
+        while let Ok(n) = nix::unistd::read(m.as_raw_fd(), &mut buf) {
             if n == 0 {
                 break;
             }
@@ -282,30 +292,71 @@ fn copy_winsize(from: i32, to: i32) {
     }
 }
 
-/// Allocates a pty; returns (master, slave path).
-pub fn open_pty() -> anyhow::Result<(OwnedFd, std::path::PathBuf)> {
-    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-    let m = posix_openpt(
+/// Allocates a pty in the devpts instance mounted at `pts` (the app's own, so that `ttyname`
+/// works inside the app); returns (master, slave path).
+pub fn open_pty_in(pts: &Path) -> anyhow::Result<(OwnedFd, std::path::PathBuf)> {
+    use std::os::fd::FromRawFd;
+    let ptmx = pts.join("ptmx");
+    let fd = nix::fcntl::open(
+        &ptmx,
         nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
     )
-    .context("opening a pty")?;
-    grantpt(&m).context("grantpt")?;
-    unlockpt(&m).context("unlockpt")?;
-    let name = ptsname_r(&m).context("ptsname")?;
-    // SAFETY: we own the master fd; PtyMaster is a thin wrapper around it.
-    let fd = unsafe { OwnedFd::from_raw_fd_checked(m) };
-    Ok((fd, name.into()))
-}
-
-trait FromPtyMaster {
-    unsafe fn from_raw_fd_checked(m: nix::pty::PtyMaster) -> OwnedFd;
-}
-
-impl FromPtyMaster for OwnedFd {
-    unsafe fn from_raw_fd_checked(m: nix::pty::PtyMaster) -> OwnedFd {
-        use std::os::fd::{FromRawFd, IntoRawFd};
-        OwnedFd::from_raw_fd(m.into_raw_fd())
+    .with_context(|| format!("opening {}", ptmx.display()))?;
+    // SAFETY: we own the fd just opened.
+    let master = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut unlock: libc::c_int = 0;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCSPTLCK reads an int, TIOCGPTN writes an unsigned int.
+    unsafe {
+        if libc::ioctl(fd, libc::TIOCSPTLCK, &mut unlock) != 0
+            || libc::ioctl(fd, libc::TIOCGPTN, &mut n) != 0
+        {
+            return Err(std::io::Error::last_os_error()).context("unlocking the pty");
+        }
     }
+    Ok((master, pts.join(n.to_string())))
+}
+
+/// Sends `fd` over the unix socket `sock` (SCM_RIGHTS).
+pub fn send_fd(sock: &OwnedFd, fd: &OwnedFd) -> anyhow::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"f")];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("passing the pty to the supervisor")?;
+    Ok(())
+}
+
+/// Receives a descriptor sent with [`send_fd`]; None if the peer closed without sending one.
+pub fn recv_fd(sock: &OwnedFd) -> anyhow::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("receiving the pty")?;
+    for c in msg.cmsgs().context("reading the control message")? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us.
+                return Ok(Some(unsafe { OwnedFd::from_raw_fd(*fd) }));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// In the app's child: make the pty slave its controlling terminal and stdio.

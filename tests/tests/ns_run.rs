@@ -730,11 +730,13 @@ fn interactive_app_gets_a_terminal() {
     c.args(["-q", "-e", "-c", &rkt, "/dev/null"]);
     let out = rkt_tests::run_command_with_stdin(
         c,
-        b"test -t 0 && echo stdin-is-a-tty-$((40+2))\nexit 5\n",
+        b"test -t 0 && echo stdin-is-a-tty-$((40+2))\necho name=$(tty)\nexit 5\n",
         60,
     );
     out.assert_code(5);
     out.assert_stdout_contains("stdin-is-a-tty-42");
+    // The terminal comes from the app's own devpts, so it has a name there.
+    out.assert_stdout_contains("name=/dev/pts/0");
 }
 
 #[test]

@@ -154,15 +154,10 @@ fn supervisor_main(
     if spec.net != NetMode::Host {
         loopback_up().context("bringing up lo")?;
     }
-    let pty = if tty {
-        Some(supervisor::open_pty()?)
-    } else {
-        None
-    };
-    let slave = pty.as_ref().map(|(_, p)| p.clone());
-    let relay = pty.map(|(master, _)| Relay { master });
+    let relay = Relay::default();
+    let relay = tty.then_some(&relay);
     let mut launch =
-        |app: &AppSpec| -> Result<Pid> { launch_app(pod_dir, spec, app, layout, slave.as_deref()) };
+        |app: &AppSpec| -> Result<Pid> { launch_app(pod_dir, spec, app, layout, relay) };
     let mut on_exit = |name: &str, code: i32| {
         if let Err(e) = write_atomic(&app_status_path(pod_dir, name), &format!("{code}\n")) {
             eprintln!("rkt: {e:#}");
@@ -194,15 +189,40 @@ fn launch_app(
     spec: &PodSpec,
     app: &AppSpec,
     layout: Option<&Layout>,
-    tty: Option<&Path>,
+    relay: Option<&Relay>,
 ) -> Result<Pid> {
     let root = app_root(pod_dir, &app.name);
+    // Interactive: the app allocates its terminal in its own devpts and hands us the master.
+    let pair = match relay {
+        Some(_) => Some(
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .context("socketpair")?,
+        ),
+        None => None,
+    };
     // SAFETY: the supervisor is single-threaded; the child only runs the set-up and execs.
     match unsafe { nix::unistd::fork() }.context("fork")? {
-        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Parent { child } => {
+            if let (Some(r), Some((ours, theirs))) = (relay, pair) {
+                drop(theirs);
+                if let Some(master) = supervisor::recv_fd(&ours)? {
+                    r.set_master(master);
+                }
+            }
+            Ok(child)
+        }
         ForkResult::Child => {
             supervisor::reset_signals_in_child();
-            let err = match app_child(pod_dir, spec, app, layout, tty, &root) {
+            let sock = pair.map(|(ours, theirs)| {
+                drop(ours);
+                theirs
+            });
+            let err = match app_child(pod_dir, spec, app, layout, sock, &root) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -218,12 +238,9 @@ fn app_child(
     spec: &PodSpec,
     app: &AppSpec,
     layout: Option<&Layout>,
-    tty: Option<&Path>,
+    tty_sock: Option<OwnedFd>,
     root: &Path,
 ) -> Result<std::convert::Infallible> {
-    if let Some(slave) = tty {
-        supervisor::attach_tty(slave)?;
-    }
     // Our /proc is still the host's, so /proc/self names our host pid: `rkt enter` needs it.
     let host_pid = std::fs::read_link("/proc/self").context("reading /proc/self")?;
     write_atomic(
@@ -236,7 +253,22 @@ fn app_child(
         flags |= CloneFlags::CLONE_NEWCGROUP;
     }
     nix::sched::unshare(flags).context("unshare")?;
-    Err(rkt_stage2::app::setup_and_exec(app, spec, root, layout))
+    let mut before_pivot = |root: &Path| -> Result<()> {
+        if let Some(sock) = &tty_sock {
+            let (master, slave) = supervisor::open_pty_in(&root.join("dev/pts"))?;
+            supervisor::send_fd(sock, &master)?;
+            drop(master);
+            supervisor::attach_tty(&slave)?;
+        }
+        Ok(())
+    };
+    Err(rkt_stage2::app::setup_and_exec_with(
+        app,
+        spec,
+        root,
+        layout,
+        &mut before_pivot,
+    ))
 }
 
 fn loopback_up() -> Result<()> {
