@@ -734,3 +734,101 @@ fn relay_session(
     }
     Ok(())
 }
+
+#[cfg(test)]
+// The children are reaped by relay_session's waitpid, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+
+    /// The guest half of an enter session against a real child process and a real socket.
+    #[test]
+    fn enter_session_relays_stdin_output_and_exit_code() {
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "read line; echo got:$line; echo oops >&2; exit 4"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let in_w = OwnedFd::from(child.stdin.take().unwrap());
+        let out_r = OwnedFd::from(child.stdout.take().unwrap());
+        let err_r = OwnedFd::from(child.stderr.take().unwrap());
+        let (guest, mut host) = UnixStream::pair().unwrap();
+        let guest_fd = OwnedFd::from(guest);
+        let t = std::thread::spawn(move || {
+            let mut conn = File::from(guest_fd);
+            relay_session(&mut conn, pid, in_w, out_r, err_r).unwrap();
+        });
+        proto::write_msg(
+            &mut host,
+            &Msg::Data {
+                chan: 0,
+                stream: Stream::Stdin,
+                data: b"hi\n".to_vec(),
+            },
+        )
+        .unwrap();
+        proto::write_msg(
+            &mut host,
+            &Msg::Eof {
+                chan: 0,
+                stream: Stream::Stdin,
+            },
+        )
+        .unwrap();
+        let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+        while let Some(m) = proto::read_msg(&mut host).unwrap() {
+            match m {
+                Msg::Data {
+                    stream: Stream::Stdout,
+                    data,
+                    ..
+                } => out.extend(data),
+                Msg::Data {
+                    stream: Stream::Stderr,
+                    data,
+                    ..
+                } => err.extend(data),
+                Msg::Eof { .. } => {}
+                Msg::Exited { code: c } => {
+                    code = Some(c);
+                    break;
+                }
+                m => panic!("unexpected {m:?}"),
+            }
+        }
+        t.join().unwrap();
+        assert_eq!(
+            (out.as_slice(), err.as_slice(), code),
+            (&b"got:hi\n"[..], &b"oops\n"[..], Some(4))
+        );
+    }
+
+    /// A host that goes away mid-session gets the command killed rather than left running.
+    #[test]
+    fn enter_session_kills_the_command_when_the_host_leaves() {
+        let mut child = Command::new("/bin/sleep")
+            .arg("1000")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let in_w = OwnedFd::from(child.stdin.take().unwrap());
+        let out_r = OwnedFd::from(child.stdout.take().unwrap());
+        let err_r = OwnedFd::from(child.stderr.take().unwrap());
+        let (guest, host) = UnixStream::pair().unwrap();
+        drop(host);
+        let mut conn = File::from(OwnedFd::from(guest));
+        let t0 = std::time::Instant::now();
+        relay_session(&mut conn, pid, in_w, out_r, err_r).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        // Killed and reaped by the session: the pid no longer exists.
+        assert_eq!(kill(pid, None), Err(nix::errno::Errno::ESRCH));
+    }
+}
