@@ -245,3 +245,73 @@ fn bearer_token_flow_and_no_work_refetch() {
     out.assert_code(254)
         .assert_stderr_contains("not found in the store");
 }
+
+#[test]
+fn manifest_list_resolves_to_linux_amd64() {
+    use sha2::{Digest, Sha256};
+    // A layout whose tag points at an image index: an arm64 entry and the busybox manifest as
+    // linux/amd64 (the arm64 entry reuses the multilayer manifest so the registry has its blobs).
+    let env = RktEnv::new();
+    let layout = env.scratch.join("multiarch");
+    let mut c = std::process::Command::new("cp");
+    c.arg("-a").arg(&images().busybox_oci).arg(&layout);
+    rkt_tests::run_command(c, 60).assert_ok();
+    let mut c = std::process::Command::new("cp");
+    c.arg("-a")
+        .arg(images().multilayer_oci.join("blobs/sha256/."))
+        .arg(layout.join("blobs/sha256"));
+    rkt_tests::run_command(c, 60).assert_ok();
+    let desc = |dir: &std::path::Path| -> serde_json::Value {
+        let idx: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+        idx["manifests"][0].clone()
+    };
+    let mut amd = desc(&images().busybox_oci);
+    let mut arm = desc(&images().multilayer_oci);
+    for d in [&mut amd, &mut arm] {
+        d.as_object_mut().unwrap().remove("annotations");
+    }
+    amd["platform"] = serde_json::json!({"os": "linux", "architecture": "amd64"});
+    arm["platform"] = serde_json::json!({"os": "linux", "architecture": "arm64"});
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [arm, amd.clone()],
+    }))
+    .unwrap();
+    let hex = hex::encode(Sha256::digest(&index));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &index).unwrap();
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": format!("sha256:{hex}"), "size": index.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+
+    // From the layout directly.
+    let out = env.rkt(&["fetch", &format!("oci:{}:latest", layout.display())]);
+    out.assert_ok();
+    let want = amd["digest"]
+        .as_str()
+        .unwrap()
+        .replacen("sha256:", "sha256-", 1);
+    assert_eq!(out.stdout.trim(), want);
+
+    // Through a registry (skopeo copy --all pushes the whole index).
+    let reg = Registry::start();
+    let mut c = std::process::Command::new("skopeo");
+    c.args([
+        "--insecure-policy",
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+    ])
+    .arg(format!("oci:{}:latest", layout.display()))
+    .arg(reg.docker_ref("multi:latest"));
+    rkt_tests::run_command(c, 300).assert_ok();
+    let env2 = RktEnv::new();
+    let id = fetch_ok(
+        &env2,
+        &["--insecure-options=http", "fetch", &reg.docker_ref("multi")],
+    );
+    assert_eq!(id, want);
+}
