@@ -82,3 +82,21 @@ fn no_tpm_is_one_clear_line() {
     r.assert_stderr_contains("/nonexistent/tpmrm0");
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
 }
+
+#[test]
+fn tcti_comes_from_the_flag_then_tpm2tools_tcti() {
+    let tpm = Swtpm::start();
+    let env = RktEnv::new();
+    // TPM2TOOLS_TCTI, exactly as tpm2-tools reads it.
+    let mut cmd = env.command(&["tpm", "verify"]);
+    cmd.env("TPM2TOOLS_TCTI", tpm.tcti());
+    let out = rkt_tests::run_command(cmd, 60);
+    out.assert_ok();
+    out.assert_stdout_contains("PCR 15 is at its reset value");
+    // The flag wins over the environment.
+    let mut cmd = env.command(&["--tpm-tcti=device:/nonexistent/tpmrm0", "tpm", "verify"]);
+    cmd.env("TPM2TOOLS_TCTI", tpm.tcti());
+    let out = rkt_tests::run_command(cmd, 60);
+    out.assert_code(254);
+    out.assert_stderr_contains("/nonexistent/tpmrm0");
+}
