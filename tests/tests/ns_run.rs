@@ -507,7 +507,16 @@ fn pid_uts_ipc_and_net_namespaces_are_the_pods() {
         .chain(ns.iter().map(|n| format!("--stat=/proc/self/ns/{n}")))
         .collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run_ok(&env, &[], &[], &args);
+    let mut args = args;
+    args.extend([
+        "--read-file=/sys/class/net/lo/flags",
+        "--stat=/sys/class/net/eth0",
+    ]);
+    let out = run(&env, &[], &[], &args);
+    out.assert_code(1);
+    // Only lo, and it is up (IFF_UP|IFF_LOOPBACK).
+    assert_eq!(out.expect_value("CONTENT"), "0x9", "{out}");
+    assert_eq!(out.expect_value("STAT_ERRNO"), "ENOENT", "{out}");
     // The app is the first child of the pod's PID 1 (the supervisor).
     assert_eq!(out.expect_value("PID"), "2", "{out}");
     let links = out.values("STAT_LINK");
