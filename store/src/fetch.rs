@@ -777,7 +777,7 @@ impl RegistryClient {
                 }
                 Err(ureq::Error::Transport(t)) => {
                     let hint = if self.base.starts_with("https://") {
-                        " (for a plain-HTTP registry use --insecure-options=http)"
+                        " (for a plain-HTTP registry use --insecure-options=http, to skip certificate checks --insecure-options=tls)"
                     } else {
                         ""
                     };
@@ -847,11 +847,14 @@ impl Blobs for RegistryBlobs<'_> {
 
 fn fetch_registry(store: &Store, r: &DockerRef, opts: &FetchOptions) -> Result<Fetched> {
     let scheme = if opts.insecure_http { "http" } else { "https" };
-    let agent = ureq::AgentBuilder::new()
+    let mut agent = ureq::AgentBuilder::new()
         .timeout_connect(std::time::Duration::from_secs(30))
         .timeout_read(std::time::Duration::from_secs(300))
-        .redirects(5)
-        .build();
+        .redirects(5);
+    if opts.insecure_tls {
+        agent = agent.tls_config(insecure_tls_config());
+    }
+    let agent = agent.build();
     let mut c = RegistryClient {
         agent,
         base: format!("{scheme}://{}", r.api_host()),
@@ -909,6 +912,67 @@ fn fetch_registry(store: &Store, r: &DockerRef, opts: &FetchOptions) -> Result<F
         opts,
         Some(top),
     )
+}
+
+/// `--insecure-options=tls`: a TLS client that accepts any server certificate (signatures in the
+/// handshake are still checked, so the connection is encrypted, just not authenticated).
+fn insecure_tls_config() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    Arc::new(cfg)
 }
 
 #[cfg(test)]

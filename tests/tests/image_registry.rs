@@ -1,7 +1,7 @@
 //! `rkt fetch docker://…` from a real registry (Debian's docker-registry), plain HTTP only with
 //! `--insecure-options=http`, the anonymous bearer-token flow, and pull policies that avoid work.
 
-use rkt_tests::{images, Registry, RktEnv};
+use rkt_tests::{images, Registry, RegistryOptions, RktEnv};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -314,4 +314,87 @@ fn manifest_list_resolves_to_linux_amd64() {
         &["--insecure-options=http", "fetch", &reg.docker_ref("multi")],
     );
     assert_eq!(id, want);
+}
+
+#[test]
+fn https_registry_needs_a_trusted_cert_or_insecure_tls() {
+    let reg = Registry::start_with(RegistryOptions {
+        tls: true,
+        ..Default::default()
+    });
+    reg.push(&images().busybox_oci_ref(), "busybox:latest");
+    let env = RktEnv::new();
+    let r = reg.docker_ref("busybox");
+    let out = env.rkt(&["fetch", &r]);
+    out.assert_code(254);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    assert!(out.stderr.to_lowercase().contains("certificate"), "{out}");
+    let id = fetch_ok(&env, &["--insecure-options=tls", "fetch", &r]);
+    assert!(env
+        .dir
+        .join("cas/tree")
+        .join(&id)
+        .join("rootfs/bin/busybox")
+        .is_file());
+}
+
+#[test]
+fn docker_schema2_is_accepted_and_exported_as_oci() {
+    let reg = Registry::start();
+    reg.push_as(&images().multilayer_oci_ref(), "multi:v2s2", "v2s2");
+    let env = RktEnv::new();
+    let id = fetch_ok(
+        &env,
+        &[
+            "--insecure-options=http",
+            "fetch",
+            &reg.docker_ref("multi:v2s2"),
+        ],
+    );
+    let local = fetch_ok(&env, &["fetch", &images().multilayer_oci_ref()]);
+    assert_ne!(id, local, "a converted manifest has its own digest");
+    let td = |id: &str| {
+        std::fs::read_to_string(env.dir.join("cas/tree").join(id).join("tree_digest")).unwrap()
+    };
+    assert_eq!(
+        td(&id),
+        td(&local),
+        "same tree whatever the manifest format"
+    );
+    let m = env.rkt(&["image", "cat-manifest", &id]);
+    m.assert_ok().assert_stdout_contains("\"value\": \"v2s2\"");
+
+    // Export rewrites Docker media types to OCI; skopeo reads the result.
+    let out = env.scratch.join("exported.tar");
+    env.rkt(&["image", "export", &id, out.to_str().unwrap()])
+        .assert_ok();
+    let mut c = std::process::Command::new("skopeo");
+    c.args(["--insecure-policy", "inspect", "--raw"])
+        .arg(format!("oci-archive:{}", out.display()));
+    let raw = rkt_tests::run_command(c, 120);
+    raw.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&raw.stdout).unwrap();
+    assert_eq!(
+        v["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+        "{raw}"
+    );
+    assert!(!raw.stdout.contains("docker"), "{raw}");
+}
+
+#[test]
+fn registry_requiring_credentials_is_a_clear_error() {
+    let reg = Registry::start_with(RegistryOptions {
+        basic_auth: Some(("user".into(), "secret".into())),
+        ..Default::default()
+    });
+    reg.push(&images().busybox_oci_ref(), "busybox:latest");
+    let env = RktEnv::new();
+    let out = env.rkt(&[
+        "--insecure-options=http",
+        "fetch",
+        &reg.docker_ref("busybox"),
+    ]);
+    out.assert_code(254)
+        .assert_stderr_contains("wants authentication");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
 }
