@@ -96,6 +96,8 @@ pub struct GcReport {
     pub trees_removed: Vec<String>,
     pub images_removed: Vec<String>,
     pub blobs_removed: usize,
+    /// Leftovers of crashed imports/renders removed from `cas/tmp`.
+    pub tmp_removed: usize,
 }
 
 pub struct Store {
@@ -268,6 +270,8 @@ impl Store {
     /// Writes the image as an oci-archive at `out`.
     pub fn export(&self, id: &str, out: &Path) -> Result<()> {
         let rec = self.index.record(id)?;
+        // Shared gc.lock: gc must not clear the temp layer an ACI export writes to cas/tmp.
+        let _g = self.lock("gc.lock", false)?;
         export::export_oci_archive(self, &rec, out)
     }
 
@@ -328,6 +332,18 @@ impl Store {
             }
         }
         report.blobs_removed = self.sweep_blobs()?;
+        // Nobody imports or renders while we hold gc.lock exclusively: whatever is in cas/tmp
+        // was left by a process that died (temp blobs, half-rendered trees).
+        for e in std::fs::read_dir(self.root.join("tmp"))? {
+            let p = e?.path();
+            let r = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.with_context(|| format!("removing leftover {}", p.display()))?;
+            report.tmp_removed += 1;
+        }
         Ok(report)
     }
 

@@ -31,6 +31,9 @@ pub fn render(store: &Store, rec: &Record) -> Result<RenderedTree> {
     if let Some(t) = existing(store, &rec.id) {
         return Ok(t);
     }
+    // gc.lock shared (as imports hold it): `image gc` takes it exclusively and may then treat
+    // everything in cas/tmp as debris of crashed runs.
+    let _gc = store.lock("gc.lock", false)?;
     let _lock = store.lock(&format!("tree-{}.lock", rec.id), true)?;
     if let Some(t) = existing(store, &rec.id) {
         return Ok(t); // another process rendered it while we waited
