@@ -267,3 +267,59 @@ impl Index {
         Ok(s == "ok")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: String, name: &str) -> Record {
+        let now = Utc::now();
+        Record {
+            id,
+            name: name.into(),
+            tag: "latest".into(),
+            size: 1,
+            import_time: now,
+            last_used: now,
+            origin: "test".into(),
+            kind: "oci".into(),
+            appc_manifest: "{}".into(),
+            manifest_digest: None,
+            config_digest: None,
+            layers: vec![],
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_on_separate_connections() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("index.sqlite");
+        let threads: Vec<_> = (0..8)
+            .map(|n| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    let ix = Index::open(&db).unwrap();
+                    for i in 0..25 {
+                        // Half the ids collide across threads: inserts must be idempotent.
+                        let id =
+                            format!("sha256-{:064x}", if i % 2 == 0 { i } else { n * 1000 + i });
+                        ix.insert(&rec(id.clone(), &format!("img{n}"))).unwrap();
+                        ix.touch(&id).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        let ix = Index::open(&db).unwrap();
+        assert!(ix.integrity_ok().unwrap());
+        // 13 shared even ids + 8 threads × 12 odd ids.
+        assert_eq!(ix.records().unwrap().len(), 13 + 8 * 12);
+        assert!(ix.by_name("img3", "latest").unwrap().is_some());
+        assert_eq!(
+            ix.ids_with_prefix("sha256-0000").unwrap().len(),
+            13 + 8 * 12
+        );
+    }
+}
