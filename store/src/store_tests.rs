@@ -292,3 +292,41 @@ fn device_nodes_owners_and_xattrs_when_root() {
         assert_eq!(&buf[..n as usize], b"v1");
     }
 }
+
+#[test]
+fn ambiguous_short_id_is_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path()).unwrap();
+    for tail in ['1', '2'] {
+        let now = chrono::Utc::now();
+        store
+            .index
+            .insert(&crate::index::Record {
+                id: format!("sha256-{}{}", "a".repeat(63), tail),
+                name: format!("img{tail}"),
+                tag: "latest".into(),
+                size: 0,
+                import_time: now,
+                last_used: now,
+                origin: "test".into(),
+                kind: "oci".into(),
+                appc_manifest: "{}".into(),
+                manifest_digest: None,
+                config_digest: None,
+                layers: vec![],
+            })
+            .unwrap();
+    }
+    let err = store
+        .resolve(&format!("sha256-{}", "a".repeat(12)))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("ambiguous (2 images match)"),
+        "{err}"
+    );
+    let one = store
+        .resolve(&format!("sha256:{}2", "a".repeat(63)))
+        .unwrap();
+    assert_eq!(one.name, "img2:latest");
+    assert_eq!(store.resolve("img1").unwrap().name, "img1:latest");
+}
