@@ -1,10 +1,8 @@
 //! The stage1 flavour boundary: stage0 hands a prepared pod (its directory, with
 //! `stage1-spec.json` written) to the flavour recorded in the pod, and asks it to enter, stop or
 //! clean up after that pod. Flavours: `ns` (namespaces, runs in the `rkt run` process and its
-//! children) and `kvm` (refused until its issue lands).
+//! children) and `kvm` (a microVM per pod; the `rkt run` process is its VMM).
 
-// Routed from `Flavor` once rkt-vmm has virtio-fs + vsock (see docs/kvm.md).
-#[allow(dead_code)]
 pub mod kvm;
 pub mod ns;
 
@@ -63,7 +61,7 @@ impl Flavor {
     pub fn ensure_available(self) -> Result<()> {
         match self {
             Flavor::Ns => Ok(()),
-            Flavor::Kvm => bail!("stage1 kvm is not available yet"),
+            Flavor::Kvm => Ok(()),
         }
     }
 
@@ -85,7 +83,7 @@ impl Flavor {
         std::env::set_var("RKT_LOCK_FD", lock_fd.to_string());
         match self {
             Flavor::Ns => ns::run(pod_dir, spec),
-            Flavor::Kvm => unreachable!("refused by ensure_available"),
+            Flavor::Kvm => kvm::run(pod_dir, spec),
         }
     }
 
@@ -94,7 +92,7 @@ impl Flavor {
         self.ensure_available()?;
         match self {
             Flavor::Ns => ns::enter(pod_dir, spec, app, cmd),
-            Flavor::Kvm => unreachable!("refused by ensure_available"),
+            Flavor::Kvm => kvm::enter(pod_dir, spec, app, cmd),
         }
     }
 
@@ -103,8 +101,7 @@ impl Flavor {
     pub fn gc(self, pod_dir: &Path) -> Result<()> {
         match self {
             Flavor::Ns => ns::gc(pod_dir),
-            // Nothing a kvm pod can have left yet: the flavour does not run.
-            Flavor::Kvm => Ok(()),
+            Flavor::Kvm => kvm::gc(pod_dir),
         }
     }
 }
@@ -161,9 +158,6 @@ mod tests {
             Flavor::Ns
         );
         assert!("bogus".parse::<Flavor>().is_err());
-        assert_eq!(
-            Flavor::Kvm.ensure_available().unwrap_err().to_string(),
-            "stage1 kvm is not available yet"
-        );
+        Flavor::Kvm.ensure_available().unwrap();
     }
 }
