@@ -261,7 +261,7 @@ fn gc_removes_unused_trees_and_old_images() {
     // Default grace period: images stay, the unused tree goes.
     let out = env.rkt(&["image", "gc"]);
     out.assert_ok();
-    out.assert_stdout_contains(&format!("successfully removed treestore {a}"));
+    out.assert_stdout_contains(&format!("removed treestore \"{a}\""));
     out.assert_stdout_contains("0 image(s) successfully removed");
     assert!(!env.dir.join("cas/tree").join(&a).exists());
     assert!(env

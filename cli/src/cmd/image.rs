@@ -397,7 +397,7 @@ fn image_gc(g: &Globals, a: GcArgs) -> anyhow::Result<i32> {
         .map(|_held| -> anyhow::Result<()> {
             let rep = store.gc(grace)?;
             for t in &rep.trees_removed {
-                println!("successfully removed treestore {t}");
+                println!("removed treestore {t:?}");
             }
             for i in &rep.images_removed {
                 println!("successfully removed aci for image: {i}");
