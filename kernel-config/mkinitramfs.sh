@@ -1,11 +1,13 @@
 #!/bin/bash
-# mkinitramfs.sh OUT.cpio.gz INIT_BINARY [SRC:DEST ...]
-# Writes a gzip'd newc cpio with /init (INIT_BINARY), /dev/console (char 5:1), empty /dev /proc
+# mkinitramfs.sh OUT.cpio[.gz] INIT_BINARY [SRC:DEST ...]
+# Writes a newc cpio (gzip'd if OUT ends in .gz, else uncompressed) with /init (INIT_BINARY), /dev/console (char 5:1), empty /dev /proc
 # /sys /tmp /root, and optionally more regular files (SRC copied to DEST, mode kept).
 # No root needed (the archive is written directly); deterministic (mtime 0, uid/gid 0).
+# Under PVM prefer the uncompressed form: the guest kernel inflates gzip in emulated kernel mode,
+# which cost ~20-25 s for a 0.8 MB archive (measured, see docs/kernel.md); a plain cpio is copied.
 set -euo pipefail
-out=${1:?usage: mkinitramfs.sh OUT.cpio.gz INIT_BINARY [SRC:DEST ...]}
-init=${2:?usage: mkinitramfs.sh OUT.cpio.gz INIT_BINARY [SRC:DEST ...]}
+out=${1:?usage: mkinitramfs.sh OUT.cpio[.gz] INIT_BINARY [SRC:DEST ...]}
+init=${2:?usage: mkinitramfs.sh OUT.cpio[.gz] INIT_BINARY [SRC:DEST ...]}
 shift 2
 [[ -f $init ]] || { echo "mkinitramfs: init binary '$init' not found" >&2; exit 1; }
 for extra in "$@"; do
@@ -13,10 +15,10 @@ for extra in "$@"; do
 done
 tmp=$(mktemp "$out.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
-python3 - "$tmp" "$init" "$@" <<'PY'
+python3 - "$tmp" "$out" "$init" "$@" <<'PY'
 import gzip, os, stat, sys
 
-out, init, extras = sys.argv[1], sys.argv[2], sys.argv[3:]
+out, out_name, init, extras = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 ino = [720000]
 
 def entry(f, name, mode, data=b"", rdev=(0, 0)):
@@ -39,7 +41,12 @@ for e in extras:
         dirs.add("/".join(parts[: i + 1]))
     files.append((dest, src))
 
-with gzip.GzipFile(out, "wb", mtime=0) as f:
+def opener():
+    if out_name.endswith(".gz"):
+        return gzip.GzipFile(out, "wb", mtime=0)
+    return open(out, "wb")
+
+with opener() as f:
     for d in sorted(dirs):
         entry(f, d, stat.S_IFDIR | (0o1777 if d == "tmp" else 0o755))
     entry(f, "dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
