@@ -184,3 +184,64 @@ fn kvm_enter_picks_an_app_and_stop_ends_the_pod() {
     env.rkt(&["stop", &uuid]).assert_ok();
     child.wait_timeout(60).assert_code(143);
 }
+
+/// One boot: `--no-overlay`, a kind=empty volume, `--memory` (cgroup limit inside the guest and
+/// guest RAM sized from it), then `rkt gc` removes the exited pod.
+#[test]
+fn kvm_no_overlay_empty_volume_memory_and_gc() {
+    require_root();
+    require_kvm();
+    let mut env = RktEnv::new();
+    env.set_timeout(BOOT_TIMEOUT);
+    let img = images().busybox_oci_ref();
+    let out = env.rkt(&[
+        "run",
+        "--insecure-options=image",
+        "--stage1=kvm",
+        "--net=none",
+        "--no-overlay",
+        "--volume=scratch,kind=empty",
+        &img,
+        "--name=main",
+        "--memory=512Mi",
+        "--mount=volume=scratch,target=/scratch",
+        "--exec",
+        "/inspect",
+        "--",
+        "--print-cgroup-limits",
+        "--write-file=/scratch/x",
+        "--content=in the empty volume",
+        "--write-file=/etc/written-in-copy",
+        "--content=1",
+        "--read-file=/proc/meminfo",
+    ]);
+    out.assert_ok();
+    assert_eq!(out.expect_value("MEMORY_LIMIT"), (512u64 << 20).to_string());
+    assert_eq!(out.values("WROTE"), ["/scratch/x", "/etc/written-in-copy"]);
+    // Guest RAM = 512 MiB + 128 MiB for the guest kernel and init, minus what the kernel reserves.
+    let mem_kb: u64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CONTENT=MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {out}"));
+    assert!(
+        (580 * 1024..=640 * 1024).contains(&mem_kb),
+        "MemTotal {mem_kb} kB"
+    );
+    let pods = env.dir.join("pods");
+    let pod = ["run", "exited-garbage"]
+        .iter()
+        .filter_map(|s| std::fs::read_dir(pods.join(s)).ok()?.next())
+        .next()
+        .expect("the exited pod")
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read_to_string(pod.join("sharedVolumes/scratch/x")).unwrap(),
+        "in the empty volume"
+    );
+    assert!(!pod.join("stage1/vsock").exists(), "vsock socket removed");
+    env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
+    assert!(!pod.exists(), "gc removed {}", pod.display());
+}
