@@ -93,6 +93,7 @@ pub struct Vsock {
     rx_starved: bool,
     next_token: u32,
     next_host_port: u32,
+    said_not_ready: bool,
     debug: bool,
 }
 
@@ -127,6 +128,7 @@ impl Vsock {
             rx_starved: false,
             next_token: TOKEN_LISTENER + 1,
             next_host_port: HOST_PORT_START,
+            said_not_ready: false,
             debug,
         })
     }
@@ -598,7 +600,11 @@ impl Vsock {
             return;
         };
         if self.active.is_none() {
-            self.log(|| "host connect before the guest driver is up; refused".into());
+            // Clients retry until the guest is up: say it once, not once per try.
+            if !self.said_not_ready {
+                self.said_not_ready = true;
+                self.log(|| "host connect before the guest driver is up; refused".into());
+            }
             return;
         }
         let mut local_port = self.next_host_port;
