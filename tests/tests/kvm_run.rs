@@ -185,8 +185,8 @@ fn kvm_enter_picks_an_app_and_stop_ends_the_pod() {
     child.wait_timeout(60).assert_code(143);
 }
 
-/// One boot: `--no-overlay`, a kind=empty volume, `--memory` (cgroup limit inside the guest and
-/// guest RAM sized from it), then `rkt gc` removes the exited pod.
+/// One boot: `--no-overlay`, a kind=empty volume, `--memory` and `--cpu` (cgroup limits inside
+/// the guest; guest RAM sized from `--memory`), then `rkt gc` removes the exited pod.
 #[test]
 fn kvm_no_overlay_empty_volume_memory_and_gc() {
     require_root();
@@ -204,6 +204,7 @@ fn kvm_no_overlay_empty_volume_memory_and_gc() {
         &img,
         "--name=main",
         "--memory=512Mi",
+        "--cpu=500m",
         "--mount=volume=scratch,target=/scratch",
         "--exec",
         "/inspect",
@@ -217,6 +218,8 @@ fn kvm_no_overlay_empty_volume_memory_and_gc() {
     ]);
     out.assert_ok();
     assert_eq!(out.expect_value("MEMORY_LIMIT"), (512u64 << 20).to_string());
+    assert_eq!(out.expect_value("CPU_QUOTA"), "50000", "{out}");
+    assert_eq!(out.expect_value("CPU_PERIOD"), "100000", "{out}");
     assert_eq!(out.values("WROTE"), ["/scratch/x", "/etc/written-in-copy"]);
     // Guest RAM = 512 MiB + 128 MiB for the guest kernel and init, minus what the kernel reserves.
     let mem_kb: u64 = out
