@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -55,6 +56,63 @@ static void finish(int ok, const char *what)
 		if (!(cond))            \
 			finish(0, what); \
 	} while (0)
+
+/*
+ * With "rkttestdmesg=N" on the kernel command line (N in µs), print from /dev/kmsg every kernel
+ * message that came N µs or more after the previous one (where boot time went), and with
+ * "initcall_debug" also the initcalls that took N µs or more. Keep "quiet" so those lines stay
+ * off the slow serial console during boot.
+ */
+static void slow_initcalls(void)
+{
+	const char *env = getenv("rkttestdmesg");
+	char rec[1024], prev[128] = "";
+	long min, us, ts, prev_ts = 0;
+	ssize_t n;
+	int fd;
+
+	if (!env)
+		return;
+	min = atol(env);
+	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+	fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+	if (fd < 0) {
+		say("cannot open /dev/kmsg: %s", strerror(errno));
+		return;
+	}
+	while ((n = read(fd, rec, sizeof(rec) - 1)) > 0 || (n < 0 && errno == EPIPE)) {
+		char *msg, *p, *nl;
+
+		if (n < 0)
+			continue;
+		rec[n] = 0;
+		msg = strchr(rec, ';');
+		p = strchr(rec, ',');
+		if (!msg || !p || !(p = strchr(p + 1, ',')))
+			continue;
+		ts = atol(p + 1);
+		msg++;
+		if ((nl = strchr(msg, '\n')))
+			*nl = 0;
+		if (ts - prev_ts >= min)
+			say("kmsg gap %ld us before [%ld.%06ld] %.100s (after: %.80s)", ts - prev_ts,
+			    ts / 1000000, ts % 1000000, msg, prev);
+		prev_ts = ts;
+		snprintf(prev, sizeof(prev), "%s", msg);
+		p = strstr(msg, " after ");
+		if (!p || strncmp(msg, "initcall ", 9) != 0)
+			continue;
+		us = atol(p + 7);
+		if (us >= min) {
+			char *sp = strchr(msg + 9, ' ');
+
+			if (sp)
+				*sp = 0;
+			say("slow initcall %s %ld us", msg + 9, us);
+		}
+	}
+	close(fd);
+}
 
 static volatile sig_atomic_t got_usr1, got_usr2;
 static void on_usr1(int sig) { got_usr1 = sig; }
@@ -139,6 +197,7 @@ int main(int argc, char **argv)
 	CHECK(waitpid(pid, &status, 0) == pid && WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM,
 	      "child killed by SIGTERM");
 	say("fatal signal ok");
+	slow_initcalls();
 
 	finish(1, NULL);
 	return 0;
