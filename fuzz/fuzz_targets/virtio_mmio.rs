@@ -1,6 +1,6 @@
-//! Drives the virtio-mmio transport and the rng/vsock/fs devices the way a hostile guest could:
-//! guest RAM is filled from the input (descriptor tables, rings, buffers), then the rest of the
-//! input is a sequence of register writes/reads and queue notifications.
+//! Drives the virtio-mmio transport and the rng/vsock/fs devices the way a hostile guest could.
+//! Input: [device][op count N] N ops of 6 bytes (register write/read/odd-size write/queue
+//! notification), then the rest is copied to guest RAM at 0 (descriptor tables, rings, buffers).
 //!   cargo +nightly fuzz run virtio_mmio      (from this directory, with cargo-fuzz installed)
 #![no_main]
 
@@ -17,11 +17,12 @@ const MEM: u64 = 1 << 20;
 const IMAGE: usize = 64 * 1024;
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 2 {
+    if data.len() < 3 {
         return;
     }
-    let (which, rest) = (data[0], &data[1..]);
-    let (image, ops) = rest.split_at(rest.len().min(IMAGE));
+    let (which, nops, rest) = (data[0], usize::from(data[1]), &data[2..]);
+    let (ops, image) = rest.split_at(rest.len().min(nops * 6));
+    let image = &image[..image.len().min(IMAGE)];
     let mem = create_memory(MEM).unwrap();
     mem.write_slice(image, GuestAddress(0)).unwrap();
 
