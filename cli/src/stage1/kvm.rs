@@ -420,6 +420,20 @@ fn boot(pod_dir: &Path, spec: &PodSpec, kernel: &Path, initrd: &Path) -> Result<
 
     let (vcpus, mem_mib) = vm_size(spec);
     let vm = vmm::build(spec, pod_dir, kernel, initrd, &uds, vcpus, mem_mib)?;
+    // The command line is final only now: measure the VMM (rkt itself), kernel, initramfs and
+    // command line before any vCPU runs (a pod that was not measured is left alone).
+    if let Err(e) = crate::measure::measure_kvm_late(
+        pod_dir,
+        Path::new("/proc/self/exe"),
+        kernel,
+        initrd,
+        &vm.cmdline,
+    ) {
+        for p in [&uds, &ctl_path] {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e.context("stage1 kvm: measuring the VM"));
+    }
     let handle = vm.handle();
     let ended = Arc::new(AtomicBool::new(false));
     let writer: Arc<Mutex<Option<UnixStream>>> = Arc::default();
