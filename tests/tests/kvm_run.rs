@@ -248,3 +248,37 @@ fn kvm_no_overlay_empty_volume_memory_and_gc() {
     env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
     assert!(!pod.exists(), "gc removed {}", pod.display());
 }
+
+/// SIGTERM to `rkt run` (what `rkt stop` sends) stops the apps gracefully; one that ignores it is
+/// SIGKILLed after stage2's 10 s timeout inside the guest: 137, as on ns.
+#[test]
+fn kvm_stop_kills_apps_that_ignore_sigterm_after_the_timeout() {
+    require_root();
+    require_kvm();
+    let env = RktEnv::new();
+    let img = images().busybox_oci_ref();
+    let mut child = env.spawn(&[
+        "run",
+        "--insecure-options=image",
+        "--stage1=kvm",
+        "--net=none",
+        &img,
+        "--name=main",
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        "trap '' TERM; echo started; while true; do sleep 1; done",
+    ]);
+    assert!(
+        child.wait_for_stdout("started", BOOT_TIMEOUT),
+        "{}",
+        child.output_so_far()
+    );
+    let t = std::time::Instant::now();
+    child.signal(libc::SIGTERM);
+    let out = child.wait_timeout(60);
+    let took = t.elapsed();
+    out.assert_code(137);
+    assert!(took.as_secs() >= 9 && took.as_secs() < 25, "took {took:?}");
+}
