@@ -150,7 +150,9 @@ mod tests {
         assert_eq!("ns".parse::<Flavor>().unwrap(), Flavor::Ns);
         assert_eq!("KVM".parse::<Flavor>().unwrap(), Flavor::Kvm);
         assert_eq!(
-            "coreos.com/rkt/stage1-kvm:1.30.0".parse::<Flavor>().unwrap(),
+            "coreos.com/rkt/stage1-kvm:1.30.0"
+                .parse::<Flavor>()
+                .unwrap(),
             Flavor::Kvm
         );
         assert_eq!(
