@@ -1,7 +1,8 @@
 //! Boots a kernel by hand:
 //!   cargo run -p rkt-vmm --example boot -- --kernel K [--initrd I] [--mem 256] [--vcpus 1]
-//!       [--cmdline "extra args"] [--rng] [--serial-log FILE] [--debug]
-//! Exits 0 when the guest resets or powers off, 1 on a VMM error; Ctrl-C stops the VM.
+//!       [--cmdline "extra args"] [--rng] [--vsock UDS_PATH] [--fs TAG=DIR] [--serial-log FILE]
+//!       [--stdin] [--debug]
+//! Exits 0 when the guest resets or powers off, 1 on a VMM error (Ctrl-C kills the process).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use rkt_vmm::{DeviceConfig, ExitReason, SerialOut, Vm, VmConfig};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: boot --kernel VMLINUX [--initrd INITRD] [--mem MIB] [--vcpus N] [--cmdline ARGS] [--rng] [--vsock UDS_PATH] [--fs TAG=DIR] [--serial-log FILE] [--debug]"
+        "usage: boot --kernel VMLINUX [--initrd INITRD] [--mem MIB] [--vcpus N] [--cmdline ARGS] [--rng] [--vsock UDS_PATH] [--fs TAG=DIR] [--serial-log FILE] [--stdin] [--debug]"
     );
     std::process::exit(2)
 }
@@ -43,6 +44,10 @@ fn main() -> ExitCode {
                 uds_path: val().into(),
             }),
             "--debug" => cfg.debug = true,
+            "--stdin" => {
+                use std::os::fd::AsFd;
+                cfg.serial_in = std::io::stdin().as_fd().try_clone_to_owned().ok();
+            }
             _ => usage(),
         }
     }

@@ -42,7 +42,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use arch::boot::{self, GuestMem};
 use arch::layout;
-use devices::legacy::{IrqTrigger, PioBus, ResetTrigger, Tee};
+use devices::legacy::{IrqTrigger, PioBus, ResetTrigger, SerialInput, Tee};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::{Interrupt, VirtioDevice};
 use event::EventLoop;
@@ -87,6 +87,8 @@ pub struct VmConfig {
     pub mem_mib: u64,
     pub vcpus: u8,
     pub serial_out: SerialOut,
+    /// Bytes read from this fd (e.g. a terminal or pipe) are typed into the guest console.
+    pub serial_in: Option<std::os::fd::OwnedFd>,
     pub devices: Vec<DeviceConfig>,
     /// Describe decisions (PVM or not, devices, fix-ups) on stderr.
     pub debug: bool,
@@ -102,6 +104,7 @@ impl VmConfig {
             mem_mib: 256,
             vcpus: 1,
             serial_out: SerialOut::Stdout,
+            serial_in: None,
             devices: Vec::new(),
             debug: false,
         }
@@ -351,8 +354,14 @@ impl Vm {
             vcpus.push(vcpu);
         }
 
+        let pio = Arc::new(Mutex::new(PioBus { serial, i8042 }));
+        if let Some(input) = cfg.serial_in {
+            event_loop
+                .add_subscriber(Arc::new(Mutex::new(SerialInput::new(input, pio.clone()))))
+                .context("registering serial input")?;
+        }
         let shared = Arc::new(VcpuShared {
-            pio: Mutex::new(PioBus { serial, i8042 }),
+            pio: pio.clone(),
             mmio,
             exit,
             stopping: AtomicBool::new(false),

@@ -59,7 +59,7 @@ pub struct MmioSlot {
 
 /// What every vCPU thread shares.
 pub struct VcpuShared {
-    pub pio: Mutex<PioBus>,
+    pub pio: Arc<Mutex<PioBus>>,
     pub mmio: Vec<MmioSlot>,
     pub exit: Arc<ExitState>,
     pub stopping: AtomicBool,

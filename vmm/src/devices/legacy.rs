@@ -74,6 +74,51 @@ impl PioBus {
     }
 }
 
+/// Feeds a host fd (terminal, pipe) into the UART's receive FIFO from the event loop. Input
+/// that finds the FIFO full is dropped, as a real UART overruns.
+pub struct SerialInput {
+    fd: std::fs::File,
+    pio: Arc<std::sync::Mutex<PioBus>>,
+}
+
+impl SerialInput {
+    pub fn new(fd: std::os::fd::OwnedFd, pio: Arc<std::sync::Mutex<PioBus>>) -> Self {
+        SerialInput {
+            fd: std::fs::File::from(fd),
+            pio,
+        }
+    }
+}
+
+impl crate::event::Subscriber for SerialInput {
+    fn init(&mut self, ops: &mut crate::event::EventOps) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        ops.add(self.fd.as_raw_fd(), 0, vmm_sys_util::epoll::EventSet::IN)
+    }
+
+    fn handle(
+        &mut self,
+        _token: u32,
+        _events: vmm_sys_util::epoll::EventSet,
+        ops: &mut crate::event::EventOps,
+    ) {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 64];
+        match self.fd.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                // EOF or a dead fd: stop watching it (level-triggered epoll would spin).
+                let _ = ops.remove(self.fd.as_raw_fd());
+            }
+            Ok(n) => {
+                let mut pio = self.pio.lock().unwrap_or_else(|e| e.into_inner());
+                let room = pio.serial.fifo_capacity();
+                let _ = pio.serial.enqueue_raw_bytes(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
 /// Copies serial output to two writers (console and log file).
 pub struct Tee<A: Write, B: Write>(pub A, pub B);
 
@@ -139,6 +184,38 @@ mod tests {
         assert!(exit.reason().is_none());
         b.write(I8042_BASE + 4, &[0xfe]);
         assert_eq!(exit.reason(), Some(ExitReason::Reset));
+    }
+
+    #[test]
+    fn serial_input_reaches_the_receive_buffer() {
+        use crate::event::{EventOps, Subscriber};
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let (b, _, _) = bus();
+        let pio = Arc::new(Mutex::new(b));
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid 2-element array for pipe(2).
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe(2) just returned these fds and nothing else owns them.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut input = SerialInput::new(r, pio.clone());
+        let epoll = vmm_sys_util::epoll::Epoll::new().unwrap();
+        let mut ops = EventOps::new(&epoll, 0);
+        input.init(&mut ops).unwrap();
+        std::fs::File::from(w).write_all(b"ls\n").unwrap();
+        input.handle(0, vmm_sys_util::epoll::EventSet::IN, &mut ops);
+        let mut p = pio.lock().unwrap();
+        let mut got = Vec::new();
+        let mut lsr = [0u8];
+        loop {
+            p.read(COM1_BASE + 5, &mut lsr);
+            if lsr[0] & 1 == 0 {
+                break;
+            }
+            let mut c = [0u8];
+            p.read(COM1_BASE, &mut c);
+            got.push(c[0]);
+        }
+        assert_eq!(got, b"ls\n");
     }
 
     #[test]
