@@ -4,7 +4,7 @@
 # /sys /tmp /root, and optionally more regular files (SRC copied to DEST, mode kept).
 # No root needed (the archive is written directly); deterministic (mtime 0, uid/gid 0).
 # Under PVM prefer the uncompressed form: the guest kernel inflates gzip in emulated kernel mode,
-# which cost ~20-25 s for a 0.8 MB archive (measured, see docs/kernel.md); a plain cpio is copied.
+# which cost 7-30 s for a 0.7 MB archive (measured, see docs/kernel.md); a plain cpio is copied.
 set -euo pipefail
 out=${1:?usage: mkinitramfs.sh OUT.cpio[.gz] INIT_BINARY [SRC:DEST ...]}
 init=${2:?usage: mkinitramfs.sh OUT.cpio[.gz] INIT_BINARY [SRC:DEST ...]}
