@@ -329,12 +329,12 @@ fn bad_input_is_refused_and_leaves_no_pod() {
             "--pull-policy",
         ),
         (
-            vec!["prepare", "--stage1=kvm", &img],
-            "stage1 kvm is not available yet",
+            vec!["prepare", "--stage1=xen", &img],
+            "unknown stage1 \"xen\" (available: ns, kvm)",
         ),
         (
-            vec!["run", "--stage1-name=coreos.com/rkt/stage1-kvm", &img],
-            "stage1 kvm is not available yet",
+            vec!["run", "--stage1-name=example.com/xen-stage1", &img],
+            "unknown stage1",
         ),
         (
             vec!["prepare", "--pod-manifest=/nonexistent", &img],
