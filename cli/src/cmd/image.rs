@@ -1,13 +1,13 @@
 //! `rkt image list|rm|cat-manifest|extract|render|export|gc` (and the hidden `image fetch`).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{ArgAction, Args, Subcommand};
 use rkt_store::{short_id, ImageInfo, Store};
 
 use crate::global::Globals;
+use crate::pod::table::{full_time, humanize, tabulate};
 
 #[derive(Args, Debug)]
 pub struct ImageArgs {
@@ -141,42 +141,6 @@ pub fn ibytes(n: u64) -> String {
     } else {
         format!("{v:.0}{}", units[i])
     }
-}
-
-/// Go's `time.ParseDuration` subset: a sequence of <number><unit> with units ns, us, ms, s, m, h.
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let bad = || anyhow!("invalid duration {s:?} (e.g. 24h, 1h30m, 10s)");
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mult = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += n * mult;
-        rest = &rest[unit_end..];
-    }
-    Ok(Duration::from_secs_f64(total))
 }
 
 fn list(g: &Globals, a: ListArgs) -> anyhow::Result<i32> {
@@ -381,7 +345,8 @@ fn export(g: &Globals, a: ExportArgs) -> anyhow::Result<i32> {
 }
 
 fn image_gc(g: &Globals, a: GcArgs) -> anyhow::Result<i32> {
-    let grace = parse_duration(&a.grace_period)?;
+    let grace = super::pods::parse_go_duration(&a.grace_period)
+        .with_context(|| format!("invalid duration {:?} for --grace-period", a.grace_period))?;
     let store = Store::open(&g.dir)?;
     // rkt holds locks/prepareLock shared while preparing pods; image gc takes it exclusively so it
     // never removes a tree a pod is being prepared with.
@@ -406,63 +371,6 @@ fn image_gc(g: &Globals, a: GcArgs) -> anyhow::Result<i32> {
             Ok(())
         })??;
     Ok(0)
-}
-
-// Output helpers like rkt's (Go tabwriter with tab padding, go-humanize times). The pods code has
-// the same helpers in cli/src/pod/table.rs; these stay local until that lands in the tree.
-
-/// Go's `tabwriter.NewWriter(w, 0, 8, 1, '\t', 0)`: columns padded with tabs to (widest cell + 1)
-/// rounded up to a multiple of 8.
-fn tabulate(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut widths = vec![0usize; cols];
-    for r in rows {
-        for (i, c) in r.iter().enumerate().take(r.len().saturating_sub(1)) {
-            widths[i] = widths[i].max((c.chars().count() + 1).div_ceil(8) * 8);
-        }
-    }
-    let mut out = String::new();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            out.push_str(c);
-            if i + 1 < r.len() {
-                out.push_str(&"\t".repeat((widths[i] - c.chars().count()).div_ceil(8)));
-            }
-        }
-        out.push('\n');
-    }
-    out
-}
-
-/// go-humanize's `Time`: "now", "5 seconds ago", "1 minute ago", "3 days ago"…
-fn humanize(t: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> String {
-    let secs = (now - t).num_seconds().max(0);
-    let unit = |n: i64, one: &str| {
-        if n == 1 {
-            format!("1 {one} ago")
-        } else {
-            format!("{n} {one}s ago")
-        }
-    };
-    const H: i64 = 3600;
-    const D: i64 = 24 * H;
-    match secs {
-        0 => "now".into(),
-        s if s < 60 => unit(s, "second"),
-        s if s < H => unit(s / 60, "minute"),
-        s if s < D => unit(s / H, "hour"),
-        s if s < 7 * D => unit(s / D, "day"),
-        s if s < 30 * D => unit(s / (7 * D), "week"),
-        s if s < 360 * D => unit(s / (30 * D), "month"),
-        s => unit(s / (360 * D), "year"),
-    }
-}
-
-/// rkt's `defaultTimeLayout` ("2006-01-02 15:04:05.999 -0700 MST"), in UTC.
-fn full_time(t: chrono::DateTime<chrono::Utc>) -> String {
-    let ms = format!(".{:03}", t.timestamp_subsec_millis());
-    let ms = ms.trim_end_matches('0').trim_end_matches('.');
-    format!("{}{ms} +0000 UTC", t.format("%Y-%m-%d %H:%M:%S"))
 }
 
 #[cfg(test)]
@@ -493,14 +401,5 @@ mod tests {
             humanize(now - chrono::Duration::seconds(125), now),
             "2 minutes ago"
         );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert!(parse_duration("5 days").is_err());
     }
 }
