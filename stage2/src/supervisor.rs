@@ -81,7 +81,9 @@ pub fn reset_signals_in_child() {
     let _ = SigSet::all().thread_unblock();
 }
 
-/// Writes `content` to `path` atomically (temp file in the same directory, then rename).
+/// Writes `content` to `path` atomically (temp file in the same directory, then rename), so readers
+/// never see a partial file. Not fsynced: these are runtime files (pids, exit codes, specs) that are
+/// rewritten at every start and mean nothing after a host crash, and each fsync costs pod start time.
 pub fn write_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
     let dir = path.parent().context("path without a parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -90,7 +92,6 @@ pub fn write_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
         path.file_name().unwrap().to_string_lossy()
     ));
     std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
