@@ -9,9 +9,7 @@ if [ ! -e /dev/kvm ]; then
 fi
 
 scripts/deps.sh
-if [ -x kernel-config/build.sh ]; then
-  kernel-config/build.sh
-fi
+kernel-config/build.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace
