@@ -95,7 +95,6 @@ pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
     if !pod.path.exists() {
         bail!("pod {} is not prepared any more", pod.uuid);
     }
-    Flavor::of_pod(&pod.path)?.ensure_available()?;
     start_pod(
         g,
         &pods,

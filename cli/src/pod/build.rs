@@ -38,7 +38,6 @@ pub fn flavor(pf: &PodFlags, config_default: Option<&str>) -> Result<Flavor> {
         (None, Some(c)) => c.parse()?,
         (None, None) => crate::cmd::DEFAULT_STAGE1.parse()?,
     };
-    f.ensure_available()?;
     Ok(f)
 }
 
