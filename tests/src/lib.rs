@@ -91,6 +91,82 @@ pub fn require_root() {
     }
 }
 
+/// The stage1 flavour a pod test runs on. Every pod-running test names its flavour explicitly
+/// (`--stage1=…`), so a change of rkt's default stage1 never changes what a test checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Ns,
+    Kvm,
+}
+
+impl Flavor {
+    /// rkt's name for the flavour (`--stage1=NAME`, `<pod>/stage1-flavor`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Ns => "ns",
+            Flavor::Kvm => "kvm",
+        }
+    }
+
+    /// The `rkt run`/`rkt prepare` flag selecting the flavour.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Flavor::Ns => "--stage1=ns",
+            Flavor::Kvm => "--stage1=kvm",
+        }
+    }
+
+    /// Seconds a pod may take from `rkt run` to its apps running. A kvm pod boots a kernel whose
+    /// code is emulated under this machine's nested PVM (30-50 s, more with two boots on two
+    /// shared cores), so its budget is generous.
+    pub fn start_secs(self) -> u64 {
+        match self {
+            Flavor::Ns => 60,
+            Flavor::Kvm => 600,
+        }
+    }
+
+    /// Checks what the flavour needs (root; `/dev/kvm` for kvm: missing, the test FAILS, it never
+    /// skips) and returns a fresh [`RktEnv`] whose rkt calls may take [`Flavor::start_secs`] plus
+    /// the default timeout.
+    #[track_caller]
+    pub fn env(self) -> RktEnv {
+        require_root();
+        if self == Flavor::Kvm {
+            assert!(
+                Path::new("/dev/kvm").exists(),
+                "/dev/kvm is missing: the stage1 kvm tests cannot run on this machine"
+            );
+        }
+        let mut env = RktEnv::new();
+        if self == Flavor::Kvm {
+            env.set_timeout(DEFAULT_TIMEOUT_SECS + self.start_secs());
+        }
+        env
+    }
+}
+
+/// Generates one `#[test]` per stage1 flavour for each named function `fn NAME(f: Flavor)`:
+/// `flavours!(exit_code);` makes `exit_code::ns` and `exit_code::kvm`, so
+/// `cargo test -- ::kvm` runs one flavour's half of a matrix.
+#[macro_export]
+macro_rules! flavours {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn ns() {
+                    super::$name($crate::Flavor::Ns)
+                }
+                #[test]
+                fn kvm() {
+                    super::$name($crate::Flavor::Kvm)
+                }
+            }
+        )+
+    };
+}
+
 /// A fresh rkt data directory (`--dir`) plus a scratch directory for test files, both removed on
 /// drop after killing processes and unmounting anything left inside (failed pod tests leave
 /// overlay mounts and running apps behind).

@@ -1,24 +1,15 @@
-//! `rkt run` end to end on the ns flavour: exit codes, what the app sees (env, hostname, DNS,
-//! hosts, caps, limits, volumes), run-prepared, status, stop, and owners killed mid-run.
+//! A pod's life seen from outside, on both stage1 flavours (`flavours!` makes `NAME::ns` and
+//! `NAME::kvm`): exit codes, `rkt status`/`list`/`gc`/`rm` around a pod that exits by itself,
+//! run-prepared, `--pod-manifest`, and an owner killed mid-run. What the app sees inside is in
+//! ns_run.rs. One kvm pod = one VM boot (30-50 s here), so each test checks a whole story.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rkt_tests::{images, require_root, RktEnv, RktOutput};
+use rkt_tests::{flavours, images, Flavor, RktEnv};
 
 fn busybox() -> String {
     images().busybox_oci_ref()
-}
-
-fn run(env: &RktEnv, pod_flags: &[&str], app: &[&str]) -> RktOutput {
-    let img = busybox();
-    let mut a = vec!["run", "--net=none"];
-    a.extend_from_slice(pod_flags);
-    a.push(&img);
-    a.push("--name=busybox");
-    a.push("--exec=/inspect");
-    a.push("--");
-    a.extend_from_slice(app);
-    env.rkt(&a)
 }
 
 fn only_pod(env: &RktEnv, state: &str) -> String {
@@ -31,7 +22,7 @@ fn only_pod(env: &RktEnv, state: &str) -> String {
     rd[0].clone()
 }
 
-fn mounts_under(path: &std::path::Path) -> Vec<String> {
+fn mounts_under(path: &Path) -> Vec<String> {
     let p = path.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -41,296 +32,94 @@ fn mounts_under(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn run_exits_with_the_apps_code_and_status_reports_it() {
-    require_root();
-    let env = RktEnv::new();
-    let out = run(&env, &[], &["--exit-code=7"]);
-    out.assert_code(7);
-    let uuid = only_pod(&env, "run");
-    let st = env.rkt(&["status", &uuid]);
+/// Waits until `rkt status --wait-ready` says the pod runs.
+fn wait_running(env: &RktEnv, f: Flavor, uuid_file: &Path) -> String {
+    let start = Instant::now();
+    while !uuid_file.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no uuid file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uuid = std::fs::read_to_string(uuid_file).unwrap();
+    let st = env.rkt(&[
+        "status",
+        &format!("--wait-ready={}s", f.start_secs()),
+        &uuid,
+    ]);
+    st.assert_ok();
+    assert_eq!(st.expect_value("state"), "running", "{st}");
+    uuid
+}
+
+flavours!(
+    pod_that_exits_by_itself_status_list_gc_and_rm,
+    run_prepared_runs_a_prepared_pod_with_its_start_flags,
+    pod_manifest_runs_the_apps_it_describes,
+    pod_whose_owner_was_killed_is_exited_and_gc_cleans_it,
+);
+
+/// `--uuid-file-save`; `rkt status --wait-ready`, `--wait=100ms` timing out and `--wait` returning
+/// when the pod exits; rkt run's exit code is the app's; status and list afterwards; gc keeps the
+/// exited pod within the grace period (moved to garbage); rm removes it.
+fn pod_that_exits_by_itself_status_list_gc_and_rm(f: Flavor) {
+    let env = f.env();
+    let uuid_file = env.scratch.join("uuid");
+    let img = busybox();
+    let mut child = env.spawn(&[
+        "run",
+        f.flag(),
+        "--net=none",
+        &format!("--uuid-file-save={}", uuid_file.display()),
+        &img,
+        "--name=busybox",
+        "--exec=/inspect",
+        "--",
+        "--sleep=3",
+        "--exit-code=7",
+    ]);
+    let uuid = wait_running(&env, f, &uuid_file);
+    assert_eq!(uuid, only_pod(&env, "run"));
+    let short = env.rkt(&["status", "--wait=100ms", &uuid]);
+    short.assert_code(254);
+    short.assert_stderr_contains("timed out");
+    let st = env.rkt(&["status", "--wait", &uuid]);
     st.assert_ok();
     assert_eq!(st.expect_value("state"), "exited");
     assert_eq!(st.expect_value("exited"), "true");
     assert_eq!(st.expect_value("app-busybox"), "7");
-    assert!(st.expect_value("started").ends_with("+0000 UTC"));
+    assert!(st.expect_value("started").ends_with("+0000 UTC"), "{st}");
     st.expect_value("pid");
+    child.wait_timeout(60).assert_code(7);
     let list = env.rkt(&["list", "--no-legend"]);
     assert!(list.stdout.contains("\texited\t"), "{list}");
+    if f == Flavor::Kvm {
+        let pod = env.dir.join("pods/run").join(&uuid);
+        assert!(
+            !pod.join("stage1/vsock").exists(),
+            "the VMM removed its vsock socket"
+        );
+    }
+
+    let out = env.rkt(&["gc"]);
+    out.assert_ok();
+    out.assert_stderr_contains(&format!("moving pod \"{uuid}\" to garbage"));
+    out.assert_stderr_contains("still within grace period (30m0s)");
+    assert_eq!(only_pod(&env, "exited-garbage"), uuid);
+    let st = env.rkt(&["status", &uuid]);
+    assert_eq!(st.expect_value("state"), "exited garbage");
+    env.rkt(&["rm", &uuid]).assert_ok();
+    assert!(std::fs::read_dir(env.dir.join("pods/exited-garbage"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
-#[test]
-fn with_several_apps_the_first_failure_decides_the_exit_code() {
-    require_root();
-    let env = RktEnv::new();
-    let img = busybox();
-    let out = env.rkt(&[
-        "run",
-        "--net=none",
-        &img,
-        "--name=ok",
-        "--exec=/inspect",
-        "--",
-        "--exit-code=0",
-        "---",
-        &img,
-        "--name=bad",
-        "--exec=/inspect",
-        "--",
-        "--sleep=0.3",
-        "--exit-code=5",
-    ]);
-    out.assert_code(5);
-    let st = env.rkt(&["status", &only_pod(&env, "run")]);
-    assert_eq!(st.expect_value("app-ok"), "0");
-    assert_eq!(st.expect_value("app-bad"), "5");
-}
-
-#[test]
-fn environment_follows_rkt_precedence() {
-    require_root();
-    let env = RktEnv::new();
-    let file = env.scratch.join("env");
-    std::fs::write(
-        &file,
-        "# comment\nFROM_FILE=file\nOVER=file\n\nHOST_VAR=file\n",
-    )
-    .unwrap();
-    let file_flag = format!("--set-env-file={}", file.display());
-    let img = busybox();
-    let mut cmd = env.command(&[
-        "run",
-        "--net=none",
-        "--inherit-env",
-        &file_flag,
-        "--set-env=OVER=setenv",
-        "--set-env=APPOVER=setenv",
-        &img,
-        "--name=busybox",
-        "--exec=/inspect",
-        "--environment=APPOVER=app",
-        "--",
-        "--print-env=HOST_ONLY",
-        "--print-env=FROM_FILE",
-        "--print-env=OVER",
-        "--print-env=HOST_VAR",
-        "--print-env=APPOVER",
-        "--print-env=AC_APP_NAME",
-        "--print-env=PATH",
-    ]);
-    cmd.env("HOST_ONLY", "host").env("HOST_VAR", "host");
-    let out = rkt_tests::run_command(cmd, 120);
-    out.assert_ok();
-    assert_eq!(out.expect_value("HOST_ONLY"), "host");
-    assert_eq!(out.expect_value("FROM_FILE"), "file");
-    assert_eq!(out.expect_value("HOST_VAR"), "file");
-    assert_eq!(out.expect_value("OVER"), "setenv");
-    assert_eq!(out.expect_value("APPOVER"), "app");
-    assert_eq!(out.expect_value("AC_APP_NAME"), "busybox");
-    // The image's PATH wins over the default.
-    assert!(out.expect_value("PATH").contains("/bin"), "{out}");
-}
-
-#[test]
-fn hostname_defaults_to_rkt_uuid_and_uuid_file_save_records_the_pod() {
-    require_root();
-    let env = RktEnv::new();
-    let f = env.scratch.join("uuid");
-    let flag = format!("--uuid-file-save={}", f.display());
-    let out = run(&env, &[&flag], &["--print-hostname"]);
-    out.assert_ok();
-    let uuid = std::fs::read_to_string(&f).unwrap();
-    assert_eq!(uuid, only_pod(&env, "run"));
-    assert_eq!(out.expect_value("HOSTNAME"), format!("rkt-{uuid}"));
-    let out = run(&env, &["--hostname=web1"], &["--print-hostname"]);
-    assert_eq!(out.expect_value("HOSTNAME"), "web1");
-}
-
-#[test]
-fn dns_flags_generate_resolv_conf() {
-    require_root();
-    let env = RktEnv::new();
-    let out = run(
-        &env,
-        &[
-            "--dns=8.8.8.8",
-            "--dns=4.2.2.2",
-            "--dns-search=example.com",
-            "--dns-opt=rotate",
-            "--dns-domain=example.org",
-        ],
-        &["--read-file=/etc/resolv.conf"],
-    );
-    out.assert_ok();
-    assert!(out.stdout.contains(
-        "CONTENT=# Generated by rkt run\n\nsearch example.com\nnameserver 8.8.8.8\nnameserver 4.2.2.2\noptions rotate\ndomain example.org\n"
-    ), "{out}");
-}
-
-#[test]
-fn hosts_entries_are_written_with_localhost_and_the_hostname() {
-    require_root();
-    let env = RktEnv::new();
-    let out = run(
-        &env,
-        &[
-            "--hostname=pod1",
-            "--hosts-entry=198.51.100.1=db,198.51.100.1=db2",
-            "--hosts-entry=198.51.100.2=web",
-        ],
-        &["--read-file=/etc/hosts"],
-    );
-    out.assert_ok();
-    assert!(out.stdout.contains("CONTENT=127.0.0.1 localhost"), "{out}");
-    assert!(out.stdout.contains("127.0.0.1 pod1\n"), "{out}");
-    assert!(
-        out.stdout.contains("198.51.100.1 db db2\n198.51.100.2 web"),
-        "{out}"
-    );
-}
-
-#[test]
-fn capabilities_default_retain_remove_and_insecure() {
-    require_root();
-    let env = RktEnv::new();
-    let names = |out: &RktOutput| -> Vec<String> {
-        out.expect_value("CAP_BND_NAMES")
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
-    };
-    let out = run(&env, &[], &["--print-caps"]);
-    out.assert_ok();
-    let default = names(&out);
-    assert_eq!(default.len(), 14, "{out}");
-    assert!(default.contains(&"cap_net_bind_service".to_string()));
-    assert!(!default.contains(&"cap_sys_admin".to_string()));
-
-    let img = busybox();
-    let out = env.rkt(&[
-        "run",
-        "--net=none",
-        &img,
-        "--exec=/inspect",
-        "--caps-retain=CAP_NET_ADMIN,CAP_CHOWN",
-        "--",
-        "--print-caps",
-    ]);
-    out.assert_ok();
-    assert_eq!(names(&out), ["cap_chown", "cap_net_admin"]);
-
-    let out = env.rkt(&[
-        "run",
-        "--net=none",
-        &img,
-        "--exec=/inspect",
-        "--caps-remove=CAP_CHOWN",
-        "--",
-        "--print-caps",
-    ]);
-    out.assert_ok();
-    let n = names(&out);
-    assert_eq!(n.len(), 13, "{out}");
-    assert!(!n.contains(&"cap_chown".to_string()));
-
-    let out = env.rkt(&[
-        "--insecure-options=capabilities",
-        "run",
-        "--net=none",
-        &img,
-        "--exec=/inspect",
-        "--",
-        "--print-caps",
-    ]);
-    out.assert_ok();
-    assert!(names(&out).contains(&"cap_sys_admin".to_string()), "{out}");
-}
-
-#[test]
-fn memory_and_cpu_limits_reach_the_cgroup() {
-    require_root();
-    let env = RktEnv::new();
-    let img = busybox();
-    let out = env.rkt(&[
-        "run",
-        "--net=none",
-        &img,
-        "--exec=/inspect",
-        "--memory=64Mi",
-        "--cpu=500m",
-        "--",
-        "--print-cgroup-limits",
-    ]);
-    out.assert_ok();
-    assert_eq!(out.expect_value("MEMORY_LIMIT"), (64u64 << 20).to_string());
-    let quota: u64 = out.expect_value("CPU_QUOTA").parse().unwrap();
-    let period: u64 = out.expect_value("CPU_PERIOD").parse().unwrap();
-    assert_eq!(quota * 1000 / period, 500, "{out}");
-}
-
-#[test]
-fn user_and_group_flags_are_applied() {
-    require_root();
-    let env = RktEnv::new();
-    let img = busybox();
-    let out = env.rkt(&[
-        "run",
-        "--net=none",
-        &img,
-        "--exec=/inspect",
-        "--user=user",
-        "--group=1000",
-        "--",
-        "--print-user",
-    ]);
-    out.assert_ok();
-    assert_eq!(out.expect_value("UID"), "1000");
-    assert_eq!(out.expect_value("GID"), "1000");
-}
-
-#[test]
-fn host_and_empty_volumes_are_mounted() {
-    require_root();
-    let env = RktEnv::new();
-    let host = env.scratch.join("hostvol");
-    std::fs::create_dir(&host).unwrap();
-    std::fs::write(host.join("hello"), "from host").unwrap();
-    let hv = format!(
-        "--volume=data,kind=host,source={},readOnly=true",
-        host.display()
-    );
-    let img = busybox();
-    let out = env.rkt(&[
-        "run",
-        "--net=none",
-        &hv,
-        "--volume=scratch,kind=empty,mode=0700",
-        &img,
-        "--exec=/inspect",
-        "--mount=volume=data,target=/data",
-        "--mount=volume=scratch,target=/scratch",
-        "--",
-        "--read-file=/data/hello",
-        "--write-file=/data/x",
-        "--content=y",
-        "--stat=/scratch",
-    ]);
-    // The write to the read-only volume fails (exit 1), everything else worked.
-    out.assert_code(1);
-    assert_eq!(out.expect_value("CONTENT"), "from host");
-    assert_eq!(out.expect_value("WRITE_ERRNO"), "EROFS");
-    assert_eq!(out.expect_value("STAT_MODE"), "0700");
-    assert!(!host.join("x").exists());
-}
-
-#[test]
-fn run_prepared_runs_a_prepared_pod_with_its_start_flags() {
-    require_root();
-    let env = RktEnv::new();
+/// The prepared pod keeps its stage1 (from `prepare`) and takes start flags from run-prepared.
+fn run_prepared_runs_a_prepared_pod_with_its_start_flags(f: Flavor) {
+    let env = f.env();
     let img = busybox();
     let out = env.rkt(&[
         "prepare",
+        f.flag(),
         "--quiet",
         &img,
         "--exec=/inspect",
@@ -340,6 +129,12 @@ fn run_prepared_runs_a_prepared_pod_with_its_start_flags() {
     ]);
     out.assert_ok();
     let uuid = out.stdout.trim().to_string();
+    let flavor_file = env
+        .dir
+        .join("pods/prepared")
+        .join(&uuid)
+        .join("stage1-flavor");
+    assert_eq!(std::fs::read_to_string(flavor_file).unwrap(), f.name());
     let out = env.rkt(&["run-prepared", "--net=none", "--hostname=prep", &uuid[..8]]);
     out.assert_code(4);
     assert_eq!(out.expect_value("HOSTNAME"), "prep");
@@ -349,30 +144,11 @@ fn run_prepared_runs_a_prepared_pod_with_its_start_flags() {
     again.assert_stderr_contains("is not prepared");
 }
 
-#[test]
-fn no_overlay_pods_run() {
-    require_root();
-    let env = RktEnv::new();
-    let out = run(
-        &env,
-        &["--no-overlay"],
-        &[
-            "--write-file=/tmp/x",
-            "--content=1",
-            "--read-file=/etc/image-name",
-        ],
-    );
-    out.assert_ok();
-    assert_eq!(out.expect_value("CONTENT"), "busybox");
-}
-
-#[test]
-fn pod_manifest_runs_the_apps_it_describes() {
-    require_root();
-    let env = RktEnv::new();
+fn pod_manifest_runs_the_apps_it_describes(f: Flavor) {
+    let env = f.env();
     // Import the image, then describe the pod by image ID.
     let img = busybox();
-    let out = env.rkt(&["prepare", "--quiet", &img]);
+    let out = env.rkt(&["prepare", f.flag(), "--quiet", &img]);
     out.assert_ok();
     let uuid = out.stdout.trim().to_string();
     let manifest = env.rkt(&["cat-manifest", &uuid]).stdout;
@@ -387,128 +163,41 @@ fn pod_manifest_runs_the_apps_it_describes() {
     let pm = format!(
         r#"{{"acKind":"PodManifest","acVersion":"0.8.11","apps":[{{"name":"from-manifest","image":{{"name":"busybox","id":"{id}"}},"app":{{"exec":["/inspect","--print-env=X","--exit-code=9"],"user":"0","group":"0","environment":[{{"name":"X","value":"y"}}]}}}}]}}"#
     );
-    let f = env.scratch.join("pod.json");
-    std::fs::write(&f, pm).unwrap();
+    let file = env.scratch.join("pod.json");
+    std::fs::write(&file, pm).unwrap();
     let out = env.rkt(&[
         "run",
+        f.flag(),
         "--net=none",
-        &format!("--pod-manifest={}", f.display()),
+        &format!("--pod-manifest={}", file.display()),
     ]);
     out.assert_code(9);
     assert_eq!(out.expect_value("X"), "y");
 }
 
-#[test]
-fn default_network_warns_and_runs_with_loopback_only() {
-    require_root();
-    let env = RktEnv::new();
-    let img = busybox();
-    let out = env.rkt(&["run", &img, "--exec=/inspect", "--", "--exit-code=0"]);
-    out.assert_ok();
-    out.assert_stderr_contains("default network is not implemented yet");
-}
-
-/// Waits until `rkt status --wait-ready` says the pod runs.
-fn wait_running(env: &RktEnv, uuid_file: &std::path::Path) -> String {
-    let start = Instant::now();
-    while !uuid_file.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "no uuid file");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let uuid = std::fs::read_to_string(uuid_file).unwrap();
-    let st = env.rkt(&["status", "--wait-ready=60s", &uuid]);
-    st.assert_ok();
-    assert_eq!(st.expect_value("state"), "running", "{st}");
-    uuid
-}
-
-#[test]
-fn stop_ends_a_running_pod_and_rm_refuses_running_pods() {
-    require_root();
-    let env = RktEnv::new();
-    let f = env.scratch.join("uuid");
-    let img = busybox();
-    let mut child = env.spawn(&[
-        "run",
-        "--net=none",
-        &format!("--uuid-file-save={}", f.display()),
-        &img,
-        "--exec=/inspect",
-        "--",
-        "--sleep=60",
-    ]);
-    let uuid = wait_running(&env, &f);
-    let rm = env.rkt(&["rm", &uuid]);
-    rm.assert_code(254);
-    rm.assert_stderr_contains("is currently running");
-    let st = env.rkt(&["stop", &uuid]);
-    st.assert_ok();
-    assert_eq!(st.stdout, format!("\"{uuid}\"\n"));
-    let out = child.wait_timeout(60);
-    assert_ne!(out.code, 0, "{out}");
-    let status = env.rkt(&["status", &uuid]);
-    assert_eq!(status.expect_value("state"), "exited");
-    let again = env.rkt(&["stop", &uuid]);
-    again.assert_code(254);
-    again.assert_stderr_contains("is not running");
-    env.rkt(&["rm", &uuid]).assert_ok();
-    assert!(
-        mounts_under(&env.dir).is_empty(),
-        "{:?}",
-        mounts_under(&env.dir)
-    );
-}
-
-#[test]
-fn status_wait_returns_when_the_pod_exits() {
-    require_root();
-    let env = RktEnv::new();
-    let f = env.scratch.join("uuid");
-    let img = busybox();
-    let _child = env.spawn(&[
-        "run",
-        "--net=none",
-        &format!("--uuid-file-save={}", f.display()),
-        &img,
-        "--name=busybox",
-        "--exec=/inspect",
-        "--",
-        "--sleep=1.5",
-        "--exit-code=3",
-    ]);
-    let uuid = wait_running(&env, &f);
-    let short = env.rkt(&["status", "--wait=100ms", &uuid]);
-    short.assert_code(254);
-    short.assert_stderr_contains("timed out");
-    let st = env.rkt(&["status", "--wait", &uuid]);
-    st.assert_ok();
-    assert_eq!(st.expect_value("state"), "exited");
-    assert_eq!(st.expect_value("app-busybox"), "3");
-}
-
-/// The owner of a running pod is SIGKILLed with everything it started: the pod shows as exited
-/// (its lock went with it), and gc removes it and every mount it left.
-#[test]
-fn pod_whose_owner_was_killed_is_exited_and_gc_cleans_it() {
-    require_root();
-    let env = RktEnv::new();
-    let f = env.scratch.join("uuid");
+/// The owner of a running pod is SIGKILLed with everything it started (on kvm that owner is the
+/// VMM): the pod shows as exited (its lock went with it), and gc removes it and every mount it
+/// left, but not the files of its host volume.
+fn pod_whose_owner_was_killed_is_exited_and_gc_cleans_it(f: Flavor) {
+    let env = f.env();
+    let uuid_file = env.scratch.join("uuid");
     let host = env.scratch.join("vol");
     std::fs::create_dir(&host).unwrap();
     std::fs::write(host.join("keep"), "precious").unwrap();
     let img = busybox();
     let mut child = env.spawn(&[
         "run",
+        f.flag(),
         "--net=none",
-        &format!("--uuid-file-save={}", f.display()),
+        &format!("--uuid-file-save={}", uuid_file.display()),
         &format!("--volume=v,kind=host,source={}", host.display()),
         &img,
         "--exec=/inspect",
         "--mount=volume=v,target=/v",
         "--",
-        "--sleep=60",
+        "--sleep=900",
     ]);
-    let uuid = wait_running(&env, &f);
+    let uuid = wait_running(&env, f, &uuid_file);
     child.kill();
     let st = env.rkt(&["status", "--wait=30s", &uuid]);
     st.assert_ok();
@@ -524,91 +213,34 @@ fn pod_whose_owner_was_killed_is_exited_and_gc_cleans_it() {
         .unwrap()
         .next()
         .is_none());
-    assert!(
-        mounts_under(&env.dir).is_empty(),
-        "{:?}",
-        mounts_under(&env.dir)
-    );
-    // The host volume's files survived the pod's removal.
+    let left = mounts_under(&env.dir);
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(
         std::fs::read_to_string(host.join("keep")).unwrap(),
         "precious"
     );
 }
 
+/// ns only: the pod's supervisor outlives a SIGKILLed `rkt run` and keeps the pod running until
+/// `rkt stop`. On kvm `rkt run` is the VMM, so killing it ends the pod (the owner-killed test).
 #[test]
-fn gc_keeps_exited_pods_within_the_grace_period() {
-    require_root();
-    let env = RktEnv::new();
-    run(&env, &[], &["--exit-code=0"]).assert_ok();
-    let uuid = only_pod(&env, "run");
-    let out = env.rkt(&["gc"]);
-    out.assert_ok();
-    out.assert_stderr_contains(&format!("moving pod \"{uuid}\" to garbage"));
-    out.assert_stderr_contains("still within grace period (30m0s)");
-    assert_eq!(only_pod(&env, "exited-garbage"), uuid);
-    let st = env.rkt(&["status", &uuid]);
-    assert_eq!(st.expect_value("state"), "exited garbage");
-    env.rkt(&["rm", &uuid]).assert_ok();
-}
-
-#[test]
-fn enter_runs_a_command_in_a_running_app() {
-    require_root();
-    let env = RktEnv::new();
-    let f = env.scratch.join("uuid");
+fn ns_pod_outlives_its_killed_rkt_process_until_stopped() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let uuid_file = env.scratch.join("uuid");
     let img = busybox();
     let mut child = env.spawn(&[
         "run",
+        f.flag(),
         "--net=none",
-        "--hostname=inside",
-        &format!("--uuid-file-save={}", f.display()),
+        &format!("--uuid-file-save={}", uuid_file.display()),
         &img,
         "--name=busybox",
         "--exec=/inspect",
         "--",
         "--sleep=60",
     ]);
-    let uuid = wait_running(&env, &f);
-    let out = env.rkt(&[
-        "enter",
-        "--app=busybox",
-        &uuid,
-        "/inspect",
-        "--print-hostname",
-        "--exit-code=6",
-    ]);
-    out.assert_code(6);
-    assert_eq!(out.expect_value("HOSTNAME"), "inside");
-    let bad = env.rkt(&["enter", "--app=nope", &uuid, "/inspect"]);
-    bad.assert_code(254);
-    bad.assert_stderr_contains("no app named \"nope\"");
-    env.rkt(&["stop", "--force", &uuid]).assert_ok();
-    child.wait_timeout(60);
-    let after = env.rkt(&["enter", &uuid, "/inspect"]);
-    after.assert_code(254);
-    after.assert_stderr_contains("is not running");
-}
-
-/// Only the `rkt run` process is SIGKILLed: the pod's supervisor still holds the pod lock, so the
-/// pod is still running, and `rkt stop` ends it.
-#[test]
-fn pod_outlives_its_killed_rkt_process_until_stopped() {
-    require_root();
-    let env = RktEnv::new();
-    let f = env.scratch.join("uuid");
-    let img = busybox();
-    let mut child = env.spawn(&[
-        "run",
-        "--net=none",
-        &format!("--uuid-file-save={}", f.display()),
-        &img,
-        "--name=busybox",
-        "--exec=/inspect",
-        "--",
-        "--sleep=60",
-    ]);
-    let uuid = wait_running(&env, &f);
+    let uuid = wait_running(&env, f, &uuid_file);
     child.signal(libc::SIGKILL);
     child.wait_timeout(30);
     let st = env.rkt(&["status", &uuid]);
@@ -618,9 +250,6 @@ fn pod_outlives_its_killed_rkt_process_until_stopped() {
     assert_eq!(st.expect_value("state"), "exited", "{st}");
     assert_eq!(st.expect_value("app-busybox"), "143");
     env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
-    assert!(
-        mounts_under(&env.dir).is_empty(),
-        "{:?}",
-        mounts_under(&env.dir)
-    );
+    let left = mounts_under(&env.dir);
+    assert!(left.is_empty(), "{left:?}");
 }
