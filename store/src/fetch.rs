@@ -197,7 +197,7 @@ pub struct Fetched {
 
 pub fn fetch(store: &Store, src: &Source, opts: &FetchOptions) -> Result<Fetched> {
     // Shared: gc and rm take it exclusively, so they never sweep blobs of an import in progress.
-    let _gc = store.lock("gc.lock", false)?;
+    let _gc = store.lock("gc.lock", rkt_flock::Mode::Shared)?;
     let never = opts.pull_policy == PullPolicy::Never;
     let old = |info: ImageInfo| Fetched { info, new: false };
     match src {

@@ -24,11 +24,10 @@ mod source;
 #[cfg(test)]
 mod store_tests;
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
+use rkt_flock::{Flock, Mode};
 
 pub use blob::BlobStore;
 pub use render::tree_digest;
@@ -132,36 +131,6 @@ pub fn split_name_tag(s: &str) -> (String, String) {
     }
 }
 
-/// An exclusive or shared `flock` on a file under `cas/locks`, released on drop.
-pub(crate) struct FileLock(#[allow(dead_code)] File);
-
-impl FileLock {
-    pub(crate) fn acquire(path: &Path, exclusive: bool) -> Result<FileLock> {
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("opening lock {}", path.display()))?;
-        let op = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
-        loop {
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-                return Ok(FileLock(f));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(anyhow!(e).context(format!("locking {}", path.display())));
-            }
-        }
-    }
-}
-
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         let root = dir.join("cas");
@@ -179,8 +148,12 @@ impl Store {
         })
     }
 
-    pub(crate) fn lock(&self, name: &str, exclusive: bool) -> Result<FileLock> {
-        FileLock::acquire(&self.root.join("locks").join(name), exclusive)
+    /// An exclusive or shared lock on `cas/locks/<name>`, released on drop.
+    pub(crate) fn lock(&self, name: &str, mode: Mode) -> Result<Flock> {
+        let path = self.root.join("locks").join(name);
+        let f = rkt_flock::open_lock_file(&path)
+            .with_context(|| format!("opening lock {}", path.display()))?;
+        Flock::lock(f, mode).with_context(|| format!("locking {}", path.display()))
     }
 
     /// Fetches (or finds, per the pull policy) an image and leaves it rendered, ready to run.
@@ -271,13 +244,13 @@ impl Store {
     pub fn export(&self, id: &str, out: &Path) -> Result<()> {
         let rec = self.index.record(id)?;
         // Shared gc.lock: gc must not clear the temp layer an ACI export writes to cas/tmp.
-        let _g = self.lock("gc.lock", false)?;
+        let _g = self.lock("gc.lock", Mode::Shared)?;
         export::export_oci_archive(self, &rec, out)
     }
 
     /// Removes an image: index entry, rendered tree and blobs no other image uses.
     pub fn remove(&self, id: &str) -> Result<()> {
-        let _g = self.lock("gc.lock", true)?;
+        let _g = self.lock("gc.lock", Mode::Exclusive)?;
         if self.index.get(id)?.is_none() {
             bail!("image {id:?} not found in the store");
         }
@@ -314,7 +287,7 @@ impl Store {
 
     /// `rkt image gc`: removes trees no pod uses, images unused for `grace`, then orphan blobs.
     pub fn gc(&self, grace: std::time::Duration) -> Result<GcReport> {
-        let _g = self.lock("gc.lock", true)?;
+        let _g = self.lock("gc.lock", Mode::Exclusive)?;
         let mut report = GcReport::default();
         let in_use = self.trees_in_use();
         for id in render::rendered_ids(self)? {

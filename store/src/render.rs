@@ -33,8 +33,8 @@ pub fn render(store: &Store, rec: &Record) -> Result<RenderedTree> {
     }
     // gc.lock shared (as imports hold it): `image gc` takes it exclusively and may then treat
     // everything in cas/tmp as debris of crashed runs.
-    let _gc = store.lock("gc.lock", false)?;
-    let _lock = store.lock(&format!("tree-{}.lock", rec.id), true)?;
+    let _gc = store.lock("gc.lock", rkt_flock::Mode::Shared)?;
+    let _lock = store.lock(&format!("tree-{}.lock", rec.id), rkt_flock::Mode::Exclusive)?;
     if let Some(t) = existing(store, &rec.id) {
         return Ok(t); // another process rendered it while we waited
     }
@@ -86,7 +86,7 @@ pub fn remove_tree(store: &Store, id: &str) -> Result<()> {
     if !d.exists() {
         return Ok(());
     }
-    let _lock = store.lock(&format!("tree-{id}.lock"), true)?;
+    let _lock = store.lock(&format!("tree-{id}.lock"), rkt_flock::Mode::Exclusive)?;
     let grave = store
         .root
         .join("tmp")

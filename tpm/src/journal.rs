@@ -4,42 +4,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use rkt_flock::{Flock, Mode};
 
 use crate::bank::Bank;
 use crate::device::{read_clock, BootCycle, Quote, Tpm};
 use crate::eventlog::{encode_header, Event, Log, EV_IPL};
-
-/// A held flock; released when dropped (the file is closed).
-struct Lock(#[allow(dead_code)] File);
-
-fn lock(path: &Path, exclusive: bool) -> Result<Lock> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_SH
-    };
-    loop {
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-            return Ok(Lock(f));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).with_context(|| format!("locking {}", path.display()));
-        }
-    }
-}
 
 /// Where one measurement went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,10 +50,14 @@ impl Journal {
         self.dir.join(format!("eventlog-{}.bin", boot.id()))
     }
 
-    fn lock(&self, exclusive: bool) -> Result<Lock> {
+    /// `<dir>/tpm/lock`, held until dropped.
+    fn lock(&self, mode: Mode) -> Result<Flock> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
-        lock(&self.dir.join("lock"), exclusive)
+        let path = self.dir.join("lock");
+        let f = rkt_flock::open_lock_file(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Flock::lock(f, mode).with_context(|| format!("locking {}", path.display()))
     }
 
     /// Is the TPM there and answering? Returns its boot cycle.
@@ -91,7 +67,7 @@ impl Journal {
 
     /// Extends `pcr` with each active bank's hash of `data` and appends the EV_IPL event to the log.
     pub fn measure(&self, pcr: u32, data: &[u8]) -> Result<Logged> {
-        let _lock = self.lock(true)?;
+        let _lock = self.lock(Mode::Exclusive)?;
         let boot = read_clock(&self.tcti)?;
         let path = self.log_path(boot);
         let mut f = OpenOptions::new()
@@ -145,7 +121,7 @@ impl Journal {
     /// Reads the current boot cycle's log and the values of `pcrs` (plus every PCR the log
     /// extends) under a shared lock, so no measurement lands in between.
     pub fn snapshot(&self, pcrs: &[u32]) -> Result<Snapshot> {
-        let _lock = self.lock(false)?;
+        let _lock = self.lock(Mode::Shared)?;
         let boot = read_clock(&self.tcti)?;
         let log_path = self.log_path(boot);
         let log_bytes = match std::fs::read(&log_path) {
@@ -183,7 +159,7 @@ impl Journal {
 
     /// A quote over `pcr` in every active bank, with the log as it was when quoted.
     pub fn quote(&self, pcr: u32, nonce: &[u8]) -> Result<(Quote, Vec<u8>, BootCycle)> {
-        let _lock = self.lock(false)?;
+        let _lock = self.lock(Mode::Shared)?;
         let boot = read_clock(&self.tcti)?;
         let log_bytes = std::fs::read(self.log_path(boot)).unwrap_or_default();
         let mut tpm = Tpm::connect(&self.tcti)?;

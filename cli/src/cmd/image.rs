@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::{ArgAction, Args, Subcommand};
 use rkt_store::{short_id, ImageInfo, Store};
 
@@ -348,28 +348,16 @@ fn image_gc(g: &Globals, a: GcArgs) -> anyhow::Result<i32> {
     let grace = super::pods::parse_go_duration(&a.grace_period)
         .with_context(|| format!("invalid duration {:?} for --grace-period", a.grace_period))?;
     let store = Store::open(&g.dir)?;
-    // rkt holds locks/prepareLock shared while preparing pods; image gc takes it exclusively so it
-    // never removes a tree a pod is being prepared with.
-    let locks = g.dir.join("locks");
-    std::fs::create_dir_all(&locks)?;
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(locks.join("prepareLock"))?;
-    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow!("locking prepareLock: {e}"))
-        .map(|_held| -> anyhow::Result<()> {
-            let rep = store.gc(grace)?;
-            for t in &rep.trees_removed {
-                println!("removed treestore {t:?}");
-            }
-            for i in &rep.images_removed {
-                println!("successfully removed aci for image: {i}");
-            }
-            println!("{} image(s) successfully removed", rep.images_removed.len());
-            Ok(())
-        })??;
+    // Exclusive: no pod is being prepared with a tree gc might remove.
+    let _prepare = super::pods::prepare_lock(&g.dir, rkt_flock::Mode::Exclusive)?;
+    let rep = store.gc(grace)?;
+    for t in &rep.trees_removed {
+        println!("removed treestore {t:?}");
+    }
+    for i in &rep.images_removed {
+        println!("successfully removed aci for image: {i}");
+    }
+    println!("{} image(s) successfully removed", rep.images_removed.len());
     Ok(0)
 }
 

@@ -115,7 +115,7 @@ fn prepare_pod(g: &Globals, p: &Parsed) -> Result<(Pods, Pod, Lock, crate::globa
     let pods = Pods::new(&g.dir);
     pods.ensure_dirs()?;
     // Shared during prepare, exclusive for image gc: trees we are about to use stay put.
-    let _prepare_lock = prepare_lock(&g.dir)?;
+    let _prepare_lock = prepare_lock(&g.dir, rkt_flock::Mode::Shared)?;
     let store = Store::open(&g.dir)?;
     let plan = build::plan(
         &store,
@@ -146,20 +146,14 @@ fn prepare_pod(g: &Globals, p: &Parsed) -> Result<(Pods, Pod, Lock, crate::globa
     Ok((pods, pod, lock, insecure))
 }
 
-fn prepare_lock(dir: &Path) -> Result<std::fs::File> {
+/// `<dir>/locks/prepareLock`: shared while preparing a pod, exclusive for `image gc`, so gc never
+/// removes a tree a pod is being prepared with.
+pub(crate) fn prepare_lock(dir: &Path, mode: rkt_flock::Mode) -> Result<rkt_flock::Flock> {
     let locks = dir.join("locks");
     std::fs::create_dir_all(&locks)?;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(locks.join("prepareLock"))
+    let f = rkt_flock::open_lock_file(&locks.join("prepareLock"))
         .context("opening locks/prepareLock")?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_SH) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("locking locks/prepareLock");
-    }
-    Ok(f)
+    rkt_flock::Flock::lock(f, mode).context("locking locks/prepareLock")
 }
 
 /// Moves a prepared, locked pod to `run/`, writes its spec and hands it to its stage1.

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use rkt_flock::{Flock, Mode};
 
 /// The directories under `pods/`, in the order a pod normally moves through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,46 +93,27 @@ impl State {
 }
 
 /// An flock on a pod directory, released when dropped (or when the owning process dies).
-pub struct Lock {
-    file: File,
-}
+pub struct Lock(Flock);
 
 impl Lock {
-    fn open(path: &Path) -> Result<Lock> {
-        let file =
+    fn try_lock(path: &Path, mode: Mode) -> Result<Option<Flock>> {
+        let dir =
             File::open(path).with_context(|| format!("opening pod dir {}", path.display()))?;
-        Ok(Lock { file })
-    }
-
-    fn flock(&self, op: i32) -> std::io::Result<bool> {
-        loop {
-            // SAFETY: flock on a descriptor owned by self.file.
-            if unsafe { libc::flock(self.file.as_raw_fd(), op) } == 0 {
-                return Ok(true);
-            }
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EWOULDBLOCK) => return Ok(false),
-                _ => return Err(e),
-            }
-        }
+        Ok(Flock::try_lock(dir, mode)?)
     }
 
     /// Takes an exclusive lock without waiting; None if another process holds the pod.
     pub fn try_exclusive(path: &Path) -> Result<Option<Lock>> {
-        let l = Lock::open(path)?;
-        Ok(l.flock(libc::LOCK_EX | libc::LOCK_NB)?.then_some(l))
+        Ok(Lock::try_lock(path, Mode::Exclusive)?.map(Lock))
     }
 
     /// Whether some process holds an exclusive lock on `path` (i.e. owns the pod).
     pub fn is_held(path: &Path) -> Result<bool> {
-        let l = Lock::open(path)?;
-        Ok(!l.flock(libc::LOCK_SH | libc::LOCK_NB)?)
+        Ok(Lock::try_lock(path, Mode::Shared)?.is_none())
     }
 
     pub fn fd(&self) -> i32 {
-        self.file.as_raw_fd()
+        self.0.as_raw_fd()
     }
 }
 
