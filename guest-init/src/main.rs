@@ -305,10 +305,97 @@ fn relay(fd: OwnedFd, chan: u32, stream: Stream, ctl: Control, done: mpsc::Sende
     let _ = done.send(());
 }
 
-fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
-    if pod.interactive {
-        bail!("interactive apps are not supported on stage1 kvm yet");
+/// Host input for the apps of an interactive pod. Each app's input has its own writer thread, so
+/// an app that does not read cannot block the control connection (and with it `rkt stop`).
+#[derive(Default)]
+struct Inputs {
+    apps: HashMap<u32, Input>,
+    /// The last terminal size the host sent per channel: it may arrive before the app started.
+    sizes: HashMap<u32, (u16, u16)>,
+    /// Input that arrived before its app started (typed ahead while the VM booted), bounded by
+    /// [`EARLY_INPUT_MAX`]; `true` once the host's input ended.
+    early: HashMap<u32, (Vec<u8>, bool)>,
+}
+
+const EARLY_INPUT_MAX: usize = 1 << 20;
+
+struct Input {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// The app's pty master, to apply window sizes to.
+    master: Option<OwnedFd>,
+}
+
+type SharedInputs = Arc<Mutex<Inputs>>;
+
+fn set_winsize(fd: &OwnedFd, (rows, cols): (u16, u16)) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize struct.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+}
+
+impl Inputs {
+    /// Host input for `chan` goes to `sink` (the app's stdin pipe, or its pty master).
+    fn register(&mut self, chan: u32, mut sink: File, master: Option<OwnedFd>) {
+        if let (Some(m), Some(size)) = (&master, self.sizes.get(&chan)) {
+            set_winsize(m, *size);
+        }
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            for d in rx {
+                if sink.write_all(&d).is_err() {
+                    break;
+                }
+            }
+        });
+        let (early, ended) = self.early.remove(&chan).unwrap_or_default();
+        if !early.is_empty() {
+            let _ = tx.send(early);
+        }
+        if !ended {
+            self.apps.insert(chan, Input { tx, master });
+        }
     }
+
+    /// Stdin bytes, stdin's end (closes a pipe; a pty stays), or a window size.
+    fn handle(&mut self, m: &Msg) {
+        match m {
+            Msg::Data {
+                chan,
+                stream: Stream::Stdin,
+                data,
+            } => {
+                if let Some(i) = self.apps.get(chan) {
+                    let _ = i.tx.send(data.clone());
+                } else {
+                    let (buf, _) = self.early.entry(*chan).or_default();
+                    let room = EARLY_INPUT_MAX.saturating_sub(buf.len());
+                    buf.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            // Removing a started app's input closes it; an app not started yet learns it later.
+            Msg::Eof {
+                chan,
+                stream: Stream::Stdin,
+            } if self.apps.remove(chan).is_none() => {
+                self.early.entry(*chan).or_default().1 = true;
+            }
+            Msg::Resize { chan, rows, cols } => {
+                self.sizes.insert(*chan, (*rows, *cols));
+                if let Some(m) = self.apps.get(chan).and_then(|i| i.master.as_ref()) {
+                    set_winsize(m, (*rows, *cols));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
     set_hostname_and_lo(pod)?;
     let layout = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         Some(Layout::V2 {
@@ -319,13 +406,15 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
     };
     let sfd = supervisor::take_signals()?;
     let (closed_tx, closed_rx) = mpsc::channel();
+    let inputs: SharedInputs = Arc::default();
     if let Some(s) = &ctl.sock {
         let reader = s
             .lock()
             .unwrap()
             .try_clone()
             .context("cloning the control socket")?;
-        std::thread::spawn(move || control_reader(reader, closed_tx));
+        let inputs = inputs.clone();
+        std::thread::spawn(move || control_reader(reader, inputs, closed_tx));
     }
     let pod_arc = Arc::new(pod.clone());
     let pids: Arc<Mutex<HashMap<String, i32>>> = Arc::default();
@@ -337,17 +426,46 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
             }
         });
     }
-    let drains: std::cell::RefCell<HashMap<String, mpsc::Receiver<()>>> = Default::default();
+    // Per app: the end-of-relay channel and how many relays report on it.
+    let drains: std::cell::RefCell<HashMap<String, (mpsc::Receiver<()>, usize)>> =
+        Default::default();
     let index = |name: &str| pod.apps.iter().position(|a| a.name == name).unwrap_or(0) as u32;
+    // Only an interactive pod (one app) reads host input; without a host there is none.
+    let interactive = pod.interactive && ctl.sock.is_some();
     let mut launch = |a: &AppSpec| -> anyhow::Result<Pid> {
         let chan = index(&a.name);
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
+        let stdin = if interactive && !pod.tty {
+            Some(pipe()?)
+        } else {
+            None
+        };
+        // With a terminal the app allocates its pty in its own devpts and hands us the master.
+        let pair = if interactive && pod.tty {
+            Some(
+                socket::socketpair(
+                    AddressFamily::Unix,
+                    SockType::Stream,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .context("socketpair")?,
+            )
+        } else {
+            None
+        };
         // SAFETY: the child only sets itself up and execs (or _exits).
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 supervisor::reset_signals_in_child();
-                let e = app_child(pod, a, &out_w, &err_w, layout.as_ref());
+                let io = AppIo {
+                    stdin: stdin.as_ref().map(|(r, _)| r),
+                    out: &out_w,
+                    err: &err_w,
+                    tty: pair.map(|(_, theirs)| theirs),
+                };
+                let e = app_child(pod, a, io, layout.as_ref());
                 let _ = writeln!(std::io::stderr(), "rkt: app {:?}: {e:#}", a.name);
                 // SAFETY: leaving the forked child without running the parent's destructors.
                 unsafe { libc::_exit(SETUP_FAILED) }
@@ -355,11 +473,32 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
             ForkResult::Parent { child } => {
                 drop((out_w, err_w));
                 let (tx, rx) = mpsc::channel();
-                for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+                let mut relays = 0;
+                let mut start_relay = |fd: OwnedFd, stream: Stream| {
                     let (c, tx) = (ctl.clone(), tx.clone());
                     std::thread::spawn(move || relay(fd, chan, stream, c, tx));
+                    relays += 1;
+                };
+                start_relay(out_r, Stream::Stdout);
+                start_relay(err_r, Stream::Stderr);
+                if let Some((stdin_r, stdin_w)) = stdin {
+                    drop(stdin_r);
+                    inputs
+                        .lock()
+                        .unwrap()
+                        .register(chan, File::from(stdin_w), None);
                 }
-                drains.borrow_mut().insert(a.name.clone(), rx);
+                if let Some((ours, theirs)) = pair {
+                    drop(theirs);
+                    // None: the app failed before its terminal existed (its error is on stderr).
+                    if let Some(master) = supervisor::recv_fd(&ours)? {
+                        let sink = File::from(master.try_clone()?);
+                        let size = master.try_clone()?;
+                        start_relay(master, Stream::Stdout);
+                        inputs.lock().unwrap().register(chan, sink, Some(size));
+                    }
+                }
+                drains.borrow_mut().insert(a.name.clone(), (rx, relays));
                 pids.lock().unwrap().insert(a.name.clone(), child.as_raw());
                 ctl.send(&Msg::AppStarted {
                     app: chan,
@@ -371,10 +510,11 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
     };
     let mut on_exit = |name: &str, code: i32| {
         pids.lock().unwrap().remove(name);
+        inputs.lock().unwrap().apps.remove(&index(name));
         // The app's last output must reach the host before its exit does; a daemon it left
         // holding the pipes must not hold the pod up, hence the bound.
-        if let Some(rx) = drains.borrow_mut().remove(name) {
-            for _ in 0..2 {
+        if let Some((rx, n)) = drains.borrow_mut().remove(name) {
+            for _ in 0..n {
                 if rx.recv_timeout(Duration::from_secs(2)).is_err() {
                     break;
                 }
@@ -415,13 +555,13 @@ fn finish(ctl: &Control, done: Option<(i32, mpsc::Receiver<()>)>) {
 
 /// Host -> guest messages on the control connection. A Stop becomes a SIGTERM to ourselves, which
 /// the stage2 supervisor turns into the graceful stop (SIGKILL after its timeout).
-fn control_reader(mut sock: File, closed: mpsc::Sender<()>) {
+fn control_reader(mut sock: File, inputs: SharedInputs, closed: mpsc::Sender<()>) {
     loop {
         match proto::read_msg(&mut sock) {
             Ok(Some(Msg::Stop { .. })) => {
                 let _ = kill(Pid::from_raw(1), Signal::SIGTERM);
             }
-            Ok(Some(_)) => {}
+            Ok(Some(m)) => inputs.lock().unwrap_or_else(|p| p.into_inner()).handle(&m),
             Ok(None) => break,
             Err(e) => {
                 log(&format!("control connection: {e}"));
@@ -432,27 +572,36 @@ fn control_reader(mut sock: File, closed: mpsc::Sender<()>) {
     let _ = closed.send(());
 }
 
+/// An app's standard streams as its child process gets them.
+struct AppIo<'a> {
+    /// Host input (interactive without a terminal); /dev/null otherwise.
+    stdin: Option<&'a OwnedFd>,
+    out: &'a OwnedFd,
+    err: &'a OwnedFd,
+    /// Interactive with a terminal: where to send the pty master. Until the pty is attached,
+    /// set-up errors still go to `err`.
+    tty: Option<OwnedFd>,
+}
+
 /// In the app's child process: stdio, own mount namespace, cgroup, then stage2 sets up the root
 /// and execs the app. Returns only on failure.
-fn app_child(
-    pod: &PodSpec,
-    a: &AppSpec,
-    out: &OwnedFd,
-    err: &OwnedFd,
-    layout: Option<&Layout>,
-) -> anyhow::Error {
+fn app_child(pod: &PodSpec, a: &AppSpec, io: AppIo, layout: Option<&Layout>) -> anyhow::Error {
     let r = (|| -> anyhow::Result<()> {
-        nix::unistd::setsid().context("setsid")?;
+        // attach_tty makes its own session.
+        if io.tty.is_none() {
+            nix::unistd::setsid().context("setsid")?;
+        }
         let null = nix::fcntl::open(
             "/dev/null",
             nix::fcntl::OFlag::O_RDWR,
             nix::sys::stat::Mode::empty(),
         )?;
+        let stdin = io.stdin.map(|f| f.as_raw_fd()).unwrap_or(null);
         // SAFETY: dup2 onto the standard descriptors.
         unsafe {
-            libc::dup2(null, 0);
-            libc::dup2(out.as_raw_fd(), 1);
-            libc::dup2(err.as_raw_fd(), 2);
+            libc::dup2(stdin, 0);
+            libc::dup2(io.out.as_raw_fd(), 1);
+            libc::dup2(io.err.as_raw_fd(), 2);
         }
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
             .context("unshare mount namespace")?;
@@ -470,7 +619,17 @@ fn app_child(
         return e;
     }
     let root = PathBuf::from("/run/rkt/apps").join(&a.name);
-    app::setup_and_exec(a, pod, &root, layout)
+    let tty = io.tty;
+    // As on ns: the terminal comes from the app's own devpts, so `tty` names it inside the app.
+    app::setup_and_exec_with(a, pod, &root, layout, &mut |root| {
+        if let Some(sock) = &tty {
+            let (master, slave) = supervisor::open_pty_in(&root.join("dev/pts"))?;
+            supervisor::send_fd(sock, &master)?;
+            drop(master);
+            supervisor::attach_tty(&slave)?;
+        }
+        Ok(())
+    })
 }
 
 fn enter_listener(
@@ -528,8 +687,8 @@ fn enter_session(
     layout: Option<&Layout>,
 ) -> anyhow::Result<()> {
     proto::handshake(&mut conn)?;
-    let (name, cmd, env) = match proto::read_msg(&mut conn)? {
-        Some(Msg::Enter { app, cmd, env, .. }) => (app, cmd, env),
+    let (name, cmd, env, tty) = match proto::read_msg(&mut conn)? {
+        Some(Msg::Enter { app, cmd, env, tty }) => (app, cmd, env, tty),
         other => bail!("expected Enter, got {other:?}"),
     };
     let refuse = |conn: &mut File, m: String| -> anyhow::Result<()> {
@@ -548,11 +707,30 @@ fn enter_session(
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    let pair = if tty {
+        Some(
+            socket::socketpair(
+                AddressFamily::Unix,
+                SockType::Stream,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .context("socketpair")?,
+        )
+    } else {
+        None
+    };
     // SAFETY: the child sets itself up and execs (or _exits).
     let child = match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
             supervisor::reset_signals_in_child();
-            let e = enter_child(pod, a, pid, cmd, env, [&in_r, &out_w, &err_w], layout);
+            let io = AppIo {
+                stdin: Some(&in_r),
+                out: &out_w,
+                err: &err_w,
+                tty: pair.map(|(_, theirs)| theirs),
+            };
+            let e = enter_child(pod, a, pid, cmd, env, io, layout);
             let _ = writeln!(std::io::stderr(), "rkt: enter: {e:#}");
             // SAFETY: leaving the forked child.
             unsafe { libc::_exit(SETUP_FAILED) }
@@ -560,7 +738,16 @@ fn enter_session(
         ForkResult::Parent { child } => child,
     };
     drop((in_r, out_w, err_w));
-    relay_session(&mut conn, child, in_w, out_r, err_r)
+    // With a terminal, input goes to the pty master and its output comes back as stdout; the
+    // pipes carry only what the child says before its terminal is attached.
+    let master = match pair {
+        Some((ours, theirs)) => {
+            drop(theirs);
+            supervisor::recv_fd(&ours)?
+        }
+        None => None,
+    };
+    relay_session(&mut conn, child, in_w, out_r, err_r, master)
 }
 
 fn enter_child(
@@ -569,12 +756,16 @@ fn enter_child(
     pid: i32,
     cmd: Vec<String>,
     env: Vec<(String, String)>,
-    stdio: [&OwnedFd; 3],
+    io: AppIo,
     layout: Option<&Layout>,
 ) -> anyhow::Error {
     let r = (|| -> anyhow::Result<()> {
-        nix::unistd::setsid().context("setsid")?;
-        for (i, fd) in stdio.iter().enumerate() {
+        // attach_tty makes its own session.
+        if io.tty.is_none() {
+            nix::unistd::setsid().context("setsid")?;
+        }
+        let stdin = io.stdin.context("enter needs a stdin")?;
+        for (i, fd) in [stdin, io.out, io.err].iter().enumerate() {
             // SAFETY: dup2 onto the standard descriptors.
             unsafe { libc::dup2(fd.as_raw_fd(), i as i32) };
         }
@@ -584,6 +775,13 @@ fn enter_child(
         let ns = File::open(format!("/proc/{pid}/ns/mnt"))
             .context("opening the app's mount namespace")?;
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS).context("setns")?;
+        // setns moved us to the app's root: its /dev/pts is the app's own devpts.
+        if let Some(sock) = &io.tty {
+            let (master, slave) = supervisor::open_pty_in(Path::new("/dev/pts"))?;
+            supervisor::send_fd(sock, &master)?;
+            drop(master);
+            supervisor::attach_tty(&slave)?;
+        }
         Ok(())
     })();
     if let Err(e) = r {
@@ -614,14 +812,21 @@ fn relay_session(
     in_w: OwnedFd,
     out_r: OwnedFd,
     err_r: OwnedFd,
+    master: Option<OwnedFd>,
 ) -> anyhow::Result<()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::wait::{waitpid, WaitPidFlag};
-    let mut stdin = Some(File::from(in_w));
     let mut outs: Vec<(Option<File>, Stream)> = vec![
         (Some(File::from(out_r)), Stream::Stdout),
         (Some(File::from(err_r)), Stream::Stderr),
     ];
+    let mut stdin = Some(File::from(in_w));
+    let mut size_fd = None;
+    if let Some(m) = master {
+        stdin = Some(File::from(m.try_clone()?));
+        size_fd = Some(m.try_clone()?);
+        outs.push((Some(File::from(m)), Stream::Stdout));
+    }
     let mut conn_open = true;
     let mut status = None;
     let mut after_exit = 0;
@@ -686,6 +891,11 @@ fn relay_session(
                     })) => stdin = None,
                     Ok(Some(Msg::Stop { .. })) => {
                         let _ = kill(child, Signal::SIGTERM);
+                    }
+                    Ok(Some(Msg::Resize { rows, cols, .. })) => {
+                        if let Some(m) = &size_fd {
+                            set_winsize(m, (rows, cols));
+                        }
                     }
                     Ok(Some(_)) => {}
                     // The host went away: nobody reads the output any more.
@@ -761,7 +971,7 @@ mod tests {
         let guest_fd = OwnedFd::from(guest);
         let t = std::thread::spawn(move || {
             let mut conn = File::from(guest_fd);
-            relay_session(&mut conn, pid, in_w, out_r, err_r).unwrap();
+            relay_session(&mut conn, pid, in_w, out_r, err_r, None).unwrap();
         });
         proto::write_msg(
             &mut host,
@@ -808,6 +1018,112 @@ mod tests {
         );
     }
 
+    /// With a terminal: input and output go through the pty master, window sizes apply to it.
+    #[test]
+    fn enter_session_with_a_tty_relays_through_the_pty() {
+        use std::os::unix::process::CommandExt;
+        let (master, slave) = supervisor::open_pty_in(Path::new("/dev/pts")).unwrap();
+        let slave = File::options().read(true).write(true).open(slave).unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "read l; test -t 0 && echo tty:$l:$(stty size); exit 3",
+        ])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+        // SAFETY: setsid and TIOCSCTTY are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        // The pipes carry nothing here: the command's stdio is the pty.
+        let (_, in_w) = pipe().unwrap();
+        let (out_r, _) = pipe().unwrap();
+        let (err_r, _) = pipe().unwrap();
+        let (guest, mut host) = UnixStream::pair().unwrap();
+        let guest_fd = OwnedFd::from(guest);
+        let t = std::thread::spawn(move || {
+            let mut conn = File::from(guest_fd);
+            relay_session(&mut conn, pid, in_w, out_r, err_r, Some(master)).unwrap();
+        });
+        for m in [
+            Msg::Resize {
+                chan: 0,
+                rows: 33,
+                cols: 77,
+            },
+            Msg::Data {
+                chan: 0,
+                stream: Stream::Stdin,
+                data: b"hi\n".to_vec(),
+            },
+        ] {
+            proto::write_msg(&mut host, &m).unwrap();
+        }
+        let (mut out, mut code) = (Vec::new(), None);
+        while let Some(m) = proto::read_msg(&mut host).unwrap() {
+            match m {
+                Msg::Data {
+                    stream: Stream::Stdout,
+                    data,
+                    ..
+                } => out.extend(data),
+                Msg::Eof { .. } => {}
+                Msg::Exited { code: c } => {
+                    code = Some(c);
+                    break;
+                }
+                m => panic!("unexpected {m:?}"),
+            }
+        }
+        t.join().unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains("tty:hi:33 77\r\n"), "{out:?}");
+        assert_eq!(code, Some(3));
+    }
+
+    /// Input typed while the VM booted reaches the app once it starts, and its end closes the
+    /// app's stdin; a second app's input is not mixed in.
+    #[test]
+    fn early_input_is_kept_until_the_app_starts() {
+        let mut inputs = Inputs::default();
+        for m in [
+            Msg::Data {
+                chan: 0,
+                stream: Stream::Stdin,
+                data: b"typed ".to_vec(),
+            },
+            Msg::Data {
+                chan: 1,
+                stream: Stream::Stdin,
+                data: b"other".to_vec(),
+            },
+            Msg::Data {
+                chan: 0,
+                stream: Stream::Stdin,
+                data: b"ahead".to_vec(),
+            },
+            Msg::Eof {
+                chan: 0,
+                stream: Stream::Stdin,
+            },
+        ] {
+            inputs.handle(&m);
+        }
+        let (r, w) = pipe().unwrap();
+        inputs.register(0, File::from(w), None);
+        let mut got = String::new();
+        File::from(r).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "typed ahead");
+        assert!(inputs.apps.is_empty(), "input already ended");
+    }
+
     /// A host that goes away mid-session gets the command killed rather than left running.
     #[test]
     fn enter_session_kills_the_command_when_the_host_leaves() {
@@ -826,7 +1142,7 @@ mod tests {
         drop(host);
         let mut conn = File::from(OwnedFd::from(guest));
         let t0 = std::time::Instant::now();
-        relay_session(&mut conn, pid, in_w, out_r, err_r).unwrap();
+        relay_session(&mut conn, pid, in_w, out_r, err_r, None).unwrap();
         assert!(t0.elapsed() < Duration::from_secs(10));
         // Killed and reaped by the session: the pid no longer exists.
         assert_eq!(kill(pid, None), Err(nix::errno::Errno::ESRCH));

@@ -17,7 +17,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 /// Bumped on any incompatible change of the messages below.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest frame body accepted or produced.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest stdio chunk put in one [`Msg::Data`] (leaves room for the header).
@@ -92,6 +92,9 @@ pub enum Msg {
     Exited { code: i32 },
     /// Either way: a fatal problem, one line. The sender closes the connection after it.
     Error { message: String },
+    /// host -> guest: the terminal of channel `chan` (an interactive app on the control
+    /// connection, 0 on an enter connection with `tty`) is `rows` x `cols`.
+    Resize { chan: u32, rows: u16, cols: u16 },
 }
 
 #[derive(Debug)]
@@ -139,6 +142,7 @@ mod tag {
     pub const EOF: u8 = 8;
     pub const EXITED: u8 = 9;
     pub const ERROR: u8 = 10;
+    pub const RESIZE: u8 = 11;
 }
 
 fn put_u32(b: &mut Vec<u8>, v: u32) {
@@ -209,6 +213,12 @@ impl Msg {
             Msg::Error { message } => {
                 b.push(tag::ERROR);
                 put_bytes(&mut b, message.as_bytes());
+            }
+            Msg::Resize { chan, rows, cols } => {
+                b.push(tag::RESIZE);
+                put_u32(&mut b, *chan);
+                b.extend_from_slice(&rows.to_le_bytes());
+                b.extend_from_slice(&cols.to_le_bytes());
             }
         }
         b
@@ -281,6 +291,11 @@ impl Msg {
             tag::ERROR => Msg::Error {
                 message: r.string()?,
             },
+            tag::RESIZE => Msg::Resize {
+                chan: r.u32()?,
+                rows: r.u16()?,
+                cols: r.u16()?,
+            },
             t => return Err(ProtoError::Malformed(format!("unknown message tag {t}"))),
         };
         if r.pos != body.len() {
@@ -313,6 +328,11 @@ impl<'a> Cursor<'a> {
 
     fn u8(&mut self) -> Result<u8, ProtoError> {
         Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, ProtoError> {
+        let s = self.take(2)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]))
     }
 
     fn u32(&mut self) -> Result<u32, ProtoError> {
@@ -448,6 +468,11 @@ mod tests {
                 chan: 1,
                 stream: Stream::Stdout,
             },
+            Msg::Resize {
+                chan: 0,
+                rows: 50,
+                cols: u16::MAX,
+            },
             Msg::Exited { code: 255 },
             Msg::Error {
                 message: "no such app \"x\"".into(),
@@ -502,6 +527,8 @@ mod tests {
             vec![tag::ENTER, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
             // Enter with a bad tty flag.
             vec![tag::ENTER, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            // Resize missing its column count.
+            vec![tag::RESIZE, 0, 0, 0, 0, 24, 0],
         ];
         for b in bad {
             assert!(

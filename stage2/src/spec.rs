@@ -38,6 +38,10 @@ pub struct PodSpec {
     pub hosts: Option<String>,
     /// One app gets the caller's terminal.
     pub interactive: bool,
+    /// `interactive` and the caller's stdin is a terminal: the app's stdio is a pty. Known only
+    /// when the pod starts, so stage0 leaves it false; stage1 kvm sets it in the guest's copy.
+    #[serde(default)]
+    pub tty: bool,
     pub insecure: InsecureRun,
     pub debug: bool,
     pub apps: Vec<AppSpec>,

@@ -903,6 +903,7 @@ pub fn pod_spec(
         net: start.net.clone(),
         resolv_conf: start.resolv_conf.clone(),
         interactive: start.interactive,
+        tty: false,
         insecure: InsecureRun {
             capabilities: insecure.capabilities,
             paths: insecure.paths,

@@ -46,7 +46,9 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     let init = find_guest_init()?;
     let store_dir = pod_dir.ancestors().nth(3).unwrap_or(pod_dir);
     let initrd = initramfs(&store_dir.join("cas/stage1-kvm"), &init).map_err(err_prefix)?;
-    let plan = plan(pod_dir, spec).map_err(err_prefix)?;
+    let mut plan = plan(pod_dir, spec).map_err(err_prefix)?;
+    // Known only now: whether the interactive app gets a pty (our stdin is a terminal) or a pipe.
+    plan.guest.tty = spec.interactive && super::term::is_tty(0);
     enter_private_mount_ns().map_err(err_prefix)?;
     plan.apply().map_err(err_prefix)?;
     let guest_spec = pod_dir.join(proto::GUEST_SPEC_FILE);
@@ -60,9 +62,6 @@ pub fn check_supported(spec: &PodSpec) -> Result<()> {
         bail!(
             "stage1 kvm: --net=host is not supported (the pod has its own kernel); use --net=none"
         );
-    }
-    if spec.interactive {
-        bail!("stage1 kvm: --interactive is not supported yet");
     }
     Ok(())
 }
@@ -311,18 +310,21 @@ pub struct Outcome {
 /// Serves one control connection from the guest init: relays app output to `out`/`err`, writes
 /// `status/<app>` and (when every app started) the pod's pid file, until PodDone or the end of
 /// the connection. Distrusts the guest: bad frames or app numbers end the pod with an error.
+/// `on_hello` runs once the handshake is done: only then may other threads write to the guest.
 pub fn serve_control<S: Read + Write>(
     conn: &mut S,
     pod_dir: &Path,
     spec: &PodSpec,
     out: &mut dyn Write,
     err: &mut dyn Write,
+    on_hello: &mut dyn FnMut(),
 ) -> Outcome {
     let mut o = Outcome::default();
     if let Err(e) = proto::handshake(conn) {
         o.error = Some(format!("guest handshake: {e}"));
         return o;
     }
+    on_hello();
     let n = spec.apps.len();
     let name = |i: u32| spec.apps.get(i as usize).map(|a| a.name.as_str());
     loop {
@@ -408,11 +410,13 @@ fn boot(pod_dir: &Path, spec: &PodSpec, kernel: &Path, initrd: &Path) -> Result<
     listener.set_nonblocking(true)?;
 
     // Signals are taken by one thread; block them before any other thread exists.
+    let tty = spec.interactive && super::term::is_tty(0);
     let mut sigs = nix::sys::signal::SigSet::empty();
     for s in [
         nix::sys::signal::SIGTERM,
         nix::sys::signal::SIGINT,
         nix::sys::signal::SIGHUP,
+        nix::sys::signal::SIGWINCH,
     ] {
         sigs.add(s);
     }
@@ -435,13 +439,25 @@ fn boot(pod_dir: &Path, spec: &PodSpec, kernel: &Path, initrd: &Path) -> Result<
         return Err(e.context("stage1 kvm: measuring the VM"));
     }
     let handle = vm.handle();
+    // The app owns the terminal until the VM ends; restored on every way out of here.
+    let _raw = if tty {
+        Some(super::term::RawTerminal::new(0)?)
+    } else {
+        None
+    };
     let ended = Arc::new(AtomicBool::new(false));
     let writer: Arc<Mutex<Option<UnixStream>>> = Arc::default();
     let stopped_by_signal = Arc::new(AtomicBool::new(false));
     {
         let (writer, handle, stopped) = (writer.clone(), handle.clone(), stopped_by_signal.clone());
         std::thread::spawn(move || loop {
-            if sigs.wait().is_err() {
+            let Ok(sig) = sigs.wait() else {
+                continue;
+            };
+            if sig == nix::sys::signal::SIGWINCH {
+                if tty {
+                    send_size(&writer, 0);
+                }
                 continue;
             }
             stopped.store(true, Ordering::SeqCst);
@@ -486,15 +502,25 @@ fn boot(pod_dir: &Path, spec: &PodSpec, kernel: &Path, initrd: &Path) -> Result<
                 }
             };
             let _ = conn.set_nonblocking(false);
-            if let Ok(c) = conn.try_clone() {
-                *writer.lock().unwrap() = Some(c);
-            }
+            let mut clone = conn.try_clone().ok();
+            let mut on_hello = || {
+                *writer.lock().unwrap() = clone.take();
+                if spec.interactive {
+                    if tty {
+                        send_size(&writer, 0);
+                    }
+                    // Detached: it may stay blocked reading our stdin after the pod ended.
+                    let writer = writer.clone();
+                    std::thread::spawn(move || relay_stdin(io::stdin(), 0, &writer));
+                }
+            };
             let o = serve_control(
                 &mut conn,
                 &pod_dir,
                 &spec,
                 &mut io::stdout(),
                 &mut io::stderr(),
+                &mut on_hello,
             );
             // Closing tells the guest it may reset; if it does not within a few seconds, end it.
             *writer.lock().unwrap() = None;
@@ -530,6 +556,47 @@ fn boot(pod_dir: &Path, spec: &PodSpec, kernel: &Path, initrd: &Path) -> Result<
         "stage1 kvm: the VM ended ({reason:?}) before the pod finished; see {}",
         pod_dir.join(CONSOLE_LOG).display()
     )
+}
+
+/// Sends our terminal's size for channel `chan` to the guest, if connected.
+fn send_size<S: Write>(writer: &Mutex<Option<S>>, chan: u32) {
+    if let Some((rows, cols)) = super::term::size(0) {
+        if let Some(w) = writer.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let _ = proto::write_msg(w, &Msg::Resize { chan, rows, cols });
+        }
+    }
+}
+
+/// Copies `input` to the guest as channel `chan`'s stdin until it ends (then Eof) or the
+/// connection goes away. One frame per read, under the writer's lock: frames never interleave
+/// with the other writers (stop, window sizes).
+fn relay_stdin<S: Write>(mut input: impl Read, chan: u32, writer: &Mutex<Option<S>>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) | Err(_) => 0,
+            Ok(n) => n,
+        };
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = w.as_mut() else {
+            return;
+        };
+        let m = if n == 0 {
+            Msg::Eof {
+                chan,
+                stream: Stream::Stdin,
+            }
+        } else {
+            Msg::Data {
+                chan,
+                stream: Stream::Stdin,
+                data: buf[..n].to_vec(),
+            }
+        };
+        if proto::write_msg(w, &m).is_err() || n == 0 {
+            return;
+        }
+    }
 }
 
 /// The glue to rkt-vmm: which devices the pod's VM gets.
@@ -599,9 +666,11 @@ pub fn vsock_connect(uds: &Path, port: u32) -> Result<UnixStream> {
     Ok(s)
 }
 
-/// Runs `cmd` in `app` of a running kvm pod; returns its exit code.
+/// Runs `cmd` in `app` of a running kvm pod; returns its exit code. When our stdin is a terminal
+/// the command gets a pty in the guest (as it would get our terminal on ns).
 pub fn enter(pod_dir: &Path, _spec: &PodSpec, app: &str, cmd: &[String]) -> Result<i32> {
     let uds = pod_dir.join(VSOCK_UDS);
+    let tty = super::term::is_tty(0);
     let mut conn = vsock_connect(&uds, proto::ENTER_PORT).map_err(err_prefix)?;
     proto::handshake(&mut conn).context("stage1 kvm: enter")?;
     proto::write_msg(
@@ -610,104 +679,100 @@ pub fn enter(pod_dir: &Path, _spec: &PodSpec, app: &str, cmd: &[String]) -> Resu
             app: app.to_string(),
             cmd: cmd.to_vec(),
             env: Vec::new(),
-            tty: false,
+            tty,
         },
     )?;
+    let _raw = if tty {
+        // Taken by the resize thread below; blocked before it exists.
+        let mut winch = nix::sys::signal::SigSet::empty();
+        winch.add(nix::sys::signal::SIGWINCH);
+        winch.thread_block().context("blocking SIGWINCH")?;
+        Some(super::term::RawTerminal::new(0)?)
+    } else {
+        None
+    };
     enter_relay(
         conn,
         Box::new(io::stdin()),
         &mut io::stdout(),
         &mut io::stderr(),
+        tty,
     )
 }
 
 /// Relays an enter session: `input` to the command, its output to `out`/`err`; returns its code.
+/// With `tty`, our terminal's size is sent now and on every SIGWINCH (which the caller blocked).
 /// The stdin thread is detached: it may stay blocked reading a terminal after the command ended.
 pub fn enter_relay<S>(
     conn: S,
-    mut input: Box<dyn Read + Send>,
+    input: Box<dyn Read + Send>,
     out: &mut dyn Write,
     err: &mut dyn Write,
+    tty: bool,
 ) -> Result<i32>
 where
     S: Read + Write + TryCloneStream + 'static,
 {
-    let mut w = conn.try_clone_stream()?;
+    let writer = Arc::new(Mutex::new(Some(conn.try_clone_stream()?)));
     let mut r = conn;
-    {
+    if tty {
+        send_size(&writer, 0);
+        let writer = writer.clone();
         std::thread::spawn(move || {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match input.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if proto::write_msg(
-                            &mut w,
-                            &Msg::Data {
-                                chan: 0,
-                                stream: Stream::Stdin,
-                                data: buf[..n].to_vec(),
-                            },
-                        )
-                        .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
+            let mut winch = nix::sys::signal::SigSet::empty();
+            winch.add(nix::sys::signal::SIGWINCH);
+            while winch.wait().is_ok() {
+                send_size(&writer, 0);
             }
-            let _ = proto::write_msg(
-                &mut w,
-                &Msg::Eof {
-                    chan: 0,
-                    stream: Stream::Stdin,
-                },
-            );
         });
-        loop {
-            match proto::read_msg(&mut r) {
-                Ok(Some(Msg::Data {
-                    stream: Stream::Stdout,
-                    data,
-                    ..
-                })) => {
-                    let _ = out.write_all(&data);
-                    let _ = out.flush();
-                }
-                Ok(Some(Msg::Data {
-                    stream: Stream::Stderr,
-                    data,
-                    ..
-                })) => {
-                    let _ = err.write_all(&data);
-                    let _ = err.flush();
-                }
-                Ok(Some(Msg::Eof { .. })) => {}
-                Ok(Some(Msg::Exited { code })) => {
-                    r.shutdown_stream();
-                    return Ok(code);
-                }
-                Ok(Some(Msg::Error { message })) => {
-                    r.shutdown_stream();
-                    let line: String = message
-                        .chars()
-                        .take(500)
-                        .filter(|c| !c.is_control())
-                        .collect();
-                    bail!("stage1 kvm: enter: {line}");
-                }
-                Ok(Some(other)) => {
-                    r.shutdown_stream();
-                    bail!("stage1 kvm: enter: unexpected message {}", describe(&other))
-                }
-                Ok(None) => {
-                    r.shutdown_stream();
-                    bail!("stage1 kvm: enter: the guest closed the session without an exit code")
-                }
-                Err(e) => {
-                    r.shutdown_stream();
-                    bail!("stage1 kvm: enter: {e}")
-                }
+    }
+    {
+        let writer = writer.clone();
+        std::thread::spawn(move || relay_stdin(input, 0, &writer));
+    }
+    loop {
+        match proto::read_msg(&mut r) {
+            Ok(Some(Msg::Data {
+                stream: Stream::Stdout,
+                data,
+                ..
+            })) => {
+                let _ = out.write_all(&data);
+                let _ = out.flush();
+            }
+            Ok(Some(Msg::Data {
+                stream: Stream::Stderr,
+                data,
+                ..
+            })) => {
+                let _ = err.write_all(&data);
+                let _ = err.flush();
+            }
+            Ok(Some(Msg::Eof { .. })) => {}
+            Ok(Some(Msg::Exited { code })) => {
+                r.shutdown_stream();
+                return Ok(code);
+            }
+            Ok(Some(Msg::Error { message })) => {
+                r.shutdown_stream();
+                let line: String = message
+                    .chars()
+                    .take(500)
+                    .filter(|c| !c.is_control())
+                    .collect();
+                bail!("stage1 kvm: enter: {line}");
+            }
+            Ok(Some(other)) => {
+                r.shutdown_stream();
+                bail!("stage1 kvm: enter: unexpected message {}", describe(&other))
+            }
+            Ok(None) => {
+                r.shutdown_stream();
+                bail!("stage1 kvm: enter: the guest closed the session without an exit code")
+            }
+            Err(e) => {
+                r.shutdown_stream();
+                bail!("stage1 kvm: enter: {e}")
             }
         }
     }
@@ -776,6 +841,7 @@ mod tests {
             resolv_conf: None,
             hosts: None,
             interactive: false,
+            tty: false,
             insecure: InsecureRun::default(),
             debug: false,
             apps,
@@ -783,18 +849,13 @@ mod tests {
     }
 
     #[test]
-    fn refuses_host_networking_and_interactive_in_one_line() {
+    fn refuses_host_networking_in_one_line() {
         let mut p = pod(vec![]);
         p.net = NetMode::Host;
         let e = check_supported(&p).unwrap_err().to_string();
         assert!(e.contains("--net=host") && !e.contains('\n'), "{e}");
         p.net = NetMode::None;
         p.interactive = true;
-        assert!(check_supported(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("--interactive"));
-        p.interactive = false;
         check_supported(&p).unwrap();
     }
 
@@ -1021,7 +1082,7 @@ mod tests {
             Msg::PodDone { code: 3 },
         ]);
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let o = serve_control(&mut host, d.path(), &p, &mut out, &mut err);
+        let o = serve_control(&mut host, d.path(), &p, &mut out, &mut err, &mut || {});
         assert_eq!(
             o,
             Outcome {
@@ -1052,7 +1113,14 @@ mod tests {
             Msg::AppExited { app: 7, code: 0 },
             Msg::PodDone { code: 0 },
         ]);
-        let o = serve_control(&mut host, d.path(), &p, &mut Vec::new(), &mut Vec::new());
+        let o = serve_control(
+            &mut host,
+            d.path(),
+            &p,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &mut || {},
+        );
         assert_eq!(o.code, None);
         assert!(o.error.unwrap().contains("unexpected message"));
         assert!(!d.path().join("status").exists());
@@ -1063,18 +1131,30 @@ mod tests {
             env: vec![],
             tty: false,
         }]);
-        assert!(
-            serve_control(&mut host, d.path(), &p, &mut Vec::new(), &mut Vec::new())
-                .error
-                .is_some()
-        );
+        assert!(serve_control(
+            &mut host,
+            d.path(),
+            &p,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &mut || {}
+        )
+        .error
+        .is_some());
         // An oversized frame header: error, no allocation, no panic.
         let (mut host, mut guest) = UnixStream::pair().unwrap();
         let t = std::thread::spawn(move || {
             proto::handshake(&mut guest).unwrap();
             guest.write_all(&u32::MAX.to_le_bytes()).unwrap();
         });
-        let o = serve_control(&mut host, d.path(), &p, &mut Vec::new(), &mut Vec::new());
+        let o = serve_control(
+            &mut host,
+            d.path(),
+            &p,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &mut || {},
+        );
         t.join().unwrap();
         assert!(
             o.error.unwrap().contains("exceeds"),
@@ -1086,14 +1166,28 @@ mod tests {
             proto::write_msg(&mut guest, &Msg::Hello { version: 99 }).unwrap();
             let _ = proto::read_msg(&mut guest);
         });
-        let o = serve_control(&mut host, d.path(), &p, &mut Vec::new(), &mut Vec::new());
+        let o = serve_control(
+            &mut host,
+            d.path(),
+            &p,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &mut || {},
+        );
         t.join().unwrap();
         assert!(o.error.unwrap().contains("version 99"));
         // Control characters in a guest error do not reach the terminal.
         let (mut host, _g) = fake_guest(vec![Msg::Error {
             message: "bad\x1b[2J\nthing".into(),
         }]);
-        let o = serve_control(&mut host, d.path(), &p, &mut Vec::new(), &mut Vec::new());
+        let o = serve_control(
+            &mut host,
+            d.path(),
+            &p,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &mut || {},
+        );
         assert_eq!(o.error.unwrap(), "guest: bad[2Jthing");
     }
 
@@ -1139,7 +1233,7 @@ mod tests {
         let mut host = host;
         proto::handshake(&mut host).unwrap();
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = enter_relay(host, Box::new(&b"ping\n"[..]), &mut out, &mut err).unwrap();
+        let code = enter_relay(host, Box::new(&b"ping\n"[..]), &mut out, &mut err, false).unwrap();
         g.join().unwrap();
         assert_eq!((code, out, err), (5, b"ping\n".to_vec(), b"e".to_vec()));
 
@@ -1159,6 +1253,7 @@ mod tests {
             Box::new(io::empty()),
             &mut Vec::new(),
             &mut Vec::new(),
+            false,
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "stage1 kvm: enter: no app \"x\" in the pod");

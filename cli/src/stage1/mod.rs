@@ -5,6 +5,7 @@
 
 pub mod kvm;
 pub mod ns;
+mod term;
 
 use std::fmt;
 use std::path::Path;

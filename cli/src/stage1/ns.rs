@@ -58,8 +58,12 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
 fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Result<i32> {
     // The terminal goes raw while an interactive app owns it through our pty relay; whatever
     // happens to the supervisor, the caller's terminal is restored here.
-    let tty = spec.interactive && nix::unistd::isatty(0).unwrap_or(false);
-    let saved = if tty { Some(make_raw(0)?) } else { None };
+    let tty = spec.interactive && super::term::is_tty(0);
+    let saved = if tty {
+        Some(super::term::RawTerminal::new(0)?)
+    } else {
+        None
+    };
 
     let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -97,17 +101,13 @@ fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Re
         Ok(c) => c,
         Err(e) => {
             let _ = old_mask.thread_set_mask();
-            if let Some(t) = &saved {
-                restore(0, t);
-            }
+            drop(saved);
             return Err(e).context("creating the pod's namespaces");
         }
     };
     let status = wait_forwarding(child, &fwd);
     let _ = old_mask.thread_set_mask();
-    if let Some(t) = &saved {
-        restore(0, t);
-    }
+    drop(saved);
     match status? {
         WaitStatus::Exited(_, c) => Ok(c),
         WaitStatus::Signaled(_, s, _) => Ok(128 + s as i32),
@@ -293,23 +293,6 @@ fn loopback_up() -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn make_raw(fd: i32) -> Result<nix::sys::termios::Termios> {
-    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-    // SAFETY: fd 0 stays open for the whole run.
-    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let saved = tcgetattr(b).context("reading the terminal's settings")?;
-    let mut raw = saved.clone();
-    cfmakeraw(&mut raw);
-    tcsetattr(b, SetArg::TCSANOW, &raw).context("setting the terminal raw")?;
-    Ok(saved)
-}
-
-fn restore(fd: i32, t: &nix::sys::termios::Termios) {
-    // SAFETY: as in make_raw.
-    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let _ = nix::sys::termios::tcsetattr(b, nix::sys::termios::SetArg::TCSANOW, t);
 }
 
 /// Runs `cmd` (default `/bin/sh`) in the namespaces, root and cgroup of `app` in the running pod,
