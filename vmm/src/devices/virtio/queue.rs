@@ -7,10 +7,11 @@ use std::fmt;
 use std::ops::Deref;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::arch::boot::GuestMem;
+use crate::devices::virtio::ActiveQueues;
 
 /// One guest buffer of a validated chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +102,44 @@ where
         None => Err(ChainError::Empty),
         Some(d) if d.flags() & F_NEXT != 0 => Err(ChainError::Broken),
         Some(_) => Ok(bufs),
+    }
+}
+
+impl ActiveQueues {
+    /// Serves the chains the driver made available on queue `index`: each goes to `handle`,
+    /// which returns how many bytes it wrote into the chain, and then back to the used ring;
+    /// the guest gets one interrupt if anything was returned. `handle` must not trust the chain
+    /// (use `collect_chain` or a transport that checks it): it answers a bad one with 0 bytes,
+    /// which still returns it, so the driver does not wait for it forever. At most one pass over
+    /// the ring per call, so a guest that keeps refilling cannot hold the event loop. A head the
+    /// used ring cannot take (index outside the table) is dropped. Returns the bytes of the
+    /// chains actually returned; an unknown `index` does nothing.
+    pub fn drain_queue(
+        &mut self,
+        index: usize,
+        mut handle: impl FnMut(&GuestMem, DescriptorChain<&GuestMem>) -> u32,
+    ) -> u64 {
+        let mem = &self.mem;
+        let Some(q) = self.queues.get_mut(index) else {
+            return 0;
+        };
+        let mut used_any = false;
+        let mut written = 0u64;
+        for _ in 0..q.size() {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let n = handle(mem, chain);
+            if q.add_used(mem, head, n).is_ok() {
+                used_any = true;
+                written += u64::from(n);
+            }
+        }
+        if used_any {
+            let _ = self.interrupt.signal_used_queue();
+        }
+        written
     }
 }
 
@@ -430,6 +469,50 @@ mod tests {
         let bufs = first_chain(&mem, &mut dq, 0).unwrap();
         assert_eq!(bufs.len(), 2);
         assert!(bufs[1].write);
+    }
+
+    #[test]
+    fn drain_queue_returns_every_chain_and_signals_once() {
+        use crate::devices::virtio::Interrupt;
+        use std::sync::atomic::Ordering;
+        use vmm_sys_util::eventfd::EventFd;
+        let mem = create_memory(1 << 20).unwrap();
+        let mut dq = DriverQueue::new(16);
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut a = ActiveQueues {
+            mem: mem.clone(),
+            queues: vec![dq.queue()],
+            interrupt: irq.clone(),
+            acked_features: 0,
+        };
+        assert_eq!(a.drain_queue(0, |_, _| unreachable!("nothing offered")), 0);
+        assert_eq!(
+            irq.status.load(Ordering::SeqCst),
+            0,
+            "no used entry, no interrupt"
+        );
+        DriverQueue::set_desc(&mem, 0, 0x8000, 8, W, 0);
+        DriverQueue::set_desc(&mem, 1, 0x9000, 8, N, 1); // loops
+        for h in [0, 1, 40, 0] {
+            dq.push(&mem, h); // 40: head outside the table, cannot be returned
+        }
+        let mut seen = Vec::new();
+        let n = a.drain_queue(0, |mem, chain| match collect_chain(chain, mem, 1 << 20) {
+            Ok(bufs) => {
+                seen.push(Ok(()));
+                bufs[0].len
+            }
+            Err(e) => {
+                seen.push(Err(e));
+                99 // counted only when the used ring takes the head
+            }
+        });
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen[1], Err(ChainError::Broken));
+        assert_eq!(n, 8 + 99 + 8, "the head outside the table was dropped");
+        assert_eq!(DriverQueue::used(&mem, 2), (0, 8, 3));
+        assert_eq!(irq.irqfd.read().unwrap(), 1, "one interrupt for the batch");
+        assert_eq!(a.drain_queue(7, |_, _| unreachable!("no such queue")), 0);
     }
 
     #[test]

@@ -91,40 +91,26 @@ impl VirtioDevice for Fs {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        let Some(q) = a.queues.get_mut(index) else {
-            return;
-        };
-        let mem = &a.mem;
-        let mut used_any = false;
-        for _ in 0..q.size() {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
-                break;
-            };
-            let head = chain.head_index();
+        let (server, debug) = (&self.server, self.debug);
+        a.drain_queue(index, |mem, chain| {
             // The transport's Reader/Writer check every buffer against guest memory; a
             // malformed request gets an error from the server, never host memory.
-            let written = match (
+            match (
                 Reader::from_descriptor_chain(mem, chain.clone()),
                 VirtioFsWriter::new(mem, chain),
             ) {
-                (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
+                (Ok(r), Ok(w)) => match server.handle_message(r, w.into(), None, None) {
                     Ok(n) => n as u32,
                     Err(e) => {
-                        if self.debug {
+                        if debug {
                             eprintln!("rkt-vmm: virtio-fs: bad request: {e}");
                         }
                         0
                     }
                 },
                 _ => 0,
-            };
-            if q.add_used(mem, head, written).is_ok() {
-                used_any = true;
             }
-        }
-        if used_any {
-            let _ = a.interrupt.signal_used_queue();
-        }
+        });
     }
 }
 

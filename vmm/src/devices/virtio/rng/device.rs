@@ -84,17 +84,8 @@ impl VirtioDevice for Rng {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        let Some(q) = a.queues.get_mut(index) else {
-            return;
-        };
-        let mem = &a.mem;
-        let mut used_any = false;
-        // At most one pass over the ring per notification.
-        for _ in 0..q.size() {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
-                break;
-            };
-            let head = chain.head_index();
+        let debug = self.debug;
+        self.served += a.drain_queue(index, |mem, chain| {
             let mut written = 0u32;
             match collect_chain(chain, mem, u64::MAX) {
                 Ok(bufs) => {
@@ -115,21 +106,13 @@ impl VirtioDevice for Rng {
                     }
                 }
                 Err(e) => {
-                    if self.debug {
+                    if debug {
                         eprintln!("rkt-vmm: virtio-rng: bad request from the guest: {e}");
                     }
                 }
             }
-            // An invalid chain still goes back (with length 0) so the driver does not wait
-            // for it forever; a head outside the table cannot be returned at all.
-            if q.add_used(mem, head, written).is_ok() {
-                used_any = true;
-                self.served += u64::from(written);
-            }
-        }
-        if used_any {
-            let _ = a.interrupt.signal_used_queue();
-        }
+            written
+        });
     }
 }
 

@@ -332,36 +332,25 @@ impl Vsock {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        let mem = a.mem.clone();
         let mut packets = Vec::new();
-        let mut used = false;
-        {
-            let q = &mut a.queues[TXQ];
-            for _ in 0..q.size() {
-                let Some(chain) = q.pop_descriptor_chain(&mem) else {
-                    break;
-                };
-                let head = chain.head_index();
-                match collect_chain(chain, &mem, (HDR_LEN + MAX_PKT) as u64) {
-                    Ok(bufs) if bufs_len(&bufs, false) >= HDR_LEN => {
-                        let mut hb = [0u8; HDR_LEN];
-                        gather(&mem, &bufs, 0, &mut hb);
-                        let h = Hdr::from_bytes(&hb);
-                        let len = h.len as usize;
-                        if len <= bufs_len(&bufs, false) - HDR_LEN && len <= MAX_PKT {
-                            let mut payload = vec![0u8; len];
-                            gather(&mem, &bufs, HDR_LEN, &mut payload);
-                            packets.push((h, payload));
-                        }
+        // tx buffers are only read: every chain goes back with length 0.
+        a.drain_queue(TXQ, |mem, chain| {
+            match collect_chain(chain, mem, (HDR_LEN + MAX_PKT) as u64) {
+                Ok(bufs) if bufs_len(&bufs, false) >= HDR_LEN => {
+                    let mut hb = [0u8; HDR_LEN];
+                    gather(mem, &bufs, 0, &mut hb);
+                    let h = Hdr::from_bytes(&hb);
+                    let len = h.len as usize;
+                    if len <= bufs_len(&bufs, false) - HDR_LEN && len <= MAX_PKT {
+                        let mut payload = vec![0u8; len];
+                        gather(mem, &bufs, HDR_LEN, &mut payload);
+                        packets.push((h, payload));
                     }
-                    _ => {}
                 }
-                used |= q.add_used(&mem, head, 0).is_ok();
+                _ => {}
             }
-        }
-        if used {
-            let _ = a.interrupt.signal_used_queue();
-        }
+            0
+        });
         for (h, payload) in packets {
             self.handle_tx_packet(h, &payload, ops);
         }
