@@ -42,7 +42,7 @@ trap cleanup EXIT
 
 # rkt: the image is imported and rendered once, as it would be after `rkt fetch`.
 "$rkt" --dir="$work/rkt" fetch "oci:$oci:latest" >/dev/null
-out=$("$rkt" --dir="$work/rkt" run --net=none --tpm=off "oci:$oci:latest" --exec /bin/echo -- hi)
+out=$("$rkt" --dir="$work/rkt" run --stage1=ns --net=none --tpm=off "oci:$oci:latest" --exec /bin/echo -- hi)
 [ "$out" = hi ] || { echo "run-ns.sh: rkt run printed '$out', not 'hi'" >&2; exit 1; }
 
 # runc: a bundle with a copy of the same rootfs and runc's default spec running /bin/echo hi.

@@ -12,6 +12,7 @@
 //! let im = images(); // built once, cached under target/test-images/
 //! let out = env.rkt(&[
 //!     "run",
+//!     "--stage1=ns",
 //!     "--insecure-options=image",
 //!     &im.busybox_oci_ref(),
 //!     "--exec=/inspect",

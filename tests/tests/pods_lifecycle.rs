@@ -1,5 +1,6 @@
 //! Pod lifecycle without running apps: prepare, list, status, cat-manifest, rm, gc, bad input,
-//! privilege checks and a prepare killed half-way.
+//! privilege checks and a prepare killed half-way. Pods are prepared with `--stage1=ns` (named,
+//! not rkt's default, so a change of default changes nothing here).
 
 use std::path::Path;
 use std::process::Command;
@@ -39,7 +40,7 @@ fn all_pods(env: &RktEnv) -> Vec<String> {
 }
 
 fn prepare(env: &RktEnv, args: &[&str]) -> String {
-    let mut a = vec!["prepare", "--quiet"];
+    let mut a = vec!["prepare", "--stage1=ns", "--quiet"];
     a.extend_from_slice(args);
     let out = env.rkt(&a);
     out.assert_ok();
@@ -70,7 +71,7 @@ fn prepare_prints_the_uuid_and_lays_out_the_pod() {
     require_root();
     let env = RktEnv::new();
     let img = busybox();
-    let out = env.rkt(&["prepare", &img]);
+    let out = env.rkt(&["prepare", "--stage1=ns", &img]);
     out.assert_ok();
     let uuid = out.stdout.trim();
     assert!(is_uuid(uuid), "{out}");
@@ -98,7 +99,7 @@ fn prepare_prints_the_uuid_and_lays_out_the_pod() {
 fn prepare_quiet_prints_only_the_uuid() {
     require_root();
     let env = RktEnv::new();
-    let out = env.rkt(&["prepare", "--quiet", &busybox()]);
+    let out = env.rkt(&["prepare", "--stage1=ns", "--quiet", &busybox()]);
     out.assert_ok();
     assert!(is_uuid(out.stdout.strip_suffix('\n').unwrap()), "{out}");
 }
@@ -427,7 +428,7 @@ fn prepare_killed_half_way_is_an_aborted_prepare_that_gc_removes() {
     // Import and render first, so the kill lands in the pod-populating copy.
     prepare(&env, &[&big]);
     env.rkt(&["gc", "--expire-prepared=0s"]).assert_ok();
-    let mut child = env.spawn(&["prepare", "--no-overlay", &big]);
+    let mut child = env.spawn(&["prepare", "--stage1=ns", "--no-overlay", &big]);
     let prepare_dir = env.dir.join("pods/prepare");
     let start = std::time::Instant::now();
     while pods_in(&env, "prepare").is_empty() {

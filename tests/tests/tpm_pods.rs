@@ -13,7 +13,7 @@ fn tcti_flag(tpm: &Swtpm) -> String {
     format!("--tpm-tcti={}", tpm.tcti())
 }
 
-/// `rkt run --tpm=MODE busybox --exec /bin/echo -- WORD`, saving the pod UUID.
+/// `rkt run --stage1=ns --tpm=MODE busybox --exec /bin/echo -- WORD`, saving the pod UUID.
 fn run_echo(env: &RktEnv, tcti: &str, mode: &str, word: &str) -> (rkt_tests::RktOutput, PathBuf) {
     let uuid_file = env.scratch.join(format!("uuid-{word}"));
     let img = images().busybox_oci_ref();
@@ -21,6 +21,7 @@ fn run_echo(env: &RktEnv, tcti: &str, mode: &str, word: &str) -> (rkt_tests::Rkt
         tcti,
         "--insecure-options=image",
         "run",
+        "--stage1=ns",
         &format!("--tpm={mode}"),
         &format!("--uuid-file-save={}", uuid_file.display()),
         "--net=none",
@@ -259,6 +260,7 @@ fn concurrent_pods_keep_the_log_whole() {
                 &tcti,
                 "--insecure-options=image",
                 "run",
+                "--stage1=ns",
                 "--tpm=required",
                 &format!("--uuid-file-save={}", uuid_file.display()),
                 "--net=none",
@@ -328,6 +330,7 @@ fn tpm_d_config_chooses_pcr_mode_and_tcti() {
         env.rkt_isolated(&[
             "--insecure-options=image",
             "run",
+            "--stage1=ns",
             "--net=none",
             &img,
             "--exec",
