@@ -790,7 +790,13 @@ fn enter_child(
     // As rkt's enter: root, with the app's environment (plus the caller's additions), working
     // directory, capability bounding set and seccomp filter.
     let mut entered = a.clone();
-    entered.exec = cmd;
+    // rkt's default command is /bin/bash; images without bash (busybox, alpine) get /bin/sh, as
+    // on ns. We are in the app's mount namespace, so the check sees the app's root.
+    entered.exec = if cmd == ["/bin/bash"] && !Path::new("/bin/bash").exists() {
+        vec!["/bin/sh".to_string()]
+    } else {
+        cmd
+    };
     entered.user = "0".into();
     entered.group = "0".into();
     entered.supplementary_gids = vec![];
