@@ -741,12 +741,8 @@ fn enter_picks_an_app_and_stop_ends_the_pod(f: Flavor) {
     ]);
     out.assert_ok();
     assert_eq!(out.stdout.trim(), "1");
-    // The caller's stdin reaches the command (the default command is checked from a terminal in
-    // enter_gives_a_terminal_when_the_caller_has_one).
-    let out = env.rkt_with_stdin(
-        b"cat /etc/hostname; exit 4\n",
-        &["enter", "--app=a", &uuid, "/bin/sh"],
-    );
+    // Default command: a shell in the app's root, reading the caller's stdin (a pipe here).
+    let out = env.rkt_with_stdin(b"cat /etc/hostname; exit 4\n", &["enter", "--app=a", &uuid]);
     out.assert_code(4);
     out.assert_stdout_contains("entered");
     let bad = env.rkt(&["enter", "--app=nope", &uuid, "/inspect"]);
