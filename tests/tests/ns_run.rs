@@ -847,7 +847,7 @@ fn interactive_app_gets_a_terminal(f: Flavor) {
 
 /// `rkt enter UUID` from a terminal (script(1) again) runs the default command, a shell (rkt's
 /// /bin/bash, /bin/sh in images without bash), whose stdin is a terminal; its exit code is
-/// enter's.
+/// enter's. Then `rkt stop --force` ends the pod.
 fn enter_gives_a_terminal_when_the_caller_has_one(f: Flavor) {
     let env = f.env();
     let mut child = env.spawn(
@@ -880,8 +880,14 @@ fn enter_gives_a_terminal_when_the_caller_has_one(f: Flavor) {
     );
     out.assert_code(6);
     out.assert_stdout_contains("stdin-is-a-tty-42");
-    env.rkt(&["stop", &uuid]).assert_ok();
-    child.wait_timeout(60).assert_code(143);
+    // `stop --force` kills the pod outright (ns: its supervisor; kvm: the VMM).
+    env.rkt(&["stop", "--force", &uuid]).assert_ok();
+    child.wait_timeout(60);
+    let st = env.rkt(&["status", &uuid]);
+    assert_eq!(st.expect_value("state"), "exited", "{st}");
+    let after = env.rkt(&["enter", &uuid, "/inspect"]);
+    after.assert_code(254);
+    after.assert_stderr_contains("is not running");
 }
 
 /// ns only: compares the app's namespaces with the host's (a kvm app's live in another kernel,
