@@ -42,6 +42,10 @@ fn err_prefix(e: anyhow::Error) -> anyhow::Error {
 /// Runs the pod in a VM in the foreground; returns `rkt run`'s exit code.
 pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     check_supported(spec)?;
+    // kvm is the default flavour: say what to do on a host without KVM.
+    if !Path::new("/dev/kvm").exists() {
+        bail!("stage1 kvm: /dev/kvm does not exist (no KVM on this host); use --stage1=ns");
+    }
     let kernel = find_kernel()?;
     let init = find_guest_init()?;
     let store_dir = pod_dir.ancestors().nth(3).unwrap_or(pod_dir);
