@@ -128,8 +128,8 @@ impl Flavor {
     }
 
     /// Checks what the flavour needs (root; `/dev/kvm` for kvm: missing, the test FAILS, it never
-    /// skips) and returns a fresh [`RktEnv`] whose rkt calls may take [`Flavor::start_secs`] plus
-    /// the default timeout.
+    /// skips) and returns a fresh [`RktEnv`]; on kvm its rkt calls may take [`Flavor::start_secs`]
+    /// longer than the default timeout (a boot, two at a time on two shared cores).
     #[track_caller]
     pub fn env(self) -> RktEnv {
         require_root();
