@@ -95,6 +95,40 @@ fn prepare_prints_the_uuid_and_lays_out_the_pod() {
         .is_dir());
 }
 
+/// kvm is the default stage1; a `stage1.d` config naming `ns` changes the default, `--stage1`
+/// beats both, and `rkt config` shows the default in force.
+#[test]
+fn default_stage1_is_kvm_unless_the_config_or_the_flag_says_otherwise() {
+    require_root();
+    let env = RktEnv::new();
+    let img = busybox();
+    let flavor_of = |args: &[&str]| {
+        let mut a = vec!["prepare", "--quiet"];
+        a.extend_from_slice(args);
+        let out = env.rkt_isolated(&a);
+        out.assert_ok();
+        let uuid = out.stdout.trim().to_string();
+        std::fs::read_to_string(env.dir.join("pods/prepared").join(uuid).join("stage1-flavor"))
+            .unwrap()
+    };
+    assert_eq!(flavor_of(&[&img]), "kvm");
+    let name = |out: &RktOutput| {
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v["stage0"][1]["name"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(name(&env.rkt_isolated(&["config"])), "kvm");
+    let d = env.local_config.join("stage1.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("default.json"),
+        r#"{"rktKind": "stage1", "rktVersion": "v1", "name": "ns"}"#,
+    )
+    .unwrap();
+    assert_eq!(flavor_of(&[&img]), "ns");
+    assert_eq!(name(&env.rkt_isolated(&["config"])), "ns");
+    assert_eq!(flavor_of(&["--stage1=kvm", &img]), "kvm");
+}
+
 #[test]
 fn prepare_quiet_prints_only_the_uuid() {
     require_root();

@@ -10,4 +10,4 @@ pub mod tpm;
 pub mod version;
 
 /// The stage1 flavour used when neither `--stage1` nor the config picks one.
-pub const DEFAULT_STAGE1: &str = "ns";
+pub const DEFAULT_STAGE1: &str = "kvm";
