@@ -108,13 +108,21 @@ fn default_stage1_is_kvm_unless_the_config_or_the_flag_says_otherwise() {
         let out = env.rkt_isolated(&a);
         out.assert_ok();
         let uuid = out.stdout.trim().to_string();
-        std::fs::read_to_string(env.dir.join("pods/prepared").join(uuid).join("stage1-flavor"))
-            .unwrap()
+        std::fs::read_to_string(
+            env.dir
+                .join("pods/prepared")
+                .join(uuid)
+                .join("stage1-flavor"),
+        )
+        .unwrap()
     };
     assert_eq!(flavor_of(&[&img]), "kvm");
     let name = |out: &RktOutput| {
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        v["stage0"][1]["name"].as_str().unwrap_or_default().to_string()
+        v["stage0"][1]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     };
     assert_eq!(name(&env.rkt_isolated(&["config"])), "kvm");
     let d = env.local_config.join("stage1.d");
