@@ -623,10 +623,7 @@ fn app_child(pod: &PodSpec, a: &AppSpec, io: AppIo, layout: Option<&Layout>) -> 
     // As on ns: the terminal comes from the app's own devpts, so `tty` names it inside the app.
     app::setup_and_exec_with(a, pod, &root, layout, &mut |root| {
         if let Some(sock) = &tty {
-            let (master, slave) = supervisor::open_pty_in(&root.join("dev/pts"))?;
-            supervisor::send_fd(sock, &master)?;
-            drop(master);
-            supervisor::attach_tty(&slave)?;
+            supervisor::hand_over_pty(&root.join("dev/pts"), sock)?;
         }
         Ok(())
     })
@@ -777,10 +774,7 @@ fn enter_child(
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS).context("setns")?;
         // setns moved us to the app's root: its /dev/pts is the app's own devpts.
         if let Some(sock) = &io.tty {
-            let (master, slave) = supervisor::open_pty_in(Path::new("/dev/pts"))?;
-            supervisor::send_fd(sock, &master)?;
-            drop(master);
-            supervisor::attach_tty(&slave)?;
+            supervisor::hand_over_pty(Path::new("/dev/pts"), sock)?;
         }
         Ok(())
     })();

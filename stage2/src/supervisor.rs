@@ -360,6 +360,16 @@ pub fn recv_fd(sock: &OwnedFd) -> anyhow::Result<Option<OwnedFd>> {
     Ok(None)
 }
 
+/// In an app's (or entered command's) child, once its `/dev/pts` is the app's own devpts at
+/// `pts`: allocates the terminal there, hands the master to the relay over `sock` and makes the
+/// slave our controlling terminal and stdio.
+pub fn hand_over_pty(pts: &Path, sock: &OwnedFd) -> anyhow::Result<()> {
+    let (master, slave) = open_pty_in(pts)?;
+    send_fd(sock, &master)?;
+    drop(master);
+    attach_tty(&slave)
+}
+
 /// In the app's child: make the pty slave its controlling terminal and stdio.
 pub fn attach_tty(slave: &Path) -> anyhow::Result<()> {
     nix::unistd::setsid().context("setsid")?;

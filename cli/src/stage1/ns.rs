@@ -255,10 +255,7 @@ fn app_child(
     nix::sched::unshare(flags).context("unshare")?;
     let mut before_pivot = |root: &Path| -> Result<()> {
         if let Some(sock) = &tty_sock {
-            let (master, slave) = supervisor::open_pty_in(&root.join("dev/pts"))?;
-            supervisor::send_fd(sock, &master)?;
-            drop(master);
-            supervisor::attach_tty(&slave)?;
+            supervisor::hand_over_pty(&root.join("dev/pts"), sock)?;
         }
         Ok(())
     };
