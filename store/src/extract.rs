@@ -4,13 +4,15 @@
 //! `..`, and symlink/hardlink targets that leave the tree are refused with an error naming the entry.
 //! OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) delete what lower layers put there.
 
-use std::collections::{HashMap, HashSet};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::{anyhow, bail, Context};
 use sha2::{Digest, Sha256};
@@ -96,26 +98,127 @@ fn is_symlink(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFLNK
 }
 
+fn fstat_fd(fd: RawFd) -> Result<libc::stat> {
+    // SAFETY: zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and pointer.
+    check(unsafe { libc::fstat(fd, &mut st) }).context("fstat")?;
+    Ok(st)
+}
+
+fn unlink_at(dirfd: RawFd, name: &OsStr, flags: libc::c_int) -> Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid dirfd and C string.
+    check(unsafe { libc::unlinkat(dirfd, c.as_ptr(), flags) })
+        .with_context(|| format!("removing {}", crate::limits::show(name)))?;
+    Ok(())
+}
+
+/// Unlinks every non-directory in the directory open at `fd`; returns its subdirectories.
+fn clear_files(fd: RawFd) -> Result<Vec<OsString>> {
+    let p = PathBuf::from(format!("/proc/self/fd/{fd}"));
+    let mut dirs = Vec::new();
+    for e in std::fs::read_dir(&p).context("listing directory")? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            dirs.push(e.file_name());
+        } else {
+            unlink_at(fd, &e.file_name(), 0)?;
+        }
+    }
+    Ok(dirs)
+}
+
 /// Removes `name` in `dirfd` (recursively for a directory) without following symlinks.
+/// Iterative, with one directory fd open at a time whatever the depth (going back up through
+/// `..`, checked against the device and inode seen on the way down), so a tree thousands of
+/// levels deep neither exhausts fds nor the stack.
 pub fn remove_at(dirfd: RawFd, name: &OsStr) -> Result<()> {
     let Some(st) = lstat_at(dirfd, name)? else {
         return Ok(());
     };
-    let c = cstr(name)?;
-    if is_dir(&st) {
-        let sub = open_dir_at(dirfd, name)?;
-        for child in list_dir(sub.as_raw_fd())? {
-            remove_at(sub.as_raw_fd(), &child)?;
+    if !is_dir(&st) {
+        return unlink_at(dirfd, name, 0);
+    }
+    struct Frame {
+        name: OsString,
+        id: (u64, u64),
+        pending: Vec<OsString>,
+    }
+    let id = |st: &libc::stat| (st.st_dev, st.st_ino);
+    let mut cur = open_dir_at(dirfd, name)?;
+    let mut stack = vec![Frame {
+        name: name.to_os_string(),
+        id: id(&fstat_fd(cur.as_raw_fd())?),
+        pending: clear_files(cur.as_raw_fd())?,
+    }];
+    while let Some(top) = stack.last_mut() {
+        if let Some(child) = top.pending.pop() {
+            let sub = match open_dir_at(cur.as_raw_fd(), &child) {
+                Ok(fd) => fd,
+                // Replaced by a non-directory since it was listed.
+                Err(_) => {
+                    remove_at_leaf(cur.as_raw_fd(), &child)?;
+                    continue;
+                }
+            };
+            cur = sub;
+            stack.push(Frame {
+                name: child,
+                id: id(&fstat_fd(cur.as_raw_fd())?),
+                pending: clear_files(cur.as_raw_fd())?,
+            });
+            continue;
         }
-        // SAFETY: valid dirfd and C string.
-        check(unsafe { libc::unlinkat(dirfd, c.as_ptr(), libc::AT_REMOVEDIR) })
-            .with_context(|| format!("removing directory {name:?}"))?;
-    } else {
-        // SAFETY: as above.
-        check(unsafe { libc::unlinkat(dirfd, c.as_ptr(), 0) })
-            .with_context(|| format!("removing {name:?}"))?;
+        let done = stack.pop().expect("non-empty");
+        // Anything created in it since it was listed goes too.
+        let late = clear_files(cur.as_raw_fd())?;
+        if !late.is_empty() {
+            stack.push(Frame {
+                pending: late,
+                ..done
+            });
+            continue;
+        }
+        match stack.last() {
+            None => return unlink_at(dirfd, &done.name, libc::AT_REMOVEDIR),
+            Some(parent) => {
+                let up = open_dir_at(cur.as_raw_fd(), OsStr::new(".."))?;
+                if id(&fstat_fd(up.as_raw_fd())?) != parent.id {
+                    bail!("a directory moved while it was being removed");
+                }
+                cur = up;
+                unlink_at(cur.as_raw_fd(), &done.name, libc::AT_REMOVEDIR)?;
+            }
+        }
     }
     Ok(())
+}
+
+fn remove_at_leaf(dirfd: RawFd, name: &OsStr) -> Result<()> {
+    match lstat_at(dirfd, name)? {
+        None => Ok(()),
+        Some(st) if is_dir(&st) => bail!("{} keeps changing", crate::limits::show(name)),
+        Some(_) => unlink_at(dirfd, name, 0),
+    }
+}
+
+/// Removes `path` (a directory tree or anything else) like [`remove_at`]; missing is fine.
+pub fn remove_path(path: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        bail!("cannot remove {}", path.display());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let d = match File::open(parent) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", parent.display())),
+    };
+    remove_at(d.as_raw_fd(), name).with_context(|| format!("removing {}", path.display()))
 }
 
 /// Entry names of the directory open at `fd`.
@@ -168,6 +271,110 @@ fn symlink_stays_inside(link: &[OsString], target: &Path) -> bool {
     true
 }
 
+/// Paths written by the current layer, as a trie of (parent node, name) -> node: inserting a path
+/// costs its length, however deep (a set of every prefix would be quadratic in depth).
+#[derive(Default)]
+struct PathSet {
+    nodes: HashMap<(u32, OsString), u32>,
+}
+
+impl PathSet {
+    fn insert(&mut self, comps: &[OsString]) {
+        let mut n = 0;
+        for c in comps {
+            let next = self.nodes.len() as u32 + 1;
+            n = *self.nodes.entry((n, c.clone())).or_insert(next);
+        }
+    }
+    fn find(&self, comps: &[OsString]) -> Option<u32> {
+        let mut n = 0;
+        for c in comps {
+            n = *self.nodes.get(&(n, c.clone()))?;
+        }
+        Some(n)
+    }
+    fn has_child(&self, node: u32, name: &OsStr) -> bool {
+        self.nodes.contains_key(&(node, name.to_os_string()))
+    }
+}
+
+/// Counts the decompressed tar stream of one layer against its budget, and the bytes the tar
+/// reader consumes between entries (headers, PAX records, GNU long names: it holds those in
+/// memory) against `MAX_ENTRY_METADATA_BYTES`.
+#[derive(Default)]
+struct Meter {
+    total: Cell<u64>,
+    budget: Cell<u64>,
+    in_header: Cell<bool>,
+    header: Cell<u64>,
+    error: RefCell<Option<String>>,
+}
+
+impl Meter {
+    fn fail(&self, msg: String) -> std::io::Error {
+        *self.error.borrow_mut() = Some(msg.clone());
+        std::io::Error::other(msg)
+    }
+    /// The limit that was hit, if that is why `e` happened.
+    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        match self.error.borrow().as_ref() {
+            Some(m) => anyhow!("{m}"),
+            None => e,
+        }
+    }
+}
+
+struct Metered<R> {
+    inner: R,
+    meter: Rc<Meter>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let m = &self.meter;
+        m.total.set(m.total.get() + n as u64);
+        if m.total.get() > m.budget.get() {
+            return Err(m.fail(format!(
+                "layer expands to more than {} bytes (limit: {}x its size, at least {} bytes)",
+                m.budget.get(),
+                crate::limits::MAX_EXPANSION_RATIO,
+                crate::limits::MIN_LAYER_EXPANSION_BYTES
+            )));
+        }
+        if m.in_header.get() {
+            m.header.set(m.header.get() + n as u64);
+            if m.header.get() > crate::limits::MAX_ENTRY_METADATA_BYTES {
+                return Err(m.fail(format!(
+                    "a tar entry's headers (PAX records, long names) exceed {} bytes",
+                    crate::limits::MAX_ENTRY_METADATA_BYTES
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Refuses paths deeper or longer than the limits (before anything is created for them).
+fn check_path_limits(raw: &Path, comps: &[OsString]) -> Result<()> {
+    use crate::limits::{show, MAX_PATH_BYTES, MAX_PATH_DEPTH};
+    let len: usize = comps.iter().map(|c| c.len() + 1).sum();
+    if comps.len() > MAX_PATH_DEPTH {
+        bail!(
+            "refusing archive entry {}: {} path components (limit {MAX_PATH_DEPTH})",
+            show(raw),
+            comps.len()
+        );
+    }
+    if len > MAX_PATH_BYTES {
+        bail!(
+            "refusing archive entry {}: path is {len} bytes long (limit {MAX_PATH_BYTES})",
+            show(raw)
+        );
+    }
+    Ok(())
+}
+
 pub struct Extractor<'h> {
     root: OwnedFd,
     privileged: bool,
@@ -176,7 +383,10 @@ pub struct Extractor<'h> {
     strip: Option<OsString>,
     hashes: &'h mut ContentHashes,
     /// Paths written by the current layer: an opaque whiteout must not delete them.
-    this_layer: HashSet<Vec<OsString>>,
+    this_layer: PathSet,
+    /// File bytes written by the current layer (sparse entries expand without stream bytes).
+    written: u64,
+    budget: u64,
 }
 
 impl<'h> Extractor<'h> {
@@ -190,7 +400,9 @@ impl<'h> Extractor<'h> {
             oci_whiteouts: true,
             strip: None,
             hashes,
-            this_layer: HashSet::new(),
+            this_layer: PathSet::default(),
+            written: 0,
+            budget: crate::limits::MIN_LAYER_EXPANSION_BYTES,
         })
     }
 
@@ -245,22 +457,76 @@ impl<'h> Extractor<'h> {
         Ok(fd)
     }
 
+    /// The layer stored as `stored` bytes may expand to `limits::layer_budget(stored)`.
+    pub fn set_budget_for(&mut self, stored: u64) {
+        self.budget = crate::limits::layer_budget(stored);
+    }
+
+    /// Sets the expansion budget of the following layers directly (bytes).
+    pub fn set_budget(&mut self, bytes: u64) {
+        self.budget = bytes;
+    }
+
+    /// Like `walk` without creating: None when a component is missing.
+    fn walk_existing(&self, comps: &[OsString], entry: &Path) -> Result<Option<OwnedFd>> {
+        let mut fd = self.root.try_clone()?;
+        for (i, c) in comps.iter().enumerate() {
+            match lstat_at(fd.as_raw_fd(), c)? {
+                None => return Ok(None),
+                Some(st) if is_dir(&st) => {}
+                Some(_) => bail!(
+                    "refusing archive entry {}: {} is not a directory",
+                    crate::limits::show(entry),
+                    crate::limits::show(join(&comps[..=i]))
+                ),
+            }
+            fd = open_dir_at(fd.as_raw_fd(), c)?;
+        }
+        Ok(Some(fd))
+    }
+
     /// Applies one layer (a tar stream, already decompressed).
     pub fn apply(&mut self, r: impl Read) -> Result<()> {
-        self.this_layer.clear();
-        let mut ar = tar::Archive::new(r);
-        for e in ar.entries().context("reading layer tar")? {
-            let mut e = e.context("reading layer tar")?;
-            let raw = e.path().context("entry path")?.into_owned();
-            let comps = clean_path(&raw)?;
-            let Some(comps) = self.strip_prefix(comps) else {
-                continue;
-            };
-            if comps.is_empty() {
-                continue; // the root itself
-            }
-            self.entry(&mut e, &raw, comps)
-                .with_context(|| format!("extracting {raw:?}"))?;
+        self.this_layer = PathSet::default();
+        self.written = 0;
+        let meter = Rc::new(Meter::default());
+        meter.budget.set(self.budget);
+        let mut ar = tar::Archive::new(Metered {
+            inner: r,
+            meter: meter.clone(),
+        });
+        let mut entries = ar
+            .entries()
+            .map_err(|e| meter.explain(e.into()))
+            .context("reading layer tar")?;
+        loop {
+            meter.in_header.set(true);
+            meter.header.set(0);
+            let next = entries.next();
+            meter.in_header.set(false);
+            let Some(e) = next else { break };
+            let mut e = e
+                .map_err(|e| meter.explain(e.into()))
+                .context("reading layer tar")?;
+            let r = (|| -> Result<()> {
+                let raw = e.path().context("entry path")?.into_owned();
+                let comps = clean_path(&raw)?;
+                let Some(comps) = self.strip_prefix(comps) else {
+                    return Ok(());
+                };
+                if comps.is_empty() {
+                    return Ok(()); // the root itself
+                }
+                check_path_limits(&raw, &comps)?;
+                self.entry(&mut e, &raw, comps)
+                    .with_context(|| format!("extracting {}", crate::limits::show(&raw)))
+            })();
+            r.map_err(|e| meter.explain(e))?;
+            // Whatever of the entry's data was not used is skipped here, not inside the tar
+            // reader, so the reader's metadata count covers headers only.
+            std::io::copy(&mut e, &mut std::io::sink())
+                .map_err(|e| meter.explain(e.into()))
+                .context("reading layer tar")?;
         }
         Ok(())
     }
@@ -275,12 +541,26 @@ impl<'h> Extractor<'h> {
         let name = &name[0];
         if self.oci_whiteouts {
             if let Some(wh) = name.as_bytes().strip_prefix(b".wh.") {
-                let dir = self.walk(parent, true, raw)?;
-                if wh == b".wh..opq" {
+                // Validated before anything is touched: the target must be one plain name.
+                let opaque = wh == b".wh..opq";
+                if !opaque && wh.starts_with(b".wh.") {
+                    return Ok(()); // other aufs metadata (.wh..wh.plnk ...): ignored, as Docker does
+                }
+                if !opaque && (wh.is_empty() || wh == b"." || wh == b".." || wh.contains(&0)) {
+                    bail!(
+                        "refusing archive entry {}: whiteout {} names no file",
+                        crate::limits::show(raw),
+                        crate::limits::show(name)
+                    );
+                }
+                // Nothing below a missing directory to delete: do not create it.
+                let Some(dir) = self.walk_existing(parent, raw)? else {
+                    return Ok(());
+                };
+                if opaque {
+                    let node = self.this_layer.find(parent);
                     for child in list_dir(dir.as_raw_fd())? {
-                        let mut p = parent.to_vec();
-                        p.push(child.clone());
-                        if !self.this_layer.contains(&p) {
+                        if !node.is_some_and(|n| self.this_layer.has_child(n, &child)) {
                             remove_at(dir.as_raw_fd(), &child)?;
                         }
                     }
@@ -310,9 +590,7 @@ impl<'h> Extractor<'h> {
         let cname = cstr(name)?;
         let existing = lstat_at(dfd, name)?;
         // Implicit parents count as written by this layer too (an opaque whiteout keeps them).
-        for n in 1..=comps.len() {
-            self.this_layer.insert(comps[..n].to_vec());
-        }
+        self.this_layer.insert(&comps);
 
         use tar::EntryType as T;
         match kind {
@@ -357,6 +635,15 @@ impl<'h> Extractor<'h> {
                         Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                         Err(err) => return Err(err).context("reading entry data"),
                     };
+                    self.written += n as u64;
+                    if self.written > self.budget {
+                        bail!(
+                            "layer expands to more than {} bytes (limit: {}x its size, at least {} bytes)",
+                            self.budget,
+                            crate::limits::MAX_EXPANSION_RATIO,
+                            crate::limits::MIN_LAYER_EXPANSION_BYTES
+                        );
+                    }
                     hasher.update(&buf[..n]);
                     f.write_all(&buf[..n]).context("writing file")?;
                 }
@@ -421,6 +708,7 @@ impl<'h> Extractor<'h> {
                 if tcomps.is_empty() {
                     bail!("refusing archive entry {raw:?}: hardlink to the tree root");
                 }
+                check_path_limits(&target, &tcomps)?;
                 let (tp, tn) = tcomps.split_at(tcomps.len() - 1);
                 let tdir = self.walk(tp, false, raw)?;
                 match lstat_at(tdir.as_raw_fd(), &tn[0])? {
@@ -447,11 +735,15 @@ impl<'h> Extractor<'h> {
                     T::Block => libc::S_IFBLK,
                     _ => libc::S_IFIFO,
                 };
-                if fmt != libc::S_IFIFO && !self.privileged {
-                    return Ok(()); // device nodes need root; unprivileged extraction skips them
-                }
                 if existing.is_some() {
                     remove_at(dfd, name)?;
+                }
+                if fmt != libc::S_IFIFO {
+                    // Device nodes from images are never created: a node in the tree store
+                    // would open a host device for whoever reaches it, and a pod gets the
+                    // devices it may use from its runtime (as rootless podman, which skips
+                    // them too). The entry still replaces what lower layers had there.
+                    return Ok(());
                 }
                 let dev = libc::makedev(
                     h.device_major().ok().flatten().unwrap_or(0),
@@ -693,6 +985,158 @@ mod tests {
         assert_eq!(std::fs::read_to_string(root.join("hard")).unwrap(), "k1");
         let m = std::fs::metadata(root.join("etc/b")).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o644);
+    }
+
+    /// A tar with one entry of any path length (GNU long name), built without the tar crate's
+    /// sanitising.
+    fn tar_long(path: &str, kind: tar::EntryType, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = hdr(kind, data.len() as u64, 0o644);
+        b.append_data(&mut h, path, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn deep_paths_are_linear_and_limited() {
+        let (_t, root, _o) = setup();
+        // 200 levels, one entry per level plus a file: works.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut p = String::new();
+        for _ in 0..200 {
+            p.push_str("d/");
+            let mut h = hdr(T::Directory, 0, 0o755);
+            b.append_data(&mut h, &p, std::io::empty()).unwrap();
+        }
+        let mut h = hdr(T::Regular, 2, 0o644);
+        b.append_data(&mut h, format!("{p}f"), &b"ok"[..]).unwrap();
+        apply(&root, &[b.into_inner().unwrap()]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("d/".repeat(200) + "f")).unwrap(),
+            "ok"
+        );
+        // Depth 4096 (and 30000, as in the report): refused at once, nothing created.
+        for depth in [4096, 30000] {
+            let (_t, root, _o) = setup();
+            let t0 = std::time::Instant::now();
+            let e = apply(&root, &[tar_long(&"a/".repeat(depth), T::Directory, b"")]).unwrap_err();
+            assert!(format!("{e:#}").contains("limit"), "{e:#}");
+            assert!(t0.elapsed().as_secs() < 5);
+            assert!(std::fs::read_dir(&root).unwrap().next().is_none());
+        }
+        // Too many components within the byte limit.
+        let (_t, root, _o) = setup();
+        let e = apply(&root, &[tar_long(&"a/".repeat(1100), T::Regular, b"x")]).unwrap_err();
+        assert!(format!("{e:#}").contains("path components"), "{e:#}");
+    }
+
+    #[test]
+    fn whiteout_names_are_validated_before_acting() {
+        let (t, root, _o) = setup();
+        std::fs::write(t.path().join("sibling"), "keep").unwrap();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/f"), "keep").unwrap();
+        for bad in [".wh...", "d/.wh...", ".wh..", ".wh."] {
+            let e = apply(&root, &[tar_of(&[(bad, T::Regular, "")])]).unwrap_err();
+            assert!(format!("{e:#}").contains("names no file"), "{bad}: {e:#}");
+            assert_eq!(std::fs::read_to_string(root.join("d/f")).unwrap(), "keep");
+            assert!(t.path().join("sibling").exists());
+        }
+        // A whiteout in a missing directory creates nothing; aufs metadata is ignored.
+        apply(
+            &root,
+            &[tar_of(&[
+                ("missing/.wh.x", T::Regular, ""),
+                (".wh..wh.plnk", T::Regular, ""),
+            ])],
+        )
+        .unwrap();
+        assert!(!root.join("missing").exists());
+        assert!(!root.join(".wh..wh.plnk").exists());
+    }
+
+    #[test]
+    fn device_nodes_are_not_created() {
+        let (_t, root, _o) = setup();
+        std::fs::write(root.join("loop0"), "lower").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind) in [("loop0", T::Block), ("mem", T::Char), ("fifo", T::Fifo)] {
+            let mut h = hdr(kind, 0, 0o666);
+            h.set_device_major(if name == "mem" { 1 } else { 7 })
+                .unwrap();
+            h.set_device_minor(0).unwrap();
+            b.append_data(&mut h, name, std::io::empty()).unwrap();
+        }
+        apply(&root, &[b.into_inner().unwrap()]).unwrap();
+        assert!(std::fs::symlink_metadata(root.join("loop0")).is_err());
+        assert!(std::fs::symlink_metadata(root.join("mem")).is_err());
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(root.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+    }
+
+    #[test]
+    fn expansion_and_metadata_are_bounded() {
+        let (_t, root, _o) = setup();
+        let big = vec![0u8; 3 << 20];
+        let l = tar_of(&[("a", T::Regular, "x")]);
+        let mut h = ContentHashes::default();
+        let mut x = Extractor::new(&root, &mut h).unwrap();
+        x.set_budget(1 << 20);
+        x.apply(&l[..]).unwrap();
+        let l = tar_long("big", T::Regular, &big);
+        let e = x.apply(&l[..]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("layer expands to more than"),
+            "{e:#}"
+        );
+        // A 2 MiB PAX path is refused while the tar reader collects it, not after.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("path", "a/".repeat(1 << 20).as_bytes())])
+            .unwrap();
+        let mut hd = hdr(T::Regular, 0, 0o644);
+        b.append_data(&mut hd, "x", std::io::empty()).unwrap();
+        let (_t, root, _o) = setup();
+        let e = apply(&root, &[b.into_inner().unwrap()]).unwrap_err();
+        assert!(format!("{e:#}").contains("headers"), "{e:#}");
+    }
+
+    #[test]
+    fn remove_at_handles_trees_deeper_than_the_fd_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let top = t.path().join("deep");
+        std::fs::create_dir(&top).unwrap();
+        // 3000 levels, built relative so no path exceeds PATH_MAX.
+        let mut d = File::open(&top).unwrap();
+        for i in 0..3000 {
+            let n = CString::new("x").unwrap();
+            // SAFETY: valid fd and C string.
+            assert_eq!(
+                unsafe { libc::mkdirat(d.as_raw_fd(), n.as_ptr(), 0o755) },
+                0
+            );
+            if i % 100 == 0 {
+                let f = CString::new("f").unwrap();
+                // SAFETY: as above.
+                let fd = unsafe {
+                    libc::openat(
+                        d.as_raw_fd(),
+                        f.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY,
+                        0o644,
+                    )
+                };
+                assert!(fd >= 0);
+                // SAFETY: just opened.
+                unsafe { libc::close(fd) };
+            }
+            d = File::from(open_dir_at(d.as_raw_fd(), OsStr::new("x")).unwrap());
+        }
+        drop(d);
+        remove_path(&top).unwrap();
+        assert!(!top.exists());
+        remove_path(&top).unwrap(); // missing is fine
     }
 
     #[test]

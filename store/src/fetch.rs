@@ -22,7 +22,20 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const MAX_JSON: u64 = 8 << 20;
+const MAX_JSON: u64 = crate::limits::MAX_JSON_BYTES;
+
+/// Reads at most `MAX_JSON` bytes of `what`; more is an error, not a silent cut.
+fn read_json_bounded(mut r: impl Read, what: &str) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    (&mut r)
+        .take(MAX_JSON + 1)
+        .read_to_end(&mut v)
+        .with_context(|| format!("reading {what}"))?;
+    if v.len() as u64 > MAX_JSON {
+        bail!("{what} is larger than {MAX_JSON} bytes");
+    }
+    Ok(v)
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Descriptor {
@@ -93,12 +106,13 @@ struct LayoutDir(PathBuf);
 impl Blobs for LayoutDir {
     fn index_json(&mut self) -> Result<Vec<u8>> {
         let p = self.0.join("index.json");
-        std::fs::read(&p).with_context(|| {
+        let f = File::open(&p).with_context(|| {
             format!(
                 "{} is not an OCI layout (no readable index.json)",
                 self.0.display()
             )
-        })
+        })?;
+        read_json_bounded(f, &p.display().to_string())
     }
     fn open(&mut self, digest: &str, _size: u64) -> Result<Box<dyn Read + '_>> {
         let p = self
@@ -167,8 +181,7 @@ impl TarFile {
     }
 
     fn read_member(&mut self, name: &str) -> Result<Vec<u8>> {
-        let mut v = Vec::new();
-        self.member(name)?.take(MAX_JSON).read_to_end(&mut v)?;
+        let v = read_json_bounded(self.member(name)?, name)?;
         Ok(v)
     }
 }
@@ -257,6 +270,28 @@ fn path_name(p: &Path) -> String {
         .unwrap_or_else(|| "image".into());
     let n = n.strip_suffix(".tar").unwrap_or(&n).to_string();
     n.to_ascii_lowercase()
+}
+
+/// Layer count and declared sizes within `limits`, before anything is downloaded.
+fn check_layers(layers: &[Descriptor]) -> Result<()> {
+    use crate::limits::{MAX_BLOB_BYTES, MAX_LAYERS};
+    if layers.len() > MAX_LAYERS {
+        bail!(
+            "image manifest lists {} layers (limit {MAX_LAYERS})",
+            layers.len()
+        );
+    }
+    for l in layers {
+        crate::blob::digest_hex(&l.digest)?;
+        if l.size > MAX_BLOB_BYTES {
+            bail!(
+                "layer {} declares {} bytes (limit {MAX_BLOB_BYTES})",
+                l.digest,
+                l.size
+            );
+        }
+    }
+    Ok(())
 }
 
 fn is_index(media_type: &str, v: &Value) -> bool {
@@ -385,6 +420,7 @@ fn import_oci(
             m.schema_version
         );
     }
+    check_layers(&m.layers)?;
     let config = read_verified(b, &m.config)?;
     let appc = convert::to_appc(&name, &tag_out, &config)?;
     let mut layers = Vec::new();
@@ -400,6 +436,15 @@ fn import_oci(
                 size: l.size,
             });
             if store.blobs.has(&l.digest) {
+                // Already stored (by another image): the descriptor must still tell the truth.
+                let have = std::fs::metadata(store.blobs.path(&l.digest)?)?.len();
+                if have != l.size {
+                    bail!(
+                        "size mismatch for layer {}: descriptor says {} bytes, the stored blob has {have}",
+                        l.digest,
+                        l.size
+                    );
+                }
                 continue;
             }
             let pb = progress::bar(
@@ -631,6 +676,13 @@ fn import_aci(store: &Store, path: &Path, opts: &FetchOptions) -> Result<Fetched
     std::io::copy(&mut h, &mut std::io::sink())
         .with_context(|| format!("reading {}", path.display()))?;
     let (digest, size) = h.digest();
+    if size > crate::limits::MAX_BLOB_BYTES {
+        bail!(
+            "{} is {size} bytes (limit {})",
+            path.display(),
+            crate::limits::MAX_BLOB_BYTES
+        );
+    }
     let id = digest_to_id(&digest);
     if let Some(info) = store.index.get(&id)? {
         return Ok(Fetched { info, new: false });
@@ -656,9 +708,7 @@ fn import_aci(store: &Store, path: &Path, opts: &FetchOptions) -> Result<Fetched
             .trim_start_matches("./")
             .to_string();
         if p == "manifest" {
-            let mut v = Vec::new();
-            (&mut e).take(MAX_JSON).read_to_end(&mut v)?;
-            manifest = Some(v);
+            manifest = Some(read_json_bounded(&mut e, "the ACI manifest")?);
             break;
         }
     }

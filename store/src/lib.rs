@@ -18,6 +18,7 @@ mod export;
 pub mod extract;
 mod fetch;
 mod index;
+pub mod limits;
 mod progress;
 mod render;
 mod source;
@@ -107,6 +108,31 @@ pub struct Store {
     pub(crate) index: index::Index,
 }
 
+/// Creates `dir` (and missing parents) and makes it mode 0700 — also when it already exists with
+/// a looser mode. The rkt data dir, `cas/` and `pods/` hold image and pod content (setuid
+/// binaries, file capabilities, pods' writable layers): like /var/lib/containers and
+/// /var/lib/docker, nothing under them is reachable by other host users.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        r => r.with_context(|| format!("creating {}", dir.display()))?,
+    }
+    let m = std::fs::metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
+    if !m.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    if m.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to mode 0700", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// `sha256-<hex>` from `sha256:<hex>`.
 pub fn digest_to_id(digest: &str) -> String {
     digest.replacen("sha256:", "sha256-", 1)
@@ -133,10 +159,17 @@ pub fn split_name_tag(s: &str) -> (String, String) {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
+        private_dir(dir)?;
         let root = dir.join("cas");
+        private_dir(&root)?;
         for sub in ["blobs/sha256", "db", "tree", "locks", "tmp"] {
             std::fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("creating {}", root.join(sub).display()))?;
+        }
+        // Image trees keep setuid files, file capabilities and root-owned content: no other host
+        // user may reach them, even if `dir` or `cas` is opened up again later.
+        for sub in ["tree", "tmp", "blobs"] {
+            private_dir(&root.join(sub))?;
         }
         let blobs = BlobStore::new(root.join("blobs"), root.join("tmp"));
         let index = index::Index::open(&root.join("db/index.sqlite"))?;
@@ -309,12 +342,10 @@ impl Store {
         // was left by a process that died (temp blobs, half-rendered trees).
         for e in std::fs::read_dir(self.root.join("tmp"))? {
             let p = e?.path();
-            let r = if p.is_dir() && !p.is_symlink() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            r.with_context(|| format!("removing leftover {}", p.display()))?;
+            // Not std's remove_dir_all: it holds an fd per level, and a killed render of a deep
+            // hostile layer leaves thousands of levels.
+            extract::remove_path(&p)
+                .with_context(|| format!("removing leftover {}", p.display()))?;
             report.tmp_removed += 1;
         }
         Ok(report)

@@ -51,7 +51,7 @@ pub fn render(store: &Store, rec: &Record) -> Result<RenderedTree> {
     writeln!(f, "{digest}")?;
     f.sync_all()?;
     let dest = tree_dir(store, &rec.id);
-    let _ = std::fs::remove_dir_all(&dest); // a digest-less leftover cannot exist, but be safe
+    let _ = crate::extract::remove_path(&dest); // a digest-less leftover cannot exist, but be safe
     let kept = tmp.keep();
     std::fs::rename(&kept, &dest).with_context(|| format!("publishing tree {}", dest.display()))?;
     sync_dir(&store.root.join("tree"));
@@ -71,8 +71,16 @@ pub fn unpack_layers(
     if rec.kind == "aci" {
         x = x.aci();
     }
+    if rec.layers.len() > crate::limits::MAX_LAYERS {
+        anyhow::bail!(
+            "image has {} layers (limit {})",
+            rec.layers.len(),
+            crate::limits::MAX_LAYERS
+        );
+    }
     for l in &rec.layers {
         let f = store.blobs.open(&l.digest)?;
+        x.set_budget_for(f.metadata()?.len());
         let r = decompress(f).with_context(|| format!("layer {}", l.digest))?;
         x.apply(r).with_context(|| format!("layer {}", l.digest))?;
         debug_assert!(l.media_type != ACI_MEDIA_TYPE || rec.kind == "aci");
@@ -92,7 +100,7 @@ pub fn remove_tree(store: &Store, id: &str) -> Result<()> {
         .join("tmp")
         .join(format!("del-{id}-{}", std::process::id()));
     std::fs::rename(&d, &grave).with_context(|| format!("removing tree {}", d.display()))?;
-    std::fs::remove_dir_all(&grave).with_context(|| format!("removing {}", grave.display()))?;
+    crate::extract::remove_path(&grave)?;
     Ok(())
 }
 

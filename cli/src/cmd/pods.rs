@@ -62,7 +62,7 @@ pub fn prepare(g: &Globals, a: PrepareArgs) -> Result<i32> {
     ensure_root()?;
     let p = args::parse(Mode::Prepare, &a.args)?;
     let (_pods, pod, _lock, _) = prepare_pod(g, &p)?;
-    println!("{}", pod.uuid);
+    crate::outln!("{}", pod.uuid);
     Ok(0)
 }
 
@@ -149,6 +149,7 @@ fn prepare_pod(g: &Globals, p: &Parsed) -> Result<(Pods, Pod, Lock, crate::globa
 /// `<dir>/locks/prepareLock`: shared while preparing a pod, exclusive for `image gc`, so gc never
 /// removes a tree a pod is being prepared with.
 pub(crate) fn prepare_lock(dir: &Path, mode: rkt_flock::Mode) -> Result<rkt_flock::Flock> {
+    rkt_store::private_dir(dir)?;
     let locks = dir.join("locks");
     std::fs::create_dir_all(&locks)?;
     let f = rkt_flock::open_lock_file(&locks.join("prepareLock"))
@@ -248,9 +249,9 @@ fn check_format(f: &str) -> Result<()> {
 
 fn print_json(format: &str, v: &Value) -> Result<()> {
     if format == "json-pretty" {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        crate::outln!("{}", serde_json::to_string_pretty(v)?);
     } else {
-        println!("{}", serde_json::to_string(v)?);
+        crate::outln!("{}", serde_json::to_string(v)?);
     }
     Ok(())
 }
@@ -315,7 +316,7 @@ pub fn list(g: &Globals, a: ListArgs) -> Result<i32> {
             rows.push(row);
         }
     }
-    print!("{}", table::tabulate(&rows));
+    crate::out!("{}", table::tabulate(&rows));
     Ok(0)
 }
 
@@ -420,29 +421,29 @@ pub fn status(g: &Globals, a: StatusArgs) -> Result<i32> {
         print_json(&a.format, &pod_json(&pod))?;
         return Ok(0);
     }
-    println!("state={}", pod.state.as_str());
+    crate::outln!("state={}", pod.state.as_str());
     if let Some(t) = pod.created() {
-        println!("created={}", table::full_time(t));
+        crate::outln!("created={}", table::full_time(t));
     }
     if let Some(t) = pod.started() {
-        println!("started={}", table::full_time(t));
+        crate::outln!("started={}", table::full_time(t));
     }
     if matches!(pod.state, State::Running | State::Exited) {
-        println!("networks=");
+        crate::outln!("networks=");
     }
     if !pod.state.has_run() {
         return Ok(0);
     }
     if let Some(pid) = pod.pid() {
-        println!("pid={pid}");
+        crate::outln!("pid={pid}");
     }
-    println!(
+    crate::outln!(
         "exited={}",
         matches!(pod.state, State::Exited | State::ExitedGarbage)
     );
     if pod.state != State::Running {
         for (app, code) in pod.app_statuses() {
-            println!("app-{app}={code}");
+            crate::outln!("app-{app}={code}");
         }
     }
     Ok(0)
@@ -512,8 +513,15 @@ pub fn parse_go_duration(s: &str) -> Result<Duration> {
         total += num * mul;
         rest = &rest[u..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // Go's limit is ~292 years (int64 nanoseconds); beyond it is a typo, not a wait.
+    Duration::try_from_secs_f64(total)
+        .ok()
+        .filter(|d| d.as_secs() <= MAX_DURATION_SECS)
+        .with_context(|| format!("duration {s:?} is too long (at most {MAX_DURATION_SECS}s)"))
 }
+
+/// The longest duration flags take: Go's time.Duration maximum (2^63-1 ns), in seconds.
+const MAX_DURATION_SECS: u64 = 9_223_372_036;
 
 /// Go's `Duration.String()` for whole seconds: `30m0s`, `24h0m0s`, `0s`.
 fn go_duration(d: Duration) -> String {
@@ -600,7 +608,7 @@ pub fn stop(g: &Globals, a: StopArgs) -> Result<i32> {
             Ok(pod.uuid)
         })();
         match r {
-            Ok(u) => println!("{u:?}"),
+            Ok(u) => crate::outln!("{u:?}"),
             Err(e) => {
                 eprintln!("rkt: {}", crate::one_line(&e));
                 failed = true;
@@ -627,7 +635,7 @@ pub fn rm(g: &Globals, a: RmArgs) -> Result<i32> {
     for q in &list {
         let r = pods.find(q).and_then(|p| remove_pod(&pods, p));
         match r {
-            Ok(u) => println!("{u:?}"),
+            Ok(u) => crate::outln!("{u:?}"),
             Err(e) => {
                 eprintln!("rkt: {}", crate::one_line(&e));
                 failed = true;
@@ -754,7 +762,7 @@ pub fn gc(g: &Globals, a: GcArgs) -> Result<i32> {
         let Some(lock) = Lock::try_exclusive(&p.path)? else {
             continue;
         };
-        println!("Garbage collecting pod {:?}", p.uuid);
+        crate::outln!("Garbage collecting pod {:?}", p.uuid);
         if let Err(e) = delete(&p, lock) {
             eprintln!("rkt: {}", crate::one_line(&e));
             failed = true;
@@ -786,9 +794,9 @@ pub fn cat_manifest(g: &Globals, a: CatManifestArgs) -> Result<i32> {
         let fmt = serde_json::ser::PrettyFormatter::with_indent(b"\t");
         let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
         serde::Serialize::serialize(&m, &mut ser)?;
-        println!("{}", String::from_utf8_lossy(&out));
+        crate::outln!("{}", String::from_utf8_lossy(&out));
     } else {
-        println!("{}", serde_json::to_string(&m)?);
+        crate::outln!("{}", serde_json::to_string(&m)?);
     }
     Ok(0)
 }
@@ -812,6 +820,12 @@ mod tests {
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_go_duration("10").is_err());
         assert!(parse_go_duration("5y").is_err());
+        assert!(parse_go_duration("99999999999999999h").is_err());
+        assert!(parse_go_duration("1e400s").is_err());
+        assert_eq!(
+            parse_go_duration("2562047h").unwrap(),
+            Duration::from_secs(2562047 * 3600)
+        );
         assert_eq!(go_duration(Duration::from_secs(1800)), "30m0s");
         assert_eq!(go_duration(Duration::from_secs(86400)), "24h0m0s");
         assert_eq!(go_duration(Duration::ZERO), "0s");

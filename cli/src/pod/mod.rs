@@ -138,6 +138,12 @@ impl Pods {
     }
 
     pub fn ensure_dirs(&self) -> Result<()> {
+        // 0700 on the data dir and pods/, enforced on every use: pods' upper dirs can hold
+        // setuid files an app planted (see rkt_store::private_dir).
+        if let Some(data_dir) = self.root.parent() {
+            rkt_store::private_dir(data_dir)?;
+        }
+        rkt_store::private_dir(&self.root)?;
         for d in PodDir::ALL {
             let p = self.dir(d);
             std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
