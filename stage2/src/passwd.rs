@@ -7,7 +7,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswdEntry {
@@ -73,9 +73,22 @@ fn read_optional(path: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// (uid_t)-1 means "unchanged" to setresuid/setresgid: an app "running as" it would keep rkt's
+/// identity (root), so no source (flag, manifest, /etc/passwd) may name it.
+fn usable_id(kind: &str, name: &str, id: u32) -> anyhow::Result<u32> {
+    if id == u32::MAX {
+        bail!("{kind} {name:?} resolves to {id} (-1), which is not an id");
+    }
+    Ok(id)
+}
+
 /// Resolves `user` (number, name in `<root>/etc/passwd`, or absolute path whose owner is taken)
 /// to a uid. `root` is the app's root directory as seen by the caller.
 pub fn resolve_user(root: &Path, user: &str) -> anyhow::Result<u32> {
+    resolve_user_any(root, user).and_then(|id| usable_id("user", user, id))
+}
+
+fn resolve_user_any(root: &Path, user: &str) -> anyhow::Result<u32> {
     let user = user.trim();
     if user.is_empty() {
         return Ok(0);
@@ -98,6 +111,10 @@ pub fn resolve_user(root: &Path, user: &str) -> anyhow::Result<u32> {
 
 /// Resolves `group` like [`resolve_user`], with names from `<root>/etc/group`.
 pub fn resolve_group(root: &Path, group: &str) -> anyhow::Result<u32> {
+    resolve_group_any(root, group).and_then(|id| usable_id("group", group, id))
+}
+
+fn resolve_group_any(root: &Path, group: &str) -> anyhow::Result<u32> {
     let group = group.trim();
     if group.is_empty() {
         return Ok(0);
@@ -188,5 +205,21 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         assert!(resolve_group(empty.path(), "wheel").is_err());
         assert_eq!(resolve_group(empty.path(), "7").unwrap(), 7);
+    }
+
+    #[test]
+    fn minus_one_is_no_id() {
+        let d = root();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "evil:x:4294967295:4294967295::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("etc/group"), "evil:x:4294967295:\n").unwrap();
+        for u in ["4294967295", "evil"] {
+            assert!(resolve_user(d.path(), u).is_err(), "{u}");
+            assert!(resolve_group(d.path(), u).is_err(), "{u}");
+        }
+        assert_eq!(resolve_user(d.path(), "4294967294").unwrap(), 4294967294);
     }
 }
