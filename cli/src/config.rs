@@ -41,8 +41,8 @@ impl Config {
                 .collect();
             files.sort();
             for f in files {
-                let text = std::fs::read_to_string(&f)
-                    .with_context(|| format!("reading config file {}", f.display()))?;
+                let text =
+                    crate::read_limited_string(&f, crate::limits::CONFIG_FILE, "config file")?;
                 let v: Value = serde_json::from_str(&text)
                     .with_context(|| format!("parsing config file {}", f.display()))?;
                 self.apply(kind, &v)

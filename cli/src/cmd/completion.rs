@@ -11,6 +11,9 @@ pub struct CompletionArgs {
 }
 
 pub fn run(a: CompletionArgs, mut cmd: clap::Command) -> anyhow::Result<i32> {
-    clap_complete::generate(a.shell, &mut cmd, "rkt", &mut std::io::stdout());
+    // Into a buffer first: clap_complete panics when its writer fails (a closed pipe).
+    let mut buf = Vec::new();
+    clap_complete::generate(a.shell, &mut cmd, "rkt", &mut buf);
+    crate::out!("{}", String::from_utf8_lossy(&buf));
     Ok(0)
 }

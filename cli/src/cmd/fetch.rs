@@ -52,7 +52,7 @@ pub fn run(g: &Globals, a: FetchArgs) -> anyhow::Result<i32> {
     let opts = fetch_options(g, policy);
     for img in &a.images {
         let info = store.fetch(img, &opts)?;
-        println!("{}", info.id);
+        crate::outln!("{}", info.id);
     }
     Ok(0)
 }

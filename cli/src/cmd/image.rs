@@ -188,8 +188,8 @@ fn list(g: &Globals, a: ListArgs) -> anyhow::Result<i32> {
             })
             .collect();
         match f.as_str() {
-            "json" => println!("{}", serde_json::to_string(&v)?),
-            "json-pretty" => println!("{}", serde_json::to_string_pretty(&v)?),
+            "json" => crate::outln!("{}", serde_json::to_string(&v)?),
+            "json-pretty" => crate::outln!("{}", serde_json::to_string_pretty(&v)?),
             o => bail!("invalid format {o:?} (allowed: json, json-pretty)"),
         }
         return Ok(0);
@@ -244,7 +244,7 @@ fn list(g: &Globals, a: ListArgs) -> anyhow::Result<i32> {
         }
         rows.push(row);
     }
-    print!("{}", tabulate(&rows));
+    crate::out!("{}", tabulate(&rows));
     Ok(0)
 }
 
@@ -263,7 +263,7 @@ fn rm(g: &Globals, a: RmArgs) -> anyhow::Result<i32> {
         });
         match r {
             Ok(id) => {
-                println!("successfully removed aci for image: {id}");
+                crate::outln!("successfully removed aci for image: {id}");
                 removed += 1;
             }
             Err(e) => {
@@ -273,7 +273,7 @@ fn rm(g: &Globals, a: RmArgs) -> anyhow::Result<i32> {
         }
     }
     if removed > 0 {
-        println!("{removed} image(s) successfully removed");
+        crate::outln!("{removed} image(s) successfully removed");
     }
     Ok(if failed { crate::EXIT_RKT_ERROR } else { 0 })
 }
@@ -283,9 +283,9 @@ fn cat_manifest(g: &Globals, a: CatManifestArgs) -> anyhow::Result<i32> {
     let info = store.resolve(&a.image)?;
     let m = store.manifest(&info.id)?;
     if a.pretty_print {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&m)?);
     } else {
-        println!("{}", serde_json::to_string(&m)?);
+        crate::outln!("{}", serde_json::to_string(&m)?);
     }
     Ok(0)
 }
@@ -352,12 +352,12 @@ fn image_gc(g: &Globals, a: GcArgs) -> anyhow::Result<i32> {
     let _prepare = super::pods::prepare_lock(&g.dir, rkt_flock::Mode::Exclusive)?;
     let rep = store.gc(grace)?;
     for t in &rep.trees_removed {
-        println!("removed treestore {t:?}");
+        crate::outln!("removed treestore {t:?}");
     }
     for i in &rep.images_removed {
-        println!("successfully removed aci for image: {i}");
+        crate::outln!("successfully removed aci for image: {i}");
     }
-    println!("{} image(s) successfully removed", rep.images_removed.len());
+    crate::outln!("{} image(s) successfully removed", rep.images_removed.len());
     Ok(0)
 }
 

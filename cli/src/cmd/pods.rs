@@ -36,19 +36,45 @@ pub fn run(g: &Globals, a: RunArgs) -> Result<i32> {
     ensure_root()?;
     let p = args::parse(Mode::Run, &a.args)?;
     let start = build::start_options(&p.pod.start)?;
-    let (pods, pod, lock, insecure) = prepare_pod(g, &p)?;
-    if let Some(f) = &p.pod.uuid_file_save {
-        save_uuid(f, &pod.uuid)?;
+    let (pods, mut pod, lock, insecure) = prepare_pod(g, &p)?;
+    let r = (|| {
+        if let Some(f) = &p.pod.uuid_file_save {
+            save_uuid(f, &pod.uuid)?;
+        }
+        start_pod(
+            g,
+            &pods,
+            &mut pod,
+            &lock,
+            &start,
+            insecure,
+            g.debug || p.pod.debug,
+        )
+    })();
+    if r.is_err() {
+        discard_unstarted(&pods, pod, lock);
     }
-    start_pod(
-        g,
-        &pods,
-        pod,
-        lock,
-        &start,
-        insecure,
-        g.debug || p.pod.debug,
-    )
+    r
+}
+
+/// A `rkt run` that failed before its pod started leaves nothing behind (not a prepared or
+/// "exited" pod that gc would keep for a day). A pod whose stage1 got as far as recording a pid
+/// ran, and stays for `rkt status` and gc.
+fn discard_unstarted(pods: &Pods, mut pod: Pod, lock: Lock) {
+    if rkt_stage2::pod_pid_path(&pod.path).exists() {
+        return;
+    }
+    // In garbage/ first: if the removal fails half-way, the next gc finishes it.
+    let gone = pod
+        .move_to(pods, PodDir::Garbage)
+        .and_then(|()| delete(&pod, lock));
+    if let Err(e) = gone {
+        crate::print_error(&format!(
+            "removing the failed pod {}: {}",
+            pod.uuid,
+            crate::one_line(&e)
+        ));
+    }
 }
 
 #[derive(Args, Debug)]
@@ -95,11 +121,12 @@ pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
     if !pod.path.exists() {
         bail!("pod {} is not prepared any more", pod.uuid);
     }
+    let mut pod = pod;
     start_pod(
         g,
         &pods,
-        pod,
-        lock,
+        &mut pod,
+        &lock,
         &start,
         insecure,
         g.debug || p.pod.debug,
@@ -161,8 +188,8 @@ pub(crate) fn prepare_lock(dir: &Path, mode: rkt_flock::Mode) -> Result<rkt_floc
 fn start_pod(
     g: &Globals,
     pods: &Pods,
-    mut pod: Pod,
-    lock: Lock,
+    pod: &mut Pod,
+    lock: &Lock,
     start: &build::Start,
     insecure: crate::global::Insecure,
     debug: bool,
@@ -192,9 +219,7 @@ fn start_pod(
         crate::measure::Stage1::Ns,
         |id| store.render(id),
     )?;
-    let code = flavor.run(&pod.path, &spec, lock.fd())?;
-    drop(lock);
-    Ok(code)
+    flavor.run(&pod.path, &spec, lock.fd())
 }
 
 fn save_uuid(path: &Path, uuid: &str) -> Result<()> {
@@ -208,8 +233,8 @@ fn save_uuid(path: &Path, uuid: &str) -> Result<()> {
 }
 
 fn read_uuid_file(path: &Path) -> Result<String> {
-    let s = std::fs::read_to_string(path)
-        .with_context(|| format!("unable to read UUID from file {}", path.display()))?;
+    let s = crate::read_limited_string(path, crate::limits::UUID_FILE, "UUID file")
+        .context("unable to read the pod UUID")?;
     let s = s.trim().to_string();
     if s.is_empty() {
         bail!("UUID file {} is empty", path.display());

@@ -178,7 +178,7 @@ fn log(g: &Globals, pod: Option<&str>, format: &str) -> Result<i32> {
         } else {
             serde_json::to_string_pretty(&arr)?
         };
-        println!("{out}");
+        crate::outln!("{out}");
         return Ok(0);
     }
     let mut rows = vec![vec![
@@ -199,7 +199,7 @@ fn log(g: &Globals, pod: Option<&str>, format: &str) -> Result<i32> {
             describe(e),
         ]);
     }
-    print!("{}", table(&rows));
+    crate::out!("{}", table(&rows));
     Ok(0)
 }
 
@@ -262,7 +262,7 @@ fn verify(g: &Globals, pod: Option<&str>) -> Result<i32> {
                 );
             }
         }
-        println!("no measurements in TPM boot cycle {boot}; PCR {pcr} is at its reset value");
+        crate::outln!("no measurements in TPM boot cycle {boot}; PCR {pcr} is at its reset value");
         return Ok(0);
     }
     let log =
@@ -283,7 +283,7 @@ fn verify(g: &Globals, pod: Option<&str>) -> Result<i32> {
         let prefixes = log.replay_prefixes(*p, *bank);
         let replay = &prefixes[n];
         if replay == tpm_value {
-            println!(
+            crate::outln!(
                 "PCR {p} {bank:<6} {}  matches the replay of {n} log entries",
                 hex::encode(tpm_value)
             );
@@ -366,13 +366,13 @@ fn verify(g: &Globals, pod: Option<&str>) -> Result<i32> {
         }
     }
     if let Some(p) = &pod {
-        println!(
+        crate::outln!(
             "pod {}: {} log entries, {checked} measured files unchanged",
             p.uuid,
             p.events.events.len()
         );
     }
-    println!(
+    crate::outln!(
         "verified: {} ({n} entries) matches the TPM; {checked} measured pod files unchanged",
         log_path.display()
     );
@@ -390,15 +390,15 @@ fn quote(g: &Globals, nonce: &str, out: &Path) -> Result<i32> {
     let (q, log, boot) = j.quote(pcr, &nonce_bytes)?;
     q.write_files(out, &log)?;
     let d = out.display();
-    println!(
+    crate::outln!(
         "quote over PCR {pcr} (TPM boot cycle {}) written to {d}/",
         boot.id()
     );
-    println!("verify with:");
-    println!(
+    crate::outln!("verify with:");
+    crate::outln!(
         "  tpm2_checkquote -u {d}/ak.pub.pem -m {d}/quote.msg -s {d}/quote.sig -f {d}/quote.pcrs -g sha256 -q {}",
         hex::encode(&nonce_bytes)
     );
-    println!("  tpm2_eventlog {d}/eventlog.bin");
+    crate::outln!("  tpm2_eventlog {d}/eventlog.bin");
     Ok(0)
 }

@@ -243,12 +243,14 @@ fn effective_app(im: &ImageManifest, a: &AppFlags, pod_env: &[NameValue]) -> Res
         if u.is_empty() {
             bail!("--user must not be empty");
         }
+        check_id("--user", u)?;
         app.user = u.clone();
     }
     if let Some(g) = &a.group {
         if g.is_empty() {
             bail!("--group must not be empty");
         }
+        check_id("--group", g)?;
         app.group = g.clone();
     }
     if app.user.is_empty() {
@@ -262,9 +264,11 @@ fn effective_app(im: &ImageManifest, a: &AppFlags, pod_env: &[NameValue]) -> Res
             .split(',')
             .map(str::trim)
             .filter(|x| !x.is_empty())
-            .map(|g| {
-                g.parse::<u32>()
-                    .with_context(|| format!("invalid --supplementary-gids entry {g:?}"))
+            .map(|g| match g.parse::<u32>() {
+                Ok(NO_ID) => {
+                    bail!("invalid --supplementary-gids entry {g:?}: {NO_ID} is not an id")
+                }
+                r => r.with_context(|| format!("invalid --supplementary-gids entry {g:?}")),
             })
             .collect::<Result<_>>()?;
     }
@@ -278,6 +282,25 @@ fn effective_app(im: &ImageManifest, a: &AppFlags, pod_env: &[NameValue]) -> Res
     app.isolators = isolators::merge(&app.isolators, isolators::from_flags(&isolator_flags(a))?);
     isolators::resolve(&app.isolators, false)?;
     Ok(app)
+}
+
+/// (uid_t)-1: to setresuid/setresgid it means "leave unchanged", so running "as" it would run as
+/// whoever rkt is (root). No user or group can have it.
+const NO_ID: u32 = u32::MAX;
+
+/// A numeric `--user`/`--group` must be a usable id (names and paths are resolved at run time).
+fn check_id(flag: &str, v: &str) -> Result<()> {
+    let numeric = v.trim();
+    if numeric.parse::<u32>() == Ok(NO_ID) || numeric == "-1" {
+        bail!("invalid {flag} {v:?}: {NO_ID} (-1) is not an id");
+    }
+    if !numeric.is_empty()
+        && numeric.bytes().all(|b| b.is_ascii_digit())
+        && numeric.parse::<u32>().is_err()
+    {
+        bail!("invalid {flag} {v:?}: ids are at most {}", NO_ID - 1);
+    }
+    Ok(())
 }
 
 fn isolator_flags(a: &AppFlags) -> isolators::IsolatorFlags<'_> {
@@ -309,8 +332,8 @@ fn pod_env(pf: &PodFlags) -> Result<Vec<NameValue>> {
         }
     }
     for file in &pf.set_env_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading --set-env-file {file:?}"))?;
+        let text =
+            crate::read_limited_string(Path::new(file), crate::limits::ENV_FILE, "--set-env-file")?;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -534,7 +557,7 @@ fn from_pod_manifest(
     path: &Path,
     fetch: &FetchOptions,
 ) -> Result<(PodManifest, Vec<(ImageManifest, PathBuf)>)> {
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::read_limited(path, crate::limits::POD_MANIFEST, "--pod-manifest")?;
     let mut pm: PodManifest = serde_json::from_slice(&text)
         .with_context(|| format!("parsing pod manifest {}", path.display()))?;
     if pm.apps.is_empty() {
@@ -756,8 +779,11 @@ fn resolv_conf(s: &StartFlags) -> Result<Option<String>> {
         if s.dns[0] == "none" {
             return Ok(None);
         }
-        let text = std::fs::read_to_string("/etc/resolv.conf")
-            .context("--dns=host: reading the host's /etc/resolv.conf")?;
+        let text = crate::read_limited_string(
+            Path::new("/etc/resolv.conf"),
+            crate::limits::CONFIG_FILE,
+            "--dns=host:",
+        )?;
         return Ok(Some(text));
     }
     if s.dns.is_empty() && s.dns_search.is_empty() && s.dns_opt.is_empty() && s.dns_domain.is_none()
@@ -785,10 +811,11 @@ fn resolv_conf(s: &StartFlags) -> Result<Option<String>> {
 
 fn hosts(start: &Start, hostname: &str) -> Result<Option<String>> {
     if start.hosts_from_host {
-        return Ok(Some(
-            std::fs::read_to_string("/etc/hosts")
-                .context("--hosts-entry=host: reading the host's /etc/hosts")?,
-        ));
+        return Ok(Some(crate::read_limited_string(
+            Path::new("/etc/hosts"),
+            crate::limits::CONFIG_FILE,
+            "--hosts-entry=host:",
+        )?));
     }
     if start.hosts_entries.is_empty() {
         return Ok(None);
