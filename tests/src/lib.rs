@@ -29,6 +29,7 @@
 //! assert!(!id.is_empty());
 //! ```
 
+pub mod hostile_images;
 mod images;
 mod proc;
 mod registry;
