@@ -89,7 +89,7 @@ fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Re
         match supervisor_main(pod_dir, spec, layout, tty) {
             Ok(code) => code as isize,
             Err(e) => {
-                eprintln!("rkt: stage1: {e:#}");
+                crate::print_error(&format!("stage1: {}", crate::one_line(&e)));
                 254
             }
         }
@@ -226,7 +226,7 @@ fn launch_app(
                 Ok(never) => match never {},
                 Err(e) => e,
             };
-            eprintln!("rkt: app {:?}: {err:#}", app.name);
+            crate::print_error(&format!("app {:?}: {}", app.name, crate::one_line(&err)));
             // SAFETY: leaving the forked child without running the parent's destructors.
             unsafe { libc::_exit(254) }
         }
