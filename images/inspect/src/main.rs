@@ -38,6 +38,9 @@ enum Action {
     Connect(String),
     PrintTty,
     WaitFile(String),
+    OpenDev(String),
+    Mknod(String),
+    TryUserns,
 }
 
 #[derive(Debug, PartialEq)]
@@ -51,7 +54,8 @@ const USAGE: &str = "usage: inspect [--print-env=VAR] [--print-all-env] [--print
 [--write-file=PATH --content=X] [--stat=PATH] [--print-cwd] [--print-no-new-privs] [--print-seccomp] \
 [--check-syscall=NAME] [--sleep=SECS] [--print-pid] [--print-oom-score-adj] [--print-args] \
 [--echo=TEXT] [--echo-stderr=TEXT] [--trap-signals] [--ignore-signals] [--read-stdin] [--print-ns] \
-[--print-net] [--serve-tcp=PORT] [--connect=HOST:PORT] [--print-tty] [--wait-file=PATH] [--exit-code=N]";
+[--print-net] [--serve-tcp=PORT] [--connect=HOST:PORT] [--print-tty] [--wait-file=PATH] \
+[--open-dev=PATH] [--mknod=PATH:b|c:MAJOR:MINOR] [--try-userns] [--exit-code=N]";
 
 /// Syscalls `--check-syscall` knows how to try harmlessly (see `try_syscall`).
 const SYSCALLS: &[&str] = &[
@@ -148,6 +152,13 @@ fn parse(args: &[String]) -> Result<Plan, String> {
             "--print-net" => none(&val).map(|_| Action::PrintNet)?,
             "--print-tty" => none(&val).map(|_| Action::PrintTty)?,
             "--wait-file" => Action::WaitFile(need(val)?),
+            "--open-dev" => Action::OpenDev(need(val)?),
+            "--mknod" => {
+                let v = need(val)?;
+                parse_mknod(&v)?;
+                Action::Mknod(v)
+            }
+            "--try-userns" => none(&val).map(|_| Action::TryUserns)?,
             "--serve-tcp" => {
                 let v = need(val)?;
                 Action::ServeTcp(
@@ -525,6 +536,57 @@ fn try_syscall(name: &str) -> Result<(), i32> {
     }
 }
 
+/// `PATH:b|c:MAJOR:MINOR` of `--mknod`.
+fn parse_mknod(v: &str) -> Result<(String, libc::mode_t, u32, u32), String> {
+    let bad = || format!("--mknod: want PATH:b|c:MAJOR:MINOR, got {v:?}");
+    let mut f = v.rsplitn(4, ':');
+    let (min, maj, kind, path) = (f.next(), f.next(), f.next(), f.next());
+    let (Some(min), Some(maj), Some(kind), Some(path)) = (min, maj, kind, path) else {
+        return Err(bad());
+    };
+    let kind = match kind {
+        "b" => libc::S_IFBLK,
+        "c" => libc::S_IFCHR,
+        _ => return Err(bad()),
+    };
+    let maj = maj.parse().map_err(|_| bad())?;
+    let min = min.parse().map_err(|_| bad())?;
+    Ok((path.to_string(), kind, maj, min))
+}
+
+/// "OK" or the errno name of a libc call's result.
+fn rc_name(r: libc::c_long) -> String {
+    if r < 0 {
+        errno_name(errno())
+    } else {
+        "OK".into()
+    }
+}
+
+/// A fork-like raw clone with `flags`; the child exits at once.
+fn try_clone(flags: libc::c_int) -> String {
+    // SAFETY: no new stack: the child continues on a copy of ours and exits immediately.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if r == 0 {
+        // SAFETY: leaving the child without running anything else.
+        unsafe { libc::_exit(0) }
+    }
+    if r > 0 {
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(r as i32, std::ptr::null_mut(), 0) };
+    }
+    rc_name(r)
+}
+
 fn file_type(m: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = m.file_type();
@@ -861,6 +923,37 @@ fn run(action: &Action, argv: &[String]) -> (Vec<String>, bool) {
                 out.push(format!("{key}={}", unsafe { libc::isatty(fd) }));
             }
         }
+        Action::OpenDev(p) => {
+            let c = std::ffi::CString::new(p.as_str()).unwrap_or_default();
+            // SAFETY: valid path; the descriptor is closed at once.
+            let fd =
+                unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY) };
+            let r = rc_name(fd as libc::c_long);
+            if fd >= 0 {
+                // SAFETY: closing what we opened.
+                unsafe { libc::close(fd) };
+            }
+            out.push(format!("OPEN={p}:{r}"));
+        }
+        Action::Mknod(v) => {
+            let (path, kind, maj, min) = parse_mknod(v).expect("checked at parse time");
+            let c = std::ffi::CString::new(path.as_str()).unwrap_or_default();
+            // SAFETY: valid path.
+            let r = unsafe { libc::mknod(c.as_ptr(), kind | 0o666, libc::makedev(maj, min)) };
+            out.push(format!("MKNOD={path}:{}", rc_name(r as libc::c_long)));
+        }
+        Action::TryUserns => {
+            out.push(format!("CLONE_NEWUSER={}", try_clone(libc::CLONE_NEWUSER)));
+            out.push(format!("CLONE_NEWNS={}", try_clone(libc::CLONE_NEWNS)));
+            // A NULL, zero-sized clone_args: EINVAL from the kernel when the call is allowed.
+            // SAFETY: the kernel rejects the size before reading anything.
+            let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
+            out.push(format!("CLONE3={}", rc_name(r)));
+            // unshare(2) changes only this short-lived process (but does: keep this flag last).
+            // SAFETY: plain syscall with flags.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
+            out.push(format!("UNSHARE_NEWUSER={}", rc_name(r as libc::c_long)));
+        }
         Action::WaitFile(p) => {
             // Polls so the host can release the app at a moment of its choosing.
             let deadline =
@@ -969,6 +1062,30 @@ mod tests {
             ]
         );
         assert_eq!(plan.exit_code, Some(3));
+    }
+
+    #[test]
+    fn parses_device_and_namespace_probes() {
+        let plan = p(&[
+            "--open-dev=/dev/null",
+            "--mknod=/dev/x:y:b:7:0",
+            "--try-userns",
+        ])
+        .unwrap();
+        assert_eq!(
+            plan.actions,
+            vec![
+                Action::OpenDev("/dev/null".into()),
+                Action::Mknod("/dev/x:y:b:7:0".into()),
+                Action::TryUserns
+            ]
+        );
+        assert_eq!(
+            parse_mknod("/dev/x:y:b:7:0").unwrap(),
+            ("/dev/x:y".to_string(), libc::S_IFBLK, 7, 0)
+        );
+        assert!(p(&["--mknod=/dev/x:q:1:2"]).is_err());
+        assert!(p(&["--mknod=/dev/x:c:1"]).is_err());
     }
 
     #[test]
