@@ -781,23 +781,10 @@ fn enter_child(
     if let Err(e) = r {
         return e;
     }
-    // As rkt's enter: root, with the app's environment (plus the caller's additions), working
-    // directory, capability bounding set and seccomp filter.
-    let mut entered = a.clone();
-    // rkt's default command is /bin/bash; images without bash (busybox, alpine) get /bin/sh, as
-    // on ns. We are in the app's mount namespace, so the check sees the app's root.
-    entered.exec = if cmd == ["/bin/bash"] && !Path::new("/bin/bash").exists() {
-        vec!["/bin/sh".to_string()]
-    } else {
-        cmd
-    };
-    entered.user = "0".into();
-    entered.group = "0".into();
-    entered.supplementary_gids = vec![];
-    for (k, v) in env {
-        entered.env.retain(|(ek, _)| *ek != k);
-        entered.env.push((k, v));
-    }
+    // As the app runs (`runc exec`): its user, groups, capabilities, seccomp filter,
+    // no_new_privs, working directory and environment (plus the caller's additions); shared
+    // with stage1 ns. We are in the app's mount namespace, so "/" is the app's root.
+    let entered = app::entered_app(a, Path::new("/"), &cmd, env);
     match app::exec_as_app(&entered, pod, Path::new("/")) {
         Ok(never) => match never {},
         Err(e) => e,

@@ -63,6 +63,30 @@ pub fn environment(app: &AppSpec, home: Option<String>) -> Vec<(String, String)>
     env
 }
 
+/// What `rkt enter` runs, on both flavours: `cmd` (rkt's default `/bin/bash` falls back to
+/// `/bin/sh` when the image has no bash) as the app itself runs, as `runc exec` does: the app's
+/// user and groups, capabilities, seccomp filter and no_new_privs, working directory and
+/// environment (`extra_env` added over it). `root` is the app's root as the caller sees it.
+/// Run [`exec_as_app`] on the result, in the app's namespaces and cgroup.
+pub fn entered_app(
+    app: &AppSpec,
+    root: &Path,
+    cmd: &[String],
+    extra_env: Vec<(String, String)>,
+) -> AppSpec {
+    let mut entered = app.clone();
+    entered.exec = if cmd.is_empty() || (cmd == ["/bin/bash"] && !root.join("bin/bash").exists()) {
+        vec!["/bin/sh".to_string()]
+    } else {
+        cmd.to_vec()
+    };
+    for (k, v) in extra_env {
+        entered.env.retain(|(ek, _)| *ek != k);
+        entered.env.push((k, v));
+    }
+    entered
+}
+
 /// Finds `cmd` in `path` (a PATH value) below `root` unless it already has a slash.
 pub fn find_executable(root: &Path, cmd: &str, path: &str) -> anyhow::Result<PathBuf> {
     if cmd.contains('/') {
@@ -105,7 +129,7 @@ pub fn exec_as_app(
     let filter = if pod.insecure.seccomp {
         None
     } else {
-        seccomp::build(&app.seccomp)?
+        seccomp::build(&app.seccomp, mask)?
     };
     let cstr = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL byte in {s:?}"));
     let argv: Vec<CString> = app
@@ -182,6 +206,34 @@ mod tests {
         let env = environment(&app, None);
         assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1);
         assert!(env.contains(&("HOME".into(), "/".into())));
+    }
+
+    #[test]
+    fn entered_commands_keep_the_apps_identity() {
+        let d = tempfile::tempdir().unwrap();
+        let mut app = crate::test_app();
+        app.user = "65534".into();
+        app.group = "65534".into();
+        app.supplementary_gids = vec![7];
+        app.capabilities = vec!["CAP_KILL".into()];
+        app.env = vec![("A".into(), "1".into()), ("B".into(), "2".into())];
+        let e = entered_app(
+            &app,
+            d.path(),
+            &["/bin/bash".into()],
+            vec![("A".into(), "x".into())],
+        );
+        assert_eq!(e.exec, ["/bin/sh"]);
+        assert_eq!((e.user.as_str(), e.group.as_str()), ("65534", "65534"));
+        assert_eq!(e.supplementary_gids, [7]);
+        assert_eq!(e.capabilities, app.capabilities);
+        assert_eq!(e.seccomp, app.seccomp);
+        assert_eq!(e.env, [("B".into(), "2".into()), ("A".into(), "x".into())]);
+        std::fs::create_dir_all(d.path().join("bin")).unwrap();
+        std::fs::write(d.path().join("bin/bash"), "").unwrap();
+        let e = entered_app(&app, d.path(), &["/bin/bash".into()], vec![]);
+        assert_eq!(e.exec, ["/bin/bash"]);
+        assert_eq!(entered_app(&app, d.path(), &[], vec![]).exec, ["/bin/sh"]);
     }
 
     #[test]

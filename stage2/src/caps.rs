@@ -174,6 +174,12 @@ pub fn limit_bounding(mask: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets the three sets exactly; the kernel drops ambient capabilities no longer permitted and
+/// inheritable (so an empty `inh` clears them all).
+pub fn set_process_caps_exact(eff: u64, perm: u64, inh: u64) -> anyhow::Result<()> {
+    capset(eff, perm, inh)
+}
+
 /// Sets permitted/effective/inheritable to `mask` and raises the same ambient capabilities.
 /// Runs after the uid switch (with PR_SET_KEEPCAPS set before it).
 pub fn set_process_caps(mask: u64) -> anyhow::Result<()> {

@@ -4,7 +4,10 @@
 //! The default (no `--seccomp`) is rkt's default *remove* set answered with EPERM. rkt v1.30
 //! retained `@rkt/default-whitelist` instead, a 2016 list that lacks syscalls today's libcs call
 //! first (statx, clone3, rseq, faccessat2, ...), so a retain-set default would kill ordinary
-//! programs; the remove set blocks the same dangerous calls.
+//! programs; the remove set blocks the same dangerous calls. As Docker's default profile, the
+//! default also refuses namespace flags on `clone` (EPERM) unless the app keeps `CAP_SYS_ADMIN`,
+//! and answers `clone3` with ENOSYS (its flags live in memory a filter cannot read; libcs fall
+//! back to `clone` on ENOSYS). `unshare` and `setns` are in the remove set outright.
 
 use std::collections::BTreeSet;
 
@@ -454,6 +457,69 @@ fn compile_list(names: &[String], mismatch: &str, matched: &str) -> anyhow::Resu
         .iter()
         .map(|n| format!("{{\"syscall\": {}}}", serde_json::to_string(n).unwrap()))
         .collect();
+    compile_rules(&rules, mismatch, matched)
+}
+
+/// Namespace flags `clone` may not use without CAP_SYS_ADMIN (Docker's default profile).
+pub const CLONE_NS_FLAGS: &[libc::c_int] = &[
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWCGROUP,
+];
+
+/// seccompiler rules (JSON) matching a `clone` with any of [`CLONE_NS_FLAGS`]: one rule per flag
+/// (rules of a syscall are or-ed), each `flags & FLAG == FLAG` on the low 32 bits of argument 0.
+fn clone_ns_rules() -> Vec<String> {
+    CLONE_NS_FLAGS
+        .iter()
+        .map(|f| {
+            format!(
+                "{{\"syscall\": \"clone\", \"args\": [{{\"index\": 0, \"type\": \"dword\", \"op\": {{\"masked_eq\": {f}}}, \"val\": {f}}}]}}"
+            )
+        })
+        .collect()
+}
+
+/// Prepends "clone3 -> ENOSYS" to `prog` (for the native architecture only: other syscall ABIs
+/// fall through to `prog`, whose own architecture check handles them).
+fn with_clone3_enosys(prog: BpfProgram) -> anyhow::Result<BpfProgram> {
+    let nr = libc::SYS_clone3 as u32;
+    let audit_arch = match arch()? {
+        TargetArch::x86_64 => 0xc000_003e_u32,
+        TargetArch::aarch64 => 0xc000_00b7,
+    };
+    let stmt = |code: u16, k: u32| seccompiler::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| seccompiler::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let mut out = vec![
+        stmt(ld, 4), // seccomp_data.arch
+        jeq(audit_arch, 0, 3),
+        stmt(ld, 0), // seccomp_data.nr
+        jeq(nr, 0, 1),
+        stmt(
+            (libc::BPF_RET | libc::BPF_K) as u16,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        ),
+    ];
+    out.extend(prog);
+    Ok(out)
+}
+
+fn compile_rules(rules: &[String], mismatch: &str, matched: &str) -> anyhow::Result<BpfProgram> {
     let json = format!(
         "{{\"app\": {{\"mismatch_action\": {mismatch}, \"match_action\": {matched}, \"filter\": [{}]}}}}",
         rules.join(",")
@@ -463,17 +529,21 @@ fn compile_list(names: &[String], mismatch: &str, matched: &str) -> anyhow::Resu
     Ok(map.remove("app").unwrap_or_default())
 }
 
-/// Builds the BPF program for `spec`; None means no filter.
-pub fn build(spec: &SeccompSpec) -> anyhow::Result<Option<BpfProgram>> {
+/// Builds the BPF program for `spec` for an app holding the capabilities in `caps` (a mask; the
+/// default filter lets `clone` create namespaces only with CAP_SYS_ADMIN); None means no filter.
+pub fn build(spec: &SeccompSpec, caps: u64) -> anyhow::Result<Option<BpfProgram>> {
     match spec {
         SeccompSpec::Default => {
             let set = expand(&["@rkt/default-blacklist".to_string()])?.unwrap_or_default();
-            let names: Vec<String> = set.into_iter().collect();
-            Ok(Some(compile_list(
-                &names,
-                "\"allow\"",
-                &errno_action(libc::EPERM as u32),
-            )?))
+            let mut rules: Vec<String> = set
+                .iter()
+                .map(|n| format!("{{\"syscall\": {}}}", serde_json::to_string(n).unwrap()))
+                .collect();
+            if caps & (1u64 << crate::caps::CAP_SYS_ADMIN) == 0 {
+                rules.extend(clone_ns_rules());
+            }
+            let prog = compile_rules(&rules, "\"allow\"", &errno_action(libc::EPERM as u32))?;
+            Ok(Some(with_clone3_enosys(prog)?))
         }
         SeccompSpec::Remove { syscalls, errno } => {
             let Some(set) = expand(syscalls)? else {
@@ -540,7 +610,7 @@ mod tests {
 
     #[test]
     fn default_filter_builds_and_skips_foreign_syscalls() {
-        let p = build(&SeccompSpec::Default).unwrap().unwrap();
+        let p = build(&SeccompSpec::Default, 0).unwrap().unwrap();
         assert!(p.len() > 40, "{}", p.len());
         // vm86 is i386-only: the group still compiles on x86_64.
         assert_eq!(syscall_exists("vm86"), cfg!(target_arch = "x86"));
@@ -553,12 +623,12 @@ mod tests {
             syscalls: vec!["@appc.io/all".into()],
             errno: None,
         };
-        assert!(build(&all).unwrap().is_none());
+        assert!(build(&all, 0).unwrap().is_none());
         let none = SeccompSpec::Remove {
             syscalls: vec![],
             errno: None,
         };
-        assert!(build(&none).unwrap().is_none());
+        assert!(build(&none, 0).unwrap().is_none());
     }
 
     #[test]
@@ -567,18 +637,18 @@ mod tests {
             syscalls: vec!["frobnicate".into()],
             errno: None,
         };
-        let e = build(&s).unwrap_err().to_string();
+        let e = build(&s, 0).unwrap_err().to_string();
         assert!(e.contains("frobnicate"), "{e}");
         let s = SeccompSpec::Remove {
             syscalls: vec!["mount".into()],
             errno: Some("EWHAT".into()),
         };
-        assert!(build(&s).unwrap_err().to_string().contains("EWHAT"));
+        assert!(build(&s, 0).unwrap_err().to_string().contains("EWHAT"));
         let s = SeccompSpec::Retain {
             syscalls: vec!["@systemd/clock".into()],
             errno: None,
         };
-        assert!(build(&s).is_err());
+        assert!(build(&s, 0).is_err());
     }
 
     #[test]
@@ -588,6 +658,84 @@ mod tests {
         assert_eq!(parse_errno("13").unwrap(), 13);
     }
 
+    /// Installs `prog` in a forked child, runs `probe` there and returns its result (errno of a
+    /// failed call, 0 on success).
+    fn in_child(prog: &BpfProgram, probe: fn() -> i32) -> i32 {
+        // SAFETY: the child only makes raw syscalls and exits.
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                if install(prog).is_err() {
+                    libc::_exit(255);
+                }
+                libc::_exit(probe());
+            },
+            pid => {
+                let mut st = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(pid, &mut st, 0) };
+                assert!(libc::WIFEXITED(st), "status {st:#x}");
+                libc::WEXITSTATUS(st)
+            }
+        }
+    }
+
+    fn raw_clone(flags: libc::c_int) -> i32 {
+        // SAFETY: a fork-like clone (no new stack); the child exits at once.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (flags | libc::SIGCHLD) as libc::c_ulong,
+                0,
+                0,
+                0,
+                0,
+            )
+        };
+        match r {
+            0 => unsafe { libc::_exit(0) },
+            -1 => unsafe { *libc::__errno_location() },
+            pid => {
+                // SAFETY: reaping our own child.
+                unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+                0
+            }
+        }
+    }
+
+    #[test]
+    fn default_filter_refuses_namespaces_on_clone_and_clone3() {
+        let prog = build(&SeccompSpec::Default, 0).unwrap().unwrap();
+        assert_eq!(in_child(&prog, || raw_clone(0)), 0, "plain fork-like clone");
+        assert_eq!(
+            in_child(&prog, || raw_clone(libc::CLONE_NEWUSER)),
+            libc::EPERM
+        );
+        assert_eq!(
+            in_child(&prog, || raw_clone(libc::CLONE_NEWNET | libc::CLONE_FILES)),
+            libc::EPERM
+        );
+        assert_eq!(
+            in_child(&prog, || unsafe {
+                libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize);
+                *libc::__errno_location()
+            }),
+            libc::ENOSYS
+        );
+        assert_eq!(
+            in_child(&prog, || unsafe {
+                libc::unshare(libc::CLONE_NEWUSER);
+                *libc::__errno_location()
+            }),
+            libc::EPERM
+        );
+        // With CAP_SYS_ADMIN (as Docker) clone's flags are the kernel's business again.
+        let admin = build(&SeccompSpec::Default, 1 << crate::caps::CAP_SYS_ADMIN)
+            .unwrap()
+            .unwrap();
+        assert_eq!(in_child(&admin, || raw_clone(libc::CLONE_NEWUTS)), 0);
+    }
+
     /// Runs the filter in a child process and checks what the kernel answers.
     #[test]
     fn remove_filter_answers_the_chosen_errno() {
@@ -595,7 +743,7 @@ mod tests {
             syscalls: vec!["getppid".into()],
             errno: Some("ENOSYS".into()),
         };
-        let prog = build(&s).unwrap().unwrap();
+        let prog = build(&s, 0).unwrap().unwrap();
         // SAFETY: the child only makes raw syscalls and exits.
         match unsafe { libc::fork() } {
             0 => unsafe {

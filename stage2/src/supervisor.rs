@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -93,6 +93,100 @@ pub fn write_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
     ));
     std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// [`write_atomic`] relative to an open directory, for a supervisor that no longer sees the host's
+/// file system (see [`drop_privileges`]).
+pub fn write_atomic_at(dir: &OwnedFd, name: &str, content: &str) -> anyhow::Result<()> {
+    use nix::fcntl::{openat, renameat, OFlag};
+    use nix::sys::stat::Mode;
+    let tmp = format!(".{name}.tmp");
+    let fd = openat(
+        Some(dir.as_raw_fd()),
+        tmp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o644),
+    )
+    .with_context(|| format!("creating {tmp}"))?;
+    // SAFETY: we own the descriptor just opened.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std::io::Write::write_all(&mut f, content.as_bytes())
+        .with_context(|| format!("writing {tmp}"))?;
+    drop(f);
+    renameat(
+        Some(dir.as_raw_fd()),
+        tmp.as_str(),
+        Some(dir.as_raw_fd()),
+        name,
+    )
+    .with_context(|| format!("renaming to {name}"))
+}
+
+/// Overwrites this process's argv and environment strings in place, so that `/proc/<pid>/cmdline`
+/// reads `name` and `/proc/<pid>/environ` is empty: a pod's PID 1 is a clone of `rkt run`, whose
+/// command line and environment belong to the host caller. No capability needed (PR_SET_MM
+/// would want CAP_SYS_RESOURCE). The process's own argv/environ read as empty strings afterwards.
+pub fn scrub_cmdline(name: &str) -> anyhow::Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // Fields after the ")" closing comm start at field 3; arg_start..env_end are fields 48-51.
+    let f: Vec<usize> = stat
+        .rsplit_once(')')
+        .context("bad /proc/self/stat")?
+        .1
+        .split_whitespace()
+        .skip(45)
+        .take(4)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let [arg_start, arg_end, env_start, env_end] = f[..] else {
+        bail!("/proc/self/stat lacks the argument area");
+    };
+    if arg_start == 0 || arg_end <= arg_start {
+        return Ok(());
+    }
+    // SAFETY: [arg_start, arg_end) and [env_start, env_end) are this process's own, writable
+    // argument and environment strings (on the initial stack), which nothing else references as
+    // Rust data; only their bytes change.
+    unsafe {
+        std::ptr::write_bytes(arg_start as *mut u8, 0, arg_end - arg_start);
+        let n = name.len().min(arg_end - arg_start - 1);
+        std::ptr::copy_nonoverlapping(name.as_ptr(), arg_start as *mut u8, n);
+        // A non-NUL last byte makes the kernel read the area as a setproctitle(3) title, up to
+        // the first NUL: `name` without the trailing padding.
+        if n + 1 < arg_end - arg_start {
+            *((arg_end - 1) as *mut u8) = b' ';
+        }
+        if env_start != 0 && env_end > env_start {
+            std::ptr::write_bytes(env_start as *mut u8, 0, env_end - env_start);
+        }
+    }
+    Ok(())
+}
+
+/// Capabilities a running supervisor keeps: signalling apps that run as another user.
+pub const SUPERVISOR_CAPS: u64 = 1 << 5; // CAP_KILL
+
+/// Once every app runs, the supervisor only waits, forwards signals, relays a terminal and writes
+/// statuses: it drops to `keep` (bounding, effective, permitted; inheritable and ambient empty),
+/// turns non-dumpable (its `/proc/<pid>` entries become root-owned and ptrace-protected: an app
+/// without CAP_SYS_PTRACE cannot read its environ, fds, root or memory), sets no_new_privs and
+/// installs rkt's default seccomp filter.
+pub fn drop_privileges(keep: u64) -> anyhow::Result<()> {
+    crate::caps::limit_bounding(keep)?;
+    crate::caps::set_process_caps_exact(keep, keep, 0)?;
+    // SAFETY: plain prctl calls with integer arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error()).context("PR_SET_DUMPABLE");
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error()).context("PR_SET_NO_NEW_PRIVS");
+        }
+    }
+    if let Some(f) = crate::seccomp::build(&crate::spec::SeccompSpec::Default, keep)? {
+        crate::seccomp::install(&f)?;
+    }
+    Ok(())
 }
 
 /// Exit code of a wait status as a shell reports it.

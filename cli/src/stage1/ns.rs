@@ -27,32 +27,57 @@ pub fn app_root(pod_dir: &Path, app: &str) -> PathBuf {
         .join("rootfs")
 }
 
+/// Where `run` records the pod's cgroup layout (below the caller's cgroups) for `enter` and `gc`.
+pub fn cgroups_record(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("stage1-cgroups.json")
+}
+
+/// The layout `run` recorded for the pod, else the host's (pods started before the record).
+fn pod_layout(pod_dir: &Path) -> Result<Layout> {
+    match std::fs::read(cgroups_record(pod_dir)) {
+        Ok(b) => serde_json::from_slice(&b).context("reading the pod's cgroup record"),
+        Err(_) => cgroup::detect(),
+    }
+}
+
 /// Runs the pod described by `spec` (already written to `<pod_dir>/stage1-spec.json`) in the
 /// foreground; returns the exit code for `rkt run`.
 pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     if spec.apps.is_empty() {
         bail!("the pod has no apps");
     }
-    let layout = cgroup::detect().ok();
-    if let Some(l) = &layout {
-        for app in &spec.apps {
-            if let Err(e) = cgroup::create_app(l, &spec.uuid, app) {
-                let _ = cgroup::remove_pod(l, &spec.uuid);
-                return Err(e).with_context(|| format!("app {:?}: cgroup", app.name));
-            }
+    // Without cgroups nothing restricts the apps' device access: refuse rather than run open.
+    let host = cgroup::detect().context(
+        "no cgroup file system is mounted; the pod's device access cannot be restricted",
+    )?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let nested = host.nested_in(&own);
+    let layout = match create_cgroups(&nested, spec) {
+        Ok(()) => nested,
+        // v2: a cgroup holding processes (ours) cannot enable controllers for children, which
+        // `--memory`/`--cpu` need; then the pod goes where it went before, below the root.
+        Err(e) if matches!(host, Layout::V2 { .. }) && nested != host => {
+            create_cgroups(&host, spec).map_err(|e2| e2.context(format!("{e:#}")))?;
+            host
         }
-    } else if spec
-        .apps
-        .iter()
-        .any(|a| a.memory_limit.is_some() || a.cpu_millis.is_some() || a.cpu_shares.is_some())
-    {
-        bail!("--memory/--cpu need cgroups, and none are mounted");
-    }
-    let result = run_supervisor(pod_dir, spec, layout.as_ref());
-    if let Some(l) = &layout {
-        let _ = cgroup::remove_pod(l, &spec.uuid);
-    }
+        Err(e) => return Err(e),
+    };
+    let result = serde_json::to_string(&layout)
+        .map_err(anyhow::Error::from)
+        .and_then(|j| write_atomic(&cgroups_record(pod_dir), &j))
+        .and_then(|()| run_supervisor(pod_dir, spec, Some(&layout)));
+    let _ = cgroup::remove_pod(&layout, &spec.uuid);
     result
+}
+
+fn create_cgroups(layout: &Layout, spec: &PodSpec) -> Result<()> {
+    for app in &spec.apps {
+        if let Err(e) = cgroup::create_app(layout, &spec.uuid, app) {
+            let _ = cgroup::remove_pod(layout, &spec.uuid);
+            return Err(e).with_context(|| format!("app {:?}: cgroup", app.name));
+        }
+    }
+    Ok(())
 }
 
 fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Result<i32> {
@@ -142,6 +167,8 @@ fn supervisor_main(
     use nix::mount::{mount, MsFlags};
     // First: as PID 1 of a namespace we would drop a SIGTERM whose disposition is still default.
     let sfd = supervisor::take_signals()?;
+    // Our argv and environment are `rkt run`'s, i.e. the host caller's: apps see PID 1's.
+    supervisor::scrub_cmdline("rkt-pod")?;
     mount(
         None::<&str>,
         "/",
@@ -154,12 +181,21 @@ fn supervisor_main(
     if spec.net != NetMode::Host {
         loopback_up().context("bringing up lo")?;
     }
+    // Statuses are written through this descriptor: once the apps run, we no longer see the
+    // host's file system.
+    let status_dir = app_status_path(pod_dir, "x");
+    let status_dir = status_dir.parent().context("status directory")?;
+    std::fs::create_dir_all(status_dir)
+        .with_context(|| format!("creating {}", status_dir.display()))?;
+    let status_fd: OwnedFd = std::fs::File::open(status_dir)
+        .with_context(|| format!("opening {}", status_dir.display()))?
+        .into();
     let relay = Relay::default();
     let relay = tty.then_some(&relay);
     let mut launch =
         |app: &AppSpec| -> Result<Pid> { launch_app(pod_dir, spec, app, layout, relay) };
     let mut on_exit = |name: &str, code: i32| {
-        if let Err(e) = write_atomic(&app_status_path(pod_dir, name), &format!("{code}\n")) {
+        if let Err(e) = supervisor::write_atomic_at(&status_fd, name, &format!("{code}\n")) {
             eprintln!("rkt: {e:#}");
         }
     };
@@ -167,8 +203,12 @@ fn supervisor_main(
     let host_pid = std::fs::read_link("/proc/self").context("reading /proc/self")?;
     let mut on_started = || {
         let p = pod_pid_path(pod_dir);
-        if let Err(e) = write_atomic(&p, &format!("{}\n", host_pid.display())) {
-            // Without the pid file nobody can stop the pod: give up on it.
+        let r = write_atomic(&p, &format!("{}\n", host_pid.display()))
+            .and_then(|()| leave_host_fs(pod_dir))
+            .and_then(|()| supervisor::drop_privileges(supervisor::SUPERVISOR_CAPS));
+        if let Err(e) = r {
+            // Without the pid file nobody can stop the pod, and a supervisor that could not
+            // shed its privileges must not watch over the apps: give up on the pod.
             eprintln!("rkt: {e:#}");
             let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
         }
@@ -182,6 +222,40 @@ fn supervisor_main(
         relay,
         supervisor::STOP_TIMEOUT,
     ))
+}
+
+/// Once every app has its own mount namespace, the supervisor's needs no host file system: it
+/// pivots into an empty read-only tmpfs and detaches the rest, so that `/proc/1/mountinfo`,
+/// `/proc/1/root` and `/proc/1/cwd` in the pod show nothing of the host.
+fn leave_host_fs(pod_dir: &Path) -> Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    // A mount namespace of our own first: an app child still setting up may not have left the
+    // one we share yet.
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).context("unshare")?;
+    let d = pod_dir.join("stage1/supervisor-root");
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    let fl = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        &d,
+        Some("tmpfs"),
+        fl,
+        Some("size=4k,mode=0500"),
+    )
+    .context("mounting the supervisor's root")?;
+    nix::unistd::chdir(&d).context("chdir")?;
+    // pivot_root(".", ".") stacks the old root on the new one; detaching "." drops it.
+    nix::unistd::pivot_root(".", ".").context("pivot_root")?;
+    umount2(".", MntFlags::MNT_DETACH).context("detaching the host's file system")?;
+    nix::unistd::chdir("/").context("chdir")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | fl,
+        None::<&str>,
+    )
+    .context("remounting the supervisor's root read-only")
 }
 
 fn launch_app(
@@ -293,7 +367,8 @@ fn loopback_up() -> Result<()> {
 }
 
 /// Runs `cmd` (default `/bin/sh`) in the namespaces, root and cgroup of `app` in the running pod,
-/// as root with the app's environment; returns its exit code.
+/// as the app runs (its user, capabilities, seccomp filter, no_new_privs, environment; see
+/// `rkt_stage2::app::entered_app`); returns its exit code.
 pub fn enter(pod_dir: &Path, spec: &PodSpec, app: &str, cmd: &[String]) -> Result<i32> {
     let a = spec
         .apps
@@ -326,9 +401,10 @@ pub fn enter(pod_dir: &Path, spec: &PodSpec, app: &str, cmd: &[String]) -> Resul
         nss.push((open(name)?, flag));
     }
     let rootfd = open("root")?;
-    if let Ok(l) = cgroup::detect() {
-        let _ = cgroup::join(&l, &cgroup::app_path(&spec.uuid, app), 0);
-    }
+    // The app's cgroup carries its device allow-list: never enter without it.
+    let layout = pod_layout(pod_dir)?;
+    cgroup::join(&layout, &cgroup::app_path(&spec.uuid, app), 0)
+        .context("joining the app's cgroup")?;
     for (fd, flag) in &nss {
         nix::sched::setns(fd, *flag)
             .with_context(|| format!("joining the app's {flag:?} namespace"))?;
@@ -336,46 +412,16 @@ pub fn enter(pod_dir: &Path, spec: &PodSpec, app: &str, cmd: &[String]) -> Resul
     nix::unistd::fchdir(rootfd.as_raw_fd()).context("entering the app's root")?;
     nix::unistd::chroot(".").context("chroot")?;
     std::env::set_current_dir("/")?;
-    // rkt's default is /bin/bash; images without bash (busybox, alpine) get /bin/sh.
-    let cmd: Vec<String> =
-        if cmd.is_empty() || (cmd == ["/bin/bash"] && !Path::new("/bin/bash").exists()) {
-            vec!["/bin/sh".to_string()]
-        } else {
-            cmd.to_vec()
-        };
-    let env = rkt_stage2::app::environment(a, rkt_stage2::passwd::home_of(Path::new("/"), 0));
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let exe = rkt_stage2::app::find_executable(Path::new("/"), &cmd[0], &path)?;
-    let cs = |s: &str| std::ffi::CString::new(s).context("NUL byte in the command");
-    let argv: Vec<std::ffi::CString> = cmd.iter().map(|s| cs(s)).collect::<Result<_>>()?;
-    let envp: Vec<std::ffi::CString> = env
-        .iter()
-        .map(|(k, v)| cs(&format!("{k}={v}")))
-        .collect::<Result<_>>()?;
-    let exe_c = cs(&exe.to_string_lossy())?;
+    let entered = rkt_stage2::app::entered_app(a, Path::new("/"), cmd, vec![]);
     // The command must be forked to land in the pod's PID namespace.
     // SAFETY: single-threaded; the child only execs.
     match unsafe { nix::unistd::fork() }.context("fork")? {
         ForkResult::Child => {
-            let wd = Path::new(&a.working_dir);
-            if wd.is_dir() {
-                let _ = std::env::set_current_dir(wd);
-            }
-            // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_close_range,
-                    3u32,
-                    u32::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                )
+            let e = match rkt_stage2::app::exec_as_app(&entered, spec, Path::new("/")) {
+                Ok(never) => match never {},
+                Err(e) => e,
             };
-            let e = nix::unistd::execve(&exe_c, &argv, &envp).unwrap_err();
-            eprintln!("rkt: enter: executing {}: {e}", exe.display());
+            eprintln!("rkt: enter: {e:#}");
             // SAFETY: leaving the forked child.
             unsafe { libc::_exit(254) }
         }
@@ -417,7 +463,7 @@ pub fn gc(pod_dir: &Path) -> Result<()> {
             .unwrap_or_default(),
     };
     if !uuid.is_empty() {
-        if let Ok(l) = cgroup::detect() {
+        if let Ok(l) = pod_layout(pod_dir) {
             cgroup::remove_pod(&l, &uuid)?;
         }
     }
