@@ -86,7 +86,9 @@ pub fn print_error(line: &str) {
 }
 
 /// The last line of defence: a panic (a bug) still ends as one line and exit 254, not a
-/// backtrace and 101; a panic from writing into a closed pipe is the reader going away.
+/// backtrace and 101; a panic from writing into a closed pipe is the reader going away. In
+/// another thread (kvm's relays) the panic stays that thread's: one line, then it unwinds and
+/// its joiner decides, as before.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -95,15 +97,22 @@ fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "panic".into());
-        if msg.contains("Broken pipe") {
+        let main_thread = std::thread::current().name() == Some("main");
+        let broken_pipe = msg.contains("Broken pipe");
+        if broken_pipe && main_thread {
             exit_on_broken_pipe();
+        }
+        if broken_pipe {
+            return;
         }
         let at = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
         print_error(&sanitize(&format!("internal error: {msg}{at}")));
-        std::process::exit(EXIT_RKT_ERROR);
+        if main_thread {
+            std::process::exit(EXIT_RKT_ERROR);
+        }
     }));
 }
 

@@ -505,6 +505,19 @@ fn errors_are_escaped_and_cut() {
         .output()
         .unwrap();
     check(&out, "binary.json");
+    // `rkt run FILE` of a text file: the tar reader's error quotes the file's first bytes.
+    let f = env.scratch.join("passwd");
+    std::fs::write(
+        &f,
+        "root:x:0:0:\x1b[2J\x1b]0;owned\x07:/root\nsecond:x:1:1::/:\n".repeat(20),
+    )
+    .unwrap();
+    let out = env
+        .command(&["run", "--stage1=ns", "--insecure-options=image"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    check(&out, "not an ACI");
     // A 4 KB path.
     let long = format!("/{}", "d/".repeat(2000));
     let out = env

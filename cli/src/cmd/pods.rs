@@ -156,21 +156,30 @@ fn prepare_pod(g: &Globals, p: &Parsed) -> Result<(Pods, Pod, Lock, crate::globa
     let uuid = uuid::Uuid::new_v4().to_string();
     let path = pods.path(PodDir::Embryo, &uuid);
     std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-    let lock = Lock::try_exclusive(&path)?.context("locking the new pod")?;
     let mut pod = Pod {
         uuid,
         dir: PodDir::Embryo,
         path,
         state: State::Embryo,
     };
-    pod.move_to(&pods, PodDir::Prepare)?;
-    if let Err(e) = build::populate(&pod.path, &plan) {
-        let _ = crate::pod::remove_tree(&pod.path);
-        return Err(e);
+    // From here on a failure removes the half-made pod, wherever it got to.
+    let made = (|| {
+        let lock = Lock::try_exclusive(&pod.path)?.context("locking the new pod")?;
+        pod.move_to(&pods, PodDir::Prepare)?;
+        build::populate(&pod.path, &plan)?;
+        pod.move_to(&pods, PodDir::Prepared)?;
+        Ok(lock)
+    })();
+    match made {
+        Ok(lock) => {
+            pod.state = State::Prepared;
+            Ok((pods, pod, lock, insecure))
+        }
+        Err(e) => {
+            let _ = crate::pod::remove_tree(&pod.path);
+            Err(e)
+        }
     }
-    pod.move_to(&pods, PodDir::Prepared)?;
-    pod.state = State::Prepared;
-    Ok((pods, pod, lock, insecure))
 }
 
 /// `<dir>/locks/prepareLock`: shared while preparing a pod, exclusive for `image gc`, so gc never
