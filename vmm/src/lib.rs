@@ -369,6 +369,14 @@ impl Vm {
             pvm,
             debug,
             pvm_fixups: AtomicU64::new(0),
+            xsave_layout: pvm::xsave::Layout::from_cpuid(
+                supported
+                    .as_slice()
+                    .iter()
+                    .filter(|e| e.function == 0xd)
+                    .map(|e| (e.index, e.eax, e.ebx)),
+            ),
+            pvm_xsave_ops: AtomicU64::new(0),
         });
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?);
         event_loop
@@ -435,8 +443,9 @@ impl Vm {
         vstate::stop_vcpus(&self.shared, threads);
         if self.debug {
             eprintln!(
-                "rkt-vmm: VM ended: {reason:?} (PVM fix-ups: {})",
-                self.shared.pvm_fixups.load(Ordering::Relaxed)
+                "rkt-vmm: VM ended: {reason:?} (PVM fix-ups: {}, XSAVE-family instructions run: {})",
+                self.shared.pvm_fixups.load(Ordering::Relaxed),
+                self.shared.pvm_xsave_ops.load(Ordering::Relaxed)
             );
         }
         let _ = self

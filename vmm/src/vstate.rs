@@ -7,7 +7,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_regs, kvm_xcrs, kvm_xsave, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -16,6 +19,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use crate::arch::boot::GuestMem;
 use crate::devices::legacy::PioBus;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::pvm::xsave::{self, XInsn, KVM_XSAVE_SIZE};
 use crate::pvm::{self, EmulationFix};
 use crate::ExitReason;
 
@@ -68,6 +72,10 @@ pub struct VcpuShared {
     pub debug: bool,
     /// Emulation failures fixed up (PVM), for statistics.
     pub pvm_fixups: AtomicU64,
+    /// The guest's XSAVE layout, for running XSAVE/XRSTOR on PVM.
+    pub xsave_layout: xsave::Layout,
+    /// XSAVE-family instructions run for the guest (PVM), for statistics.
+    pub pvm_xsave_ops: AtomicU64,
 }
 
 /// Signal used to kick vCPU threads out of KVM_RUN.
@@ -210,6 +218,14 @@ fn handle_internal_error(index: u8, vcpu: &mut VcpuFd, shared: &VcpuShared) -> R
     if !shared.pvm || internal.suberror != pvm::SUBERROR_EMULATION {
         return Err(describe());
     }
+    if let Some((insn, len)) = xsave::decode(&bytes) {
+        let n = shared.pvm_xsave_ops.fetch_add(1, Ordering::Relaxed);
+        if shared.debug && n == 0 {
+            eprintln!("rkt-vmm: vcpu{index}: running the guest's XSAVE-family instructions (PVM)");
+        }
+        return emulate_xsave(vcpu, shared, regs, insn, len)
+            .map_err(|e| format!("{}: {e}", describe()));
+    }
     match pvm::fix_for(&bytes) {
         EmulationFix::Fatal => Err(format!(
             "{}: the PVM host cannot emulate this instruction",
@@ -231,18 +247,227 @@ fn handle_internal_error(index: u8, vcpu: &mut VcpuFd, shared: &VcpuShared) -> R
                     .map_err(|e| format!("vcpu{index}: KVM_SET_REGS: {e}"))?;
             }
             if let Some(v) = vector {
-                let mut ev = vcpu
-                    .get_vcpu_events()
-                    .map_err(|e| format!("vcpu{index}: KVM_GET_VCPU_EVENTS: {e}"))?;
-                ev.exception.injected = 1;
-                ev.exception.nr = v;
-                ev.exception.has_error_code = 0;
-                ev.exception.error_code = 0;
-                ev.exception.pending = 0;
-                vcpu.set_vcpu_events(&ev)
-                    .map_err(|e| format!("vcpu{index}: KVM_SET_VCPU_EVENTS: {e}"))?;
+                inject_exception(vcpu, v, None).map_err(|e| format!("vcpu{index}: {e}"))?;
             }
             Ok(())
+        }
+    }
+}
+
+/// Delivers exception `vector` (with `error_code` if it has one) before the next guest
+/// instruction.
+fn inject_exception(vcpu: &VcpuFd, vector: u8, error_code: Option<u32>) -> Result<(), String> {
+    let mut ev = vcpu
+        .get_vcpu_events()
+        .map_err(|e| format!("KVM_GET_VCPU_EVENTS: {e}"))?;
+    ev.exception.injected = 1;
+    ev.exception.nr = vector;
+    ev.exception.has_error_code = u8::from(error_code.is_some());
+    ev.exception.error_code = error_code.unwrap_or(0);
+    ev.exception.pending = 0;
+    vcpu.set_vcpu_events(&ev)
+        .map_err(|e| format!("KVM_SET_VCPU_EVENTS: {e}"))
+}
+
+/// What an XSAVE-family instruction raises instead of completing.
+enum GuestFault {
+    /// #GP(0).
+    Gp,
+    /// #PF at `addr` with `code` (present, write bits; always a supervisor access).
+    Pf { addr: u64, code: u32 },
+}
+
+impl From<xsave::Fault> for GuestFault {
+    fn from(_: xsave::Fault) -> Self {
+        GuestFault::Gp
+    }
+}
+
+/// A range of guest-virtual memory as the guest-physical pieces it maps to.
+struct VirtRange(Vec<(u64, usize)>);
+
+impl VirtRange {
+    /// Translates [gva, gva + len) page by page with the vCPU's page tables; an unmapped page (or
+    /// a read-only one for a write) is the #PF the CPU would raise, so the guest kernel can fault
+    /// the page in (or take its exception fix-up) and run the instruction again.
+    fn new(
+        vcpu: &VcpuFd,
+        gva: u64,
+        len: usize,
+        write: bool,
+    ) -> Result<Result<VirtRange, GuestFault>, String> {
+        let mut pieces = Vec::new();
+        let mut addr = gva;
+        let end = gva.wrapping_add(len as u64);
+        while addr != end {
+            let n = (0x1000 - (addr & 0xfff)).min(end.wrapping_sub(addr));
+            let t = vcpu
+                .translate_gva(addr)
+                .map_err(|e| format!("KVM_TRANSLATE {addr:#x}: {e}"))?;
+            if t.valid == 0 || (write && t.writeable == 0) {
+                let code = u32::from(write) << 1 | u32::from(t.valid != 0);
+                return Ok(Err(GuestFault::Pf { addr, code }));
+            }
+            pieces.push((t.physical_address, n as usize));
+            addr = addr.wrapping_add(n);
+        }
+        Ok(Ok(VirtRange(pieces)))
+    }
+
+    /// Calls `f(gpa, range offset, piece length)` for the pieces that overlap [off, off + len).
+    fn each(
+        &self,
+        off: usize,
+        len: usize,
+        mut f: impl FnMut(u64, usize, usize) -> Result<(), GuestFault>,
+    ) -> Result<(), GuestFault> {
+        let mut start = 0;
+        for &(gpa, n) in &self.0 {
+            let (lo, hi) = (off.max(start), (off + len).min(start + n));
+            if lo < hi {
+                f(gpa + (lo - start) as u64, lo, hi - lo)?;
+            }
+            start += n;
+        }
+        Ok(())
+    }
+
+    fn read(&self, mem: &GuestMem, off: usize, buf: &mut [u8]) -> Result<(), GuestFault> {
+        self.each(off, buf.len(), |gpa, at, n| {
+            mem.read_slice(&mut buf[at - off..at - off + n], GuestAddress(gpa))
+                .map_err(|_| GuestFault::Gp)
+        })
+    }
+
+    fn write(&self, mem: &GuestMem, off: usize, data: &[u8]) -> Result<(), GuestFault> {
+        self.each(off, data.len(), |gpa, at, n| {
+            mem.write_slice(&data[at - off..at - off + n], GuestAddress(gpa))
+                .map_err(|_| GuestFault::Gp)
+        })
+    }
+}
+
+fn xsave_bytes(x: &kvm_xsave) -> [u8; KVM_XSAVE_SIZE] {
+    let mut b = [0u8; KVM_XSAVE_SIZE];
+    for (chunk, word) in b.chunks_exact_mut(4).zip(x.region.iter()) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    b
+}
+
+/// Runs XSAVE, XRSTOR, XSETBV or XGETBV for the guest (see `pvm::xsave`): on success RIP moves
+/// past it; a fault is injected with RIP left on it, as the CPU would. Err stops the VM.
+fn emulate_xsave(
+    vcpu: &mut VcpuFd,
+    shared: &VcpuShared,
+    mut regs: kvm_regs,
+    insn: XInsn,
+    len: usize,
+) -> Result<(), String> {
+    let r = &regs;
+    let gpr = [
+        r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15,
+    ];
+    let next_rip = regs.rip.wrapping_add(len as u64);
+    let xcr0 = || -> Result<u64, String> {
+        let x = vcpu.get_xcrs().map_err(|e| format!("KVM_GET_XCRS: {e}"))?;
+        let n = (x.nr_xcrs as usize).min(x.xcrs.len());
+        Ok(x.xcrs[..n]
+            .iter()
+            .find(|c| c.xcr == 0)
+            .map_or(1, |c| c.value))
+    };
+    let edx_eax = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+    let mem = &shared.mem;
+    let layout = &shared.xsave_layout;
+    let outcome: Result<(), GuestFault> = match insn {
+        XInsn::Xgetbv => {
+            if regs.rcx as u32 != 0 {
+                Err(GuestFault::Gp)
+            } else {
+                let v = xcr0()?;
+                regs.rax = v & 0xffff_ffff;
+                regs.rdx = v >> 32;
+                Ok(())
+            }
+        }
+        XInsn::Xsetbv => {
+            let mut x = kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
+            x.xcrs[0].xcr = regs.rcx as u32;
+            x.xcrs[0].value = edx_eax;
+            // KVM checks the index and the value as the CPU would (#GP cases).
+            if regs.rcx as u32 != 0 || vcpu.set_xcrs(&x).is_err() {
+                Err(GuestFault::Gp)
+            } else {
+                Ok(())
+            }
+        }
+        XInsn::Xsave(m) | XInsn::Xrstor(m) => {
+            let addr = m.address(&gpr, next_rip);
+            let xcr0 = xcr0()?;
+            let rfbm = xcr0 & edx_eax;
+            let area = layout.area_len(rfbm);
+            let write = matches!(insn, XInsn::Xsave(_));
+            if addr & 63 != 0 {
+                Err(GuestFault::Gp)
+            } else {
+                match VirtRange::new(vcpu, addr, area, write)? {
+                    Err(f) => Err(f),
+                    Ok(range) => {
+                        let x = vcpu
+                            .get_xsave()
+                            .map_err(|e| format!("KVM_GET_XSAVE: {e}"))?;
+                        let mut cur = xsave_bytes(&x);
+                        if write {
+                            let mut bv = [0u8; 8];
+                            range.read(mem, 512, &mut bv).and_then(|()| {
+                                let writes =
+                                    xsave::xsave_writes(&cur, rfbm, u64::from_le_bytes(bv), layout);
+                                writes
+                                    .iter()
+                                    .try_for_each(|(off, data)| range.write(mem, *off, data))
+                            })
+                        } else {
+                            let mut buf = vec![0u8; area];
+                            range
+                                .read(mem, 0, &mut buf)
+                                .and_then(|()| {
+                                    Ok(xsave::xrstor_merge(&mut cur, &buf, rfbm, xcr0, layout)?)
+                                })
+                                .and_then(|()| {
+                                    let mut x = kvm_xsave::default();
+                                    for (w, c) in x.region.iter_mut().zip(cur.chunks_exact(4)) {
+                                        *w = u32::from_le_bytes(c.try_into().unwrap());
+                                    }
+                                    // SAFETY: a 4096-byte kvm_xsave, the size KVM_SET_XSAVE reads;
+                                    // KVM validates the header and MXCSR (EINVAL: #GP, as XRSTOR).
+                                    unsafe { vcpu.set_xsave(&x) }.map_err(|_| GuestFault::Gp)
+                                })
+                        }
+                    }
+                }
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            regs.rip = next_rip;
+            vcpu.set_regs(&regs)
+                .map_err(|e| format!("KVM_SET_REGS: {e}"))
+        }
+        Err(GuestFault::Gp) => inject_exception(vcpu, 13, Some(0)),
+        Err(GuestFault::Pf { addr, code }) => {
+            let mut s = vcpu
+                .get_sregs()
+                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+            s.cr2 = addr;
+            vcpu.set_sregs(&s)
+                .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+            inject_exception(vcpu, 14, Some(code))
         }
     }
 }

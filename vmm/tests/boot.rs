@@ -270,6 +270,10 @@ fn boots_init_with_rng_fs_vsock_and_resets() {
         Some("written by the guest\n")
     );
     assert!(
+        out.contains("RKT-VMM-TEST: vector state ok"),
+        "guest processes do not keep their own vector registers (see docs/kernel.md, xcr0_sse_only)"
+    );
+    assert!(
         out.contains("RKT-VMM-TEST: vsock reply=PONG"),
         "guest-to-host vsock failed"
     );

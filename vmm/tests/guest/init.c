@@ -4,8 +4,12 @@
  * to the host over virtio-vsock in both directions, then reboots (reboot=k makes the kernel reset through the i8042, which ends
  * the VM with ExitReason::Reset).
  */
+#include <cpuid.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdint.h>
+#include <sys/wait.h>
 #include <linux/vm_sockets.h>
 #include <sys/socket.h>
 #include <stdio.h>
@@ -112,6 +116,70 @@ static void vsock_server(void)
 	close(l);
 }
 
+/* XCR0 as user space sees it (what libc checks before it uses AVX), 0 without OSXSAVE. */
+static uint64_t user_xcr0(void)
+{
+	unsigned int a, b, c, d;
+	uint32_t lo, hi;
+
+	__cpuid(1, a, b, c, d);
+	if (!(c & (1u << 27)))
+		return 0;
+	__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+/*
+ * Two processes keep their own pattern in ymm7 across context switches. A guest kernel that
+ * switches FPU state with FXSAVE while user space may use AVX (PVM with noxsave on a host
+ * without CPUID faulting) lets them overwrite each other's upper halves. Returns the number of
+ * rounds that saw a foreign value in this process; -1 when AVX is not usable (nothing to leak).
+ */
+static int ymm_rounds_corrupted(uint64_t tag, int rounds)
+{
+	int bad = 0, i;
+
+	if ((user_xcr0() & 6) != 6)
+		return -1;
+	for (i = 0; i < rounds; i++) {
+		uint64_t in[4] = { tag, tag, tag, tag + i }, out[4];
+
+		__asm__ volatile("vmovdqu %0, %%ymm7" : : "m"(in) : "xmm7");
+		sched_yield();
+		usleep(200);
+		__asm__ volatile("vmovdqu %%ymm7, %0" : "=m"(out));
+		if (memcmp(in, out, sizeof(in)))
+			bad++;
+	}
+	return bad;
+}
+
+static void vector_state(void)
+{
+	char line[160];
+	int st = 0, bad;
+	pid_t child = fork();
+
+	if (child == 0)
+		_exit(ymm_rounds_corrupted(0x1111111111111111ULL, 100) > 0);
+	bad = ymm_rounds_corrupted(0x2222222222222222ULL, 100);
+	if (child > 0)
+		waitpid(child, &st, 0);
+	if (bad < 0)
+		snprintf(line, sizeof(line),
+			 "RKT-VMM-TEST: vector state ok (user XCR0 %#llx: no AVX state)\n",
+			 (unsigned long long)user_xcr0());
+	else if (bad == 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		snprintf(line, sizeof(line),
+			 "RKT-VMM-TEST: vector state ok (user XCR0 %#llx: AVX switched)\n",
+			 (unsigned long long)user_xcr0());
+	else
+		snprintf(line, sizeof(line),
+			 "RKT-VMM-TEST: vector state CORRUPTED (%d/100 rounds, child status %#x)\n",
+			 bad, st);
+	say(line);
+}
+
 int main(void)
 {
 	char buf[256], line[512];
@@ -157,6 +225,7 @@ int main(void)
 		umount("/mnt");
 	}
 
+	vector_state();
 	vsock_client();
 	vsock_server();
 
