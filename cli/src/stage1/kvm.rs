@@ -623,6 +623,11 @@ mod vmm {
         cfg.vcpus = vcpus;
         cfg.mem_mib = mem_mib;
         cfg.debug = spec.debug;
+        // Debugging aid (e.g. `loglevel=7` to see the guest kernel's segfault reports in the
+        // console log); measured with the rest of the command line like any other setting.
+        if let Some(extra) = std::env::var_os("RKT_STAGE1_KVM_CMDLINE_EXTRA") {
+            cfg.cmdline_extra = extra.to_string_lossy().into_owned();
+        }
         let log = pod_dir.join(CONSOLE_LOG);
         cfg.serial_out = if spec.debug {
             let f = std::fs::OpenOptions::new()
