@@ -137,13 +137,18 @@ impl Pods {
         self.dir(d).join(uuid)
     }
 
-    pub fn ensure_dirs(&self) -> Result<()> {
-        // 0700 on the data dir and pods/, enforced on every use: pods' upper dirs can hold
-        // setuid files an app planted (see rkt_store::private_dir).
+    /// 0700 on the data dir and pods/, created so or tightened (see rkt_store::private_dir).
+    fn ensure_private(&self) -> Result<()> {
         if let Some(data_dir) = self.root.parent() {
             rkt_store::private_dir(data_dir)?;
         }
-        rkt_store::private_dir(&self.root)?;
+        rkt_store::private_dir(&self.root)
+    }
+
+    pub fn ensure_dirs(&self) -> Result<()> {
+        // 0700 on the data dir and pods/, enforced on every use: pods' upper dirs can hold
+        // setuid files an app planted (see rkt_store::private_dir).
+        self.ensure_private()?;
         for d in PodDir::ALL {
             let p = self.dir(d);
             std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
@@ -154,6 +159,9 @@ impl Pods {
     /// Every pod, found by walking the state directories. A pod that moves while we walk can be
     /// seen twice or missed; callers that act on one pod re-locate it with [`Pods::find`].
     pub fn all(&self) -> Result<Vec<Pod>> {
+        if self.root.exists() {
+            self.ensure_private()?; // every command that walks the pods keeps them private
+        }
         let mut out: Vec<Pod> = Vec::new();
         for d in PodDir::ALL {
             let rd = match std::fs::read_dir(self.dir(d)) {
