@@ -1025,6 +1025,59 @@ fn insecure_tls_config() -> std::sync::Arc<rustls::ClientConfig> {
     Arc::new(cfg)
 }
 
+/// The JSON and reference parsers an image source reaches, for the fuzz target `image_json`
+/// (fuzz/): each must return an error, never panic, on any input.
+pub(crate) fn fuzz_parsers(kind: u8, data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match kind % 7 {
+        0 => {
+            // index.json, as import_oci and the index-following loop read it.
+            if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                let _ = serde_json::from_value::<Vec<Descriptor>>(
+                    v.get("manifests").cloned().unwrap_or(Value::Null),
+                );
+                let mt = v.get("mediaType").and_then(Value::as_str).unwrap_or("");
+                if is_index(mt, &v) {
+                    if let Ok(d) = pick_platform(&v, "fuzz") {
+                        let _ = crate::blob::digest_hex(&d.digest);
+                    }
+                }
+            }
+        }
+        1 => {
+            if let Ok(m) = serde_json::from_slice::<ImageManifestOci>(data) {
+                let _ = check_layers(&m.layers);
+                let _ = crate::blob::digest_hex(&m.config.digest);
+            }
+        }
+        2 => {
+            if let Ok(m) = convert::to_appc("fuzz", "latest", data) {
+                let s = serde_json::to_string(&m).expect("a parsed manifest serialises");
+                let _: crate::ImageManifest =
+                    serde_json::from_str(&s).expect("a serialised manifest parses");
+            }
+        }
+        3 => {
+            if let Ok(m) = serde_json::from_slice::<crate::ImageManifest>(data) {
+                let _ = serde_json::to_string(&m);
+                let _ = rkt_schema::lookup(&m.labels, "version");
+            }
+        }
+        4 => {
+            let _ = serde_json::from_slice::<Vec<DockerArchiveEntry>>(data);
+        }
+        5 => {
+            let _ = auth_params(&text);
+        }
+        _ => {
+            if let Ok(s) = Source::parse(&text) {
+                let _ = format!("{s:?}");
+            }
+            let _ = crate::split_name_tag(&text);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

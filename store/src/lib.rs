@@ -133,6 +133,15 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Entry points for the cargo-fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Index/manifest/config/appc/docker-archive JSON and reference parsers (`kind` picks one).
+    pub fn image_json(kind: u8, data: &[u8]) {
+        crate::fetch::fuzz_parsers(kind, data)
+    }
+}
+
 /// `sha256-<hex>` from `sha256:<hex>`.
 pub fn digest_to_id(digest: &str) -> String {
     digest.replacen("sha256:", "sha256-", 1)
