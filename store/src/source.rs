@@ -1,5 +1,5 @@
-//! Image arguments: `oci:PATH[:TAG]`, `oci-archive:FILE`, `docker-archive:FILE`, a local `.aci`
-//! file, `docker://[HOST[:PORT]/]NAME[:TAG|@DIGEST]`, or a name/ID already in the store.
+//! Image arguments: `oci:PATH[:REFERENCE]` (PATH ends at the first colon), `oci-archive:FILE`,
+//! `docker-archive:FILE`, a local `.aci` file, `docker://[HOST[:PORT]/]NAME[:TAG|@DIGEST]`, or a name/ID already in the store.
 
 use std::path::{Path, PathBuf};
 
@@ -112,8 +112,20 @@ impl Source {
             return Ok(Source::Docker(parse_docker(r)?));
         }
         if let Some(r) = s.strip_prefix("oci:") {
-            let (path, tag) = split_tag(r);
-            return Ok(Source::Oci { path, tag });
+            // skopeo's convention: the path ends at the FIRST colon, so the reference may hold
+            // colons of its own (buildah writes `org.opencontainers.image.ref.name` values such
+            // as `busybox:1.36`); a layout path cannot contain a colon.
+            let (path, tag) = match r.split_once(':') {
+                Some((p, t)) => (p, (!t.is_empty()).then(|| t.to_string())),
+                None => (r, None),
+            };
+            if path.is_empty() {
+                bail!("oci: needs a layout directory: oci:PATH[:REFERENCE]");
+            }
+            return Ok(Source::Oci {
+                path: PathBuf::from(path),
+                tag,
+            });
         }
         if let Some(r) = s.strip_prefix("oci-archive:") {
             let (path, tag) = split_tag(r);
@@ -154,6 +166,32 @@ mod tests {
         let r = parse_docker(&format!("localhost/x/y@{d}")).unwrap();
         assert_eq!(r.digest.as_deref(), Some(d.as_str()));
         assert!(parse_docker("HOST.io/Bad").is_err());
+    }
+
+    #[test]
+    fn oci_path_ends_at_the_first_colon() {
+        assert_eq!(
+            Source::parse("oci:/imgs/bb:busybox:1.36").unwrap(),
+            Source::Oci {
+                path: "/imgs/bb".into(),
+                tag: Some("busybox:1.36".into())
+            }
+        );
+        assert_eq!(
+            Source::parse("oci:./bb").unwrap(),
+            Source::Oci {
+                path: "./bb".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            Source::parse("oci:/imgs/bb:").unwrap(),
+            Source::Oci {
+                path: "/imgs/bb".into(),
+                tag: None
+            }
+        );
+        assert!(Source::parse("oci::latest").is_err());
     }
 
     #[test]
