@@ -2,8 +2,15 @@
 # One command from a fresh machine to a running pod: installs Debian packages, builds the guest
 # kernel when its cache is cold, builds the workspace and the test images, then runs a demo pod.
 set -euo pipefail
+# Root is needed (apt-get, mounts, namespaces). Root runs on (containers and cloud images
+# often have no sudo); a user re-runs this script through sudo, keeping the caller's PATH and
+# rustup toolchains (cargo's own home stays root's).
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "setup: run as root (apt-get, mounts, namespaces); sudo is not installed" >&2; exit 1; }
+  echo "setup: not root, re-running with sudo" >&2
+  exec sudo env "PATH=$PATH" "RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}" "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "setup: run as root (apt-get, mounts, namespaces)" >&2; exit 1; }
 
 scripts/deps.sh
 kernel-config/build.sh

@@ -2,8 +2,15 @@
 # The whole test suite: style gates, unit tests, and end-to-end tests that run the real rkt binary
 # against real components (docker-registry, skopeo, umoci, swtpm + tpm2-tools, runc, KVM).
 set -euo pipefail
+# Root is needed (pods need mounts and namespaces). Root runs on (containers and cloud images
+# often have no sudo); a user re-runs this script through sudo, keeping the caller's PATH and
+# rustup toolchains (cargo's own home stays root's).
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "test: run as root (pods need mounts and namespaces); sudo is not installed" >&2; exit 1; }
+  echo "test: not root, re-running with sudo" >&2
+  exec sudo env "PATH=$PATH" "RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}" "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "test: run as root (pods need mounts and namespaces)" >&2; exit 1; }
 if [ ! -e /dev/kvm ]; then
   echo "test: WARNING /dev/kvm is missing: the kvm stage1 tests will FAIL, not skip" >&2
 fi
