@@ -2,10 +2,11 @@
 //! configured PCR and appended to the TPM event log (see docs/tpm.md). The pod records which log
 //! entries are its own in `<pod>/tpm-events.json`.
 //!
-//! `measure_pod` does it all for a pod about to start. Its steps, for callers that need them
-//! apart (each returns the log entries it added): `Measurer::open` → `measure_stage0` →
-//! `measure_stage1_ns` | `measure_stage1_kvm` → `measure_pod_manifest` → `measure_app` for every
-//! app → `record(pod_dir)` → start stage1.
+//! A pod is measured in execution order, each stage before it runs: [`PodMeasurement::begin`]
+//! (stage0, when the pod starts) → the flavour measures its stage1 ([`PodMeasurement::stage1_ns`]
+//! before the namespaces exist, [`PodMeasurement::stage1_kvm`] once the VM is laid out and before
+//! any vCPU runs) → [`PodMeasurement::finish`] (pod manifest, every app, `<pod>/tpm-events.json`)
+//! → the flavour starts the apps.
 
 use std::path::{Path, PathBuf};
 
@@ -123,8 +124,9 @@ pub fn parse_event_data(data: &[u8]) -> Option<(String, Value)> {
 
 impl Measurer {
     /// Checks that a TPM answers (unless `off`). `required` without a TPM is an error; `auto`
-    /// without one says so once on stderr and measures nothing.
-    pub fn open(g: &Globals, mode: TpmMode) -> Result<Measurer> {
+    /// without one measures nothing and says so only with `debug` (most hosts have no TPM: a
+    /// note on every run would be noise; `rkt tpm log --pod` explains an unmeasured pod).
+    pub fn open(g: &Globals, mode: TpmMode, debug: bool) -> Result<Measurer> {
         let pcr = pcr(g)?;
         let j = journal(g);
         let mut m = Measurer {
@@ -142,7 +144,8 @@ impl Measurer {
             Err(e) if mode == TpmMode::Required => {
                 return Err(e.context("--tpm=required but no usable TPM"))
             }
-            Err(e) => eprintln!("rkt: no TPM, pod not measured ({e:#})"),
+            Err(e) if debug => eprintln!("rkt: no TPM, pod not measured ({e:#})"),
+            Err(_) => {}
         }
         Ok(m)
     }
@@ -324,20 +327,6 @@ pub fn find_pod_dir(data_dir: &Path, uuid: &str) -> Result<(String, PathBuf)> {
     }
 }
 
-/// What the stage1 is made of.
-pub enum Stage1<'a> {
-    /// `ns`: its security settings are measured from the pod spec.
-    Ns,
-    /// Built by the kvm flavour's start-up (see docs/tpm.md).
-    #[allow(dead_code)]
-    Kvm {
-        vmm: &'a Path,
-        vmlinux: &'a Path,
-        initramfs: &'a Path,
-        cmdline: &'a str,
-    },
-}
-
 /// The `ns` flavour's security settings, as measured: network mode, `--insecure-options`, and per
 /// app the user, capabilities, seccomp filter, read-only rootfs and resource limits.
 pub fn ns_settings(spec: &rkt_stage2::PodSpec) -> Value {
@@ -362,52 +351,134 @@ pub fn ns_settings(spec: &rkt_stage2::PodSpec) -> Value {
     json!({"flavor": "ns", "net": spec.net, "insecure": spec.insecure, "apps": apps})
 }
 
-/// Measures a pod about to start, in `--tpm` mode `mode`: stage0, the stage1, the pod manifest
-/// as stored at `<pod>/pod`, then every app (image, rendered tree from `tree_of(image_id)`,
-/// volumes, command line); writes `<pod>/tpm-events.json`. An error means the pod must not start.
-pub fn measure_pod(
-    g: &Globals,
-    mode: TpmMode,
-    pod_dir: &Path,
-    spec: &rkt_stage2::PodSpec,
-    stage1: Stage1,
-    tree_of: impl Fn(&str) -> Result<rkt_store::RenderedTree>,
-) -> Result<()> {
-    let mut m = Measurer::open(g, mode)?;
-    if !m.active() {
-        return Ok(());
+/// One pod's measurement, from its start to the moment its apps run. Everything it measures is
+/// gathered at [`PodMeasurement::begin`] (the spec and manifest are final then), so the flavour
+/// only adds its stage1 and calls [`PodMeasurement::finish`] before starting the apps.
+pub struct PodMeasurement {
+    m: Measurer,
+    uuid: String,
+    pod_dir: PathBuf,
+    manifest: Vec<u8>,
+    apps: Vec<MeasuredApp>,
+    stage1_done: bool,
+}
+
+/// An app's measurement, owned (see [`AppMeasurement`]).
+struct MeasuredApp {
+    name: String,
+    image: String,
+    tree: String,
+    rootfs: PathBuf,
+    volumes: Value,
+    exec: Vec<String>,
+}
+
+impl PodMeasurement {
+    /// Opens the TPM in `--tpm` mode `mode` and measures stage0 (the running rkt). Reads the pod
+    /// manifest as stored at `<pod>/pod` and each app's rendered tree (`tree_of(image_id)`) now,
+    /// for [`PodMeasurement::finish`]. An error means the pod must not start.
+    pub fn begin(
+        g: &Globals,
+        mode: TpmMode,
+        debug: bool,
+        pod_dir: &Path,
+        spec: &rkt_stage2::PodSpec,
+        tree_of: impl Fn(&str) -> Result<rkt_store::RenderedTree>,
+    ) -> Result<PodMeasurement> {
+        let m = Measurer::open(g, mode, debug)?;
+        PodMeasurement::with(m, pod_dir, spec, tree_of)
     }
-    let uuid = spec.uuid.as_str();
-    m.measure_stage0(uuid)?;
-    match stage1 {
-        Stage1::Ns => m.measure_stage1_ns(uuid, &ns_settings(spec))?,
-        Stage1::Kvm {
-            vmm,
-            vmlinux,
-            initramfs,
-            cmdline,
-        } => m.measure_stage1_kvm(uuid, vmm, vmlinux, initramfs, cmdline)?,
-    };
-    let manifest = pod_dir.join("pod");
-    let bytes =
-        std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
-    m.measure_pod_manifest(uuid, &bytes)?;
-    for a in &spec.apps {
-        let tree = tree_of(&a.image_id)
-            .with_context(|| format!("app {:?}: image {}", a.name, a.image_id))?;
-        m.measure_app(
-            uuid,
-            &AppMeasurement {
-                name: &a.name,
-                image: &a.image_id,
-                tree: &tree.tree_digest,
-                rootfs: &tree.rootfs,
-                volumes: serde_json::to_value(&a.mounts)?,
-                exec: &a.exec,
+
+    fn with(
+        mut m: Measurer,
+        pod_dir: &Path,
+        spec: &rkt_stage2::PodSpec,
+        tree_of: impl Fn(&str) -> Result<rkt_store::RenderedTree>,
+    ) -> Result<PodMeasurement> {
+        let mut pm = PodMeasurement {
+            uuid: spec.uuid.clone(),
+            pod_dir: pod_dir.to_path_buf(),
+            manifest: Vec::new(),
+            apps: Vec::new(),
+            stage1_done: false,
+            m: Measurer {
+                journal: None,
+                tcti: String::new(),
+                mode: TpmMode::Off,
+                pcr: DEFAULT_PCR,
+                logged: Vec::new(),
             },
-        )?;
+        };
+        if !m.active() {
+            pm.m = m;
+            return Ok(pm);
+        }
+        let manifest = pod_dir.join("pod");
+        pm.manifest =
+            std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+        for a in &spec.apps {
+            let tree = tree_of(&a.image_id)
+                .with_context(|| format!("app {:?}: image {}", a.name, a.image_id))?;
+            pm.apps.push(MeasuredApp {
+                name: a.name.clone(),
+                image: a.image_id.clone(),
+                tree: tree.tree_digest,
+                rootfs: tree.rootfs,
+                volumes: serde_json::to_value(&a.mounts)?,
+                exec: a.exec.clone(),
+            });
+        }
+        m.measure_stage0(&pm.uuid)?;
+        pm.m = m;
+        Ok(pm)
     }
-    m.record(pod_dir)
+
+    /// stage1 `ns`: its security settings, from the spec.
+    pub fn stage1_ns(&mut self, spec: &rkt_stage2::PodSpec) -> Result<()> {
+        self.stage1_done = true;
+        self.m.measure_stage1_ns(&self.uuid, &ns_settings(spec))?;
+        Ok(())
+    }
+
+    /// stage1 `kvm`: the VMM, guest kernel, initramfs and the final kernel command line.
+    pub fn stage1_kvm(
+        &mut self,
+        vmm: &Path,
+        vmlinux: &Path,
+        initramfs: &Path,
+        cmdline: &str,
+    ) -> Result<()> {
+        self.stage1_done = true;
+        self.m
+            .measure_stage1_kvm(&self.uuid, vmm, vmlinux, initramfs, cmdline)?;
+        Ok(())
+    }
+
+    /// The pod manifest, then every app; writes `<pod>/tpm-events.json`. Call it after the
+    /// flavour measured its stage1 and before any app runs.
+    pub fn finish(mut self) -> Result<()> {
+        if !self.m.active() {
+            return Ok(());
+        }
+        if !self.stage1_done {
+            bail!("internal error: the pod's stage1 was not measured");
+        }
+        self.m.measure_pod_manifest(&self.uuid, &self.manifest)?;
+        for a in &self.apps {
+            self.m.measure_app(
+                &self.uuid,
+                &AppMeasurement {
+                    name: &a.name,
+                    image: &a.image,
+                    tree: &a.tree,
+                    rootfs: &a.rootfs,
+                    volumes: a.volumes.clone(),
+                    exec: &a.exec,
+                },
+            )?;
+        }
+        self.m.record(&self.pod_dir)
+    }
 }
 
 /// The `--tpm` mode a pod was prepared with (`<pod>/tpm-mode`), else the config's, else auto.
@@ -486,63 +557,8 @@ mod tests {
     }
 }
 
-/// For the kvm flavour, whose kernel command line is only final once the VM is laid out: measures
-/// the VMM, kernel, initramfs and command line into the log the pod was measured into (same TCTI,
-/// PCR and `--tpm` mode) and appends the entries to `<pod>/tpm-events.json`. Call it before the
-/// vCPUs run. A pod that was not measured (`--tpm=off`, or no TPM under `auto`) is left alone.
-#[allow(dead_code)] // called by the kvm flavour (see docs/tpm.md)
-pub fn measure_kvm_late(
-    pod_dir: &Path,
-    vmm: &Path,
-    vmlinux: &Path,
-    initramfs: &Path,
-    cmdline: &str,
-) -> Result<()> {
-    let Some(mut rec) = read_pod_events(pod_dir)? else {
-        return Ok(());
-    };
-    let recorded = std::fs::read_to_string(pod_dir.join("tpm-mode")).unwrap_or_default();
-    let mode = match recorded.trim() {
-        "" => TpmMode::Auto,
-        m => TpmMode::parse(m)?,
-    };
-    // <dir>/pods/<state>/<uuid>
-    let data_dir = pod_dir
-        .ancestors()
-        .nth(3)
-        .with_context(|| format!("{} is not a pod directory", pod_dir.display()))?;
-    let uuid = pod_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tcti = if rec.tcti.is_empty() {
-        resolve_tcti(None)
-    } else {
-        rec.tcti.clone()
-    };
-    let mut m = Measurer {
-        journal: Some(Journal::new(data_dir, &tcti)),
-        tcti,
-        mode,
-        pcr: rec.pcr,
-        logged: Vec::new(),
-    };
-    m.measure_stage1_kvm(&uuid, vmm, vmlinux, initramfs, cmdline)?;
-    for l in &m.logged {
-        if l.boot.id() != rec.boot && mode == TpmMode::Required {
-            bail!(
-                "the TPM was reset since pod {uuid} was measured (boot cycle {} → {})",
-                rec.boot,
-                l.boot.id()
-            );
-        }
-        rec.events.push(l.index);
-    }
-    write_pod_events(pod_dir, &rec)
-}
-
 #[cfg(test)]
-mod kvm_late_tests {
+mod pod_measurement_tests {
     use super::*;
     use std::process::{Command, Stdio};
 
@@ -591,33 +607,39 @@ mod kvm_late_tests {
     }
 
     #[test]
-    fn kvm_artefacts_are_appended_to_the_pods_record() {
+    fn kvm_pods_are_measured_as_kvm_in_execution_order() {
         let tpm = swtpm();
         let tcti = format!("swtpm:host=127.0.0.1,port={}", tpm.1);
         let dir = tempfile::tempdir().unwrap();
         let pod = dir.path().join("pods/run/0123-pod");
         std::fs::create_dir_all(&pod).unwrap();
-        std::fs::write(pod.join("tpm-mode"), "required").unwrap();
-        // Not measured yet: nothing happens.
+        std::fs::write(pod.join("pod"), br#"{"acKind":"PodManifest"}"#).unwrap();
+        let spec: rkt_stage2::PodSpec = serde_json::from_value(json!({
+            "uuid": "0123-pod", "hostname": "h", "net": "none", "resolv_conf": null,
+            "hosts": null, "interactive": false, "insecure": rkt_stage2::InsecureRun::default(),
+            "debug": false, "apps": []
+        }))
+        .unwrap();
+        let m = Measurer {
+            journal: Some(Journal::new(dir.path(), &tcti)),
+            tcti: tcti.clone(),
+            mode: TpmMode::Required,
+            pcr: DEFAULT_PCR,
+            logged: Vec::new(),
+        };
+        let mut pm = PodMeasurement::with(m, &pod, &spec, |_| unreachable!()).unwrap();
         let f = dir.path().join("artefact");
         std::fs::write(&f, b"kernel bytes").unwrap();
-        measure_kvm_late(&pod, &f, &f, &f, "console=ttyS0").unwrap();
+        // Nothing is recorded for the pod until the flavour measured its stage1 and finished.
         assert!(!pod.join(EVENTS_FILE).exists());
-        // Measured by stage0 (one event here), then the kvm flavour adds its four.
-        let j = Journal::new(dir.path(), &tcti);
-        let first = j.measure(15, b"rkt/stage0 {}").unwrap();
-        let rec = PodEvents {
-            log: "x".into(),
-            boot: first.boot.id(),
-            pcr: 15,
-            events: vec![first.index],
-            tcti: tcti.clone(),
-        };
-        write_pod_events(&pod, &rec).unwrap();
-        measure_kvm_late(&pod, &f, &f, &f, "console=ttyS0 quiet").unwrap();
+        pm.stage1_kvm(&f, &f, &f, "console=ttyS0 quiet").unwrap();
+        pm.finish().unwrap();
         let rec = read_pod_events(&pod).unwrap().unwrap();
-        assert_eq!(rec.events, vec![1, 2, 3, 4, 5]);
-        let log = rkt_tpm::Log::parse(&std::fs::read(&first.log).unwrap()).unwrap();
+        assert_eq!(rec.events, vec![1, 2, 3, 4, 5, 6]);
+        let log = rkt_tpm::Log::parse(
+            &std::fs::read(Journal::new(dir.path(), &tcti).dir.join(&rec.log)).unwrap(),
+        )
+        .unwrap();
         let labels: Vec<String> = log
             .events
             .iter()
@@ -634,11 +656,35 @@ mod kvm_late_tests {
                 "rkt/stage1/kvm/vmm",
                 "rkt/stage1/kvm/vmlinux",
                 "rkt/stage1/kvm/initramfs",
-                "rkt/stage1/kvm/cmdline"
+                "rkt/stage1/kvm/cmdline",
+                "rkt/pod-manifest",
             ]
         );
         let (_, cmd) = parse_event_data(&log.events[4].data).unwrap();
         assert_eq!(cmd["cmdline"], "console=ttyS0 quiet");
         assert_eq!(cmd["pod"], "0123-pod");
+    }
+
+    #[test]
+    fn finishing_without_a_stage1_is_refused() {
+        let tpm = swtpm();
+        let tcti = format!("swtpm:host=127.0.0.1,port={}", tpm.1);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pod"), b"{}").unwrap();
+        let spec: rkt_stage2::PodSpec = serde_json::from_value(json!({
+            "uuid": "u", "hostname": "h", "net": "none", "resolv_conf": null, "hosts": null,
+            "interactive": false, "insecure": rkt_stage2::InsecureRun::default(),
+            "debug": false, "apps": []
+        }))
+        .unwrap();
+        let m = Measurer {
+            journal: Some(Journal::new(dir.path(), &tcti)),
+            tcti,
+            mode: TpmMode::Required,
+            pcr: DEFAULT_PCR,
+            logged: Vec::new(),
+        };
+        let pm = PodMeasurement::with(m, dir.path(), &spec, |_| unreachable!()).unwrap();
+        assert!(pm.finish().is_err());
     }
 }

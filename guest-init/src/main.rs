@@ -429,6 +429,9 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
     // Per app: the end-of-relay channel and how many relays report on it.
     let drains: std::cell::RefCell<HashMap<String, (mpsc::Receiver<()>, usize)>> =
         Default::default();
+    // Per app: the thread that reports it started once it exec'd.
+    let started: std::cell::RefCell<HashMap<String, std::thread::JoinHandle<()>>> =
+        Default::default();
     let index = |name: &str| pod.apps.iter().position(|a| a.name == name).unwrap_or(0) as u32;
     // Only an interactive pod (one app) reads host input; without a host there is none.
     let interactive = pod.interactive && ctl.sock.is_some();
@@ -455,10 +458,14 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
         } else {
             None
         };
+        // Close-on-exec: its end-of-file tells us the app exec'd (or died setting up).
+        let (exec_r, exec_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
         // SAFETY: the child only sets itself up and execs (or _exits).
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 supervisor::reset_signals_in_child();
+                drop(exec_r);
                 let io = AppIo {
                     stdin: stdin.as_ref().map(|(r, _)| r),
                     out: &out_w,
@@ -471,7 +478,7 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
                 unsafe { libc::_exit(SETUP_FAILED) }
             }
             ForkResult::Parent { child } => {
-                drop((out_w, err_w));
+                drop((out_w, err_w, exec_w));
                 let (tx, rx) = mpsc::channel();
                 let mut relays = 0;
                 let mut start_relay = |fd: OwnedFd, stream: Stream| {
@@ -499,16 +506,27 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
                     }
                 }
                 drains.borrow_mut().insert(a.name.clone(), (rx, relays));
-                pids.lock().unwrap().insert(a.name.clone(), child.as_raw());
-                ctl.send(&Msg::AppStarted {
-                    app: chan,
-                    pid: child.as_raw() as u32,
+                // Started means enterable: the app's root is in place once it exec'd. Waited
+                // for aside, so the apps set up side by side.
+                let (c, pids, name) = (ctl.clone(), pids.clone(), a.name.clone());
+                let t = std::thread::spawn(move || {
+                    wait_exec(&exec_r, child);
+                    pids.lock().unwrap().insert(name, child.as_raw());
+                    c.send(&Msg::AppStarted {
+                        app: chan,
+                        pid: child.as_raw() as u32,
+                    });
                 });
+                started.borrow_mut().insert(a.name.clone(), t);
                 Ok(child)
             }
         }
     };
     let mut on_exit = |name: &str, code: i32| {
+        // Its start is reported before its exit (the child is gone: the wait ends at once).
+        if let Some(t) = started.borrow_mut().remove(name) {
+            let _ = t.join();
+        }
         pids.lock().unwrap().remove(name);
         inputs.lock().unwrap().apps.remove(&index(name));
         // The app's last output must reach the host before its exit does; a daemon it left
@@ -537,6 +555,37 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
     );
     finish(ctl, Some((code, closed_rx)));
     Ok(())
+}
+
+/// Waits until `child` exec'd or exited: `exec_r`'s write end is close-on-exec and only the child
+/// holds it, so end-of-file means either. An enter session forked meanwhile may hold a copy of
+/// the write end too, hence the look at the child itself (without reaping it: the supervisor
+/// does that).
+fn wait_exec(exec_r: &OwnedFd, child: Pid) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(exec_r.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u8)) {
+            Ok(n) if n > 0 => return, // end-of-file: nothing is ever written
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+        // SAFETY: waitid fills the siginfo we own; WNOWAIT leaves the child to the supervisor.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                child.as_raw() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is set by waitid (0 while the child runs).
+        if r != 0 || unsafe { info.si_pid() } != 0 {
+            return;
+        }
+    }
 }
 
 /// Reports the pod's end and waits (bounded) until the host has read it, so the reset that follows

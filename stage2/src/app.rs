@@ -143,6 +143,12 @@ pub fn exec_as_app(
         .collect::<anyhow::Result<_>>()?;
     let exe_c = CString::new(exe.as_os_str().as_bytes())?;
 
+    // While still root with every capability: lowering it needs CAP_SYS_RESOURCE. Inherited by
+    // everything the app starts, and applied to `rkt enter` commands as to the app.
+    if let Some(adj) = app.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .context("setting oom_score_adj")?;
+    }
     // SAFETY: plain prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     if !pod.insecure.capabilities {

@@ -42,5 +42,6 @@ pub(crate) fn test_app() -> AppSpec {
         memory_limit: Some(64 << 20),
         cpu_millis: Some(500),
         cpu_shares: Some(512),
+        oom_score_adj: None,
     }
 }

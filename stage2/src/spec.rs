@@ -112,6 +112,9 @@ pub struct AppSpec {
     pub cpu_millis: Option<u64>,
     /// `--cpu-shares`.
     pub cpu_shares: Option<u64>,
+    /// `--oom-score-adj` (`os/linux/oom-score-adj`), -1000..1000; None leaves the inherited one.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 impl PodSpec {

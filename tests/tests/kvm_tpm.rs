@@ -1,6 +1,7 @@
-//! A kvm pod measured into a real TPM (swtpm): besides stage0's entries, the flavour measures the
-//! VMM, guest kernel, initramfs and final kernel command line before any vCPU runs, and
-//! `rkt tpm verify` checks them against the files and the TPM. One boot (~1 min on PVM).
+//! A kvm pod measured into a real TPM (swtpm) as a kvm pod, in execution order: stage0, the VMM,
+//! guest kernel, initramfs and final kernel command line (before any vCPU runs), the pod manifest,
+//! the app; never as ns. `rkt tpm verify` checks them against the files and the TPM. One boot
+//! (~1 min on PVM).
 
 mod tpm_support;
 
@@ -54,6 +55,38 @@ fn kvm_pod_measures_vmm_kernel_initramfs_and_cmdline() {
     }
     // The command line measured is the one the guest got (virtio-mmio devices included).
     log.assert_stdout_contains("virtio_mmio.device=");
+    // Measured as what it is, in the order the stages run.
+    let json = env.rkt(&[&tcti, "tpm", "log", "--pod", &uuid, "--format=json"]);
+    json.assert_ok();
+    let events: Vec<serde_json::Value> = serde_json::from_str(json.stdout.trim()).unwrap();
+    let labels: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let data = e["event"].as_str().unwrap();
+            data.split(' ').next().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "rkt/stage0",
+            "rkt/stage1/kvm/vmm",
+            "rkt/stage1/kvm/vmlinux",
+            "rkt/stage1/kvm/initramfs",
+            "rkt/stage1/kvm/cmdline",
+            "rkt/pod-manifest",
+            "rkt/app",
+        ],
+        "{}",
+        json.stdout
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| !e["event"].as_str().unwrap().contains(r#""flavor":"ns""#)),
+        "{}",
+        json.stdout
+    );
     env.rkt(&[&tcti, "tpm", "verify", "--pod", &uuid])
         .assert_ok()
         .assert_stdout_contains("matches the TPM");

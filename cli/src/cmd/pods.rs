@@ -36,21 +36,19 @@ pub fn run(g: &Globals, a: RunArgs) -> Result<i32> {
     ensure_root()?;
     let p = args::parse(Mode::Run, &a.args)?;
     let start = build::start_options(&p.pod.start)?;
+    // Flavour/flag conflicts are refused before anything of the pod exists.
+    build::flavor(&p.pod, g.config.stage1_name.as_deref())?.check(&start.net)?;
     let (pods, mut pod, lock, insecure) = prepare_pod(g, &p)?;
-    let r = (|| {
-        if let Some(f) = &p.pod.uuid_file_save {
-            save_uuid(f, &pod.uuid)?;
-        }
-        start_pod(
-            g,
-            &pods,
-            &mut pod,
-            &lock,
-            &start,
-            insecure,
-            g.debug || p.pod.debug,
-        )
-    })();
+    let r = start_pod(
+        g,
+        &pods,
+        &mut pod,
+        &lock,
+        &start,
+        insecure,
+        g.debug || p.pod.debug,
+        p.pod.uuid_file_save.as_deref(),
+    );
     if r.is_err() {
         discard_unstarted(&pods, pod, lock);
     }
@@ -121,6 +119,7 @@ pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
     if !pod.path.exists() {
         bail!("pod {} is not prepared any more", pod.uuid);
     }
+    Flavor::of_pod(&pod.path)?.check(&start.net)?;
     let mut pod = pod;
     start_pod(
         g,
@@ -130,6 +129,7 @@ pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
         &start,
         insecure,
         g.debug || p.pod.debug,
+        None,
     )
 }
 
@@ -194,6 +194,9 @@ pub(crate) fn prepare_lock(dir: &Path, mode: rkt_flock::Mode) -> Result<rkt_floc
 }
 
 /// Moves a prepared, locked pod to `run/`, writes its spec and hands it to its stage1.
+/// `uuid_file` (`--uuid-file-save`) is written once the pod is in `run/`: from then on
+/// `rkt stop`, `status` and `enter` act on it.
+#[allow(clippy::too_many_arguments)]
 fn start_pod(
     g: &Globals,
     pods: &Pods,
@@ -202,11 +205,16 @@ fn start_pod(
     start: &build::Start,
     insecure: crate::global::Insecure,
     debug: bool,
+    uuid_file: Option<&Path>,
 ) -> Result<i32> {
     let flavor = Flavor::of_pod(&pod.path)?;
     let store = Store::open(&g.dir)?;
     let pm = pod.manifest()?;
     pod.move_to(pods, PodDir::Run)?;
+    pod.state = State::Running;
+    if let Some(f) = uuid_file {
+        save_uuid(f, &pod.uuid)?;
+    }
     let spec = build::pod_spec(&pod.path, &pod.uuid, &pm, &store, start, insecure, debug)?;
     crate::pod::write_atomic(
         &pod.path.join(rkt_stage2::SPEC_FILE),
@@ -218,17 +226,13 @@ fn start_pod(
             "rkt: warning: the default network is not implemented yet, the pod gets loopback only (use --net=host or --net=none)"
         );
     }
-    // Measured after the spec is final and before anything of the pod runs.
+    // stage0 is measured now that the spec is final; the flavour measures its stage1, then the
+    // manifest and apps, before any of them runs.
     let mode = crate::measure::pod_mode(g, &pod.path)?;
-    crate::measure::measure_pod(
-        g,
-        mode,
-        &pod.path,
-        &spec,
-        crate::measure::Stage1::Ns,
-        |id| store.render(id),
-    )?;
-    flavor.run(&pod.path, &spec, lock.fd())
+    let measure = crate::measure::PodMeasurement::begin(g, mode, debug, &pod.path, &spec, |id| {
+        store.render(id)
+    })?;
+    flavor.run(&pod.path, &spec, lock.fd(), measure)
 }
 
 fn save_uuid(path: &Path, uuid: &str) -> Result<()> {
@@ -441,8 +445,9 @@ pub fn status(g: &Globals, a: StatusArgs) -> Result<i32> {
     let pods = Pods::new(&g.dir);
     let mut pod = pods.find(&query)?;
     if let Some(timeout) = wait_ready {
+        let flavor = Flavor::of_pod(&pod.path)?;
         pod = wait_until(&pods, pod, timeout, "ready", |p| {
-            (p.state == State::Running && p.pid().is_some()) || is_done(p.state)
+            (p.state == State::Running && flavor.is_ready(&p.path)) || is_done(p.state)
         })?;
         if is_done(pod.state) {
             bail!("pod {} exited before it was ready", pod.uuid);

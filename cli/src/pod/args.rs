@@ -117,7 +117,8 @@ const FLAGS: &[FlagDef] = &[
 /// Pod-level options.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodFlags {
-    pub stage1: Option<String>,
+    /// The stage1 flag given last (`stage1`, `stage1-name`, `stage1-path`...) and its value.
+    pub stage1: Option<(String, String)>,
     pub volumes: Vec<String>,
     pub inherit_env: bool,
     pub set_env: Vec<String>,
@@ -289,7 +290,7 @@ fn set_pod(p: &mut PodFlags, name: &str, v: String) {
     let s = &mut p.start;
     match name {
         "stage1" | "stage1-name" | "stage1-path" | "stage1-url" | "stage1-hash"
-        | "stage1-from-dir" => p.stage1 = Some(v),
+        | "stage1-from-dir" => p.stage1 = Some((name.to_string(), v)),
         "volume" => p.volumes.push(v),
         "inherit-env" => p.inherit_env = b,
         "set-env" => p.set_env.push(v),

@@ -34,8 +34,12 @@ pub struct Plan {
 
 pub fn flavor(pf: &PodFlags, config_default: Option<&str>) -> Result<Flavor> {
     let f: Flavor = match (&pf.stage1, config_default) {
-        (Some(s), _) => s.parse()?,
-        (None, Some(c)) => c.parse()?,
+        (Some((flag, v)), _) => Flavor::from_flag(flag, v)?,
+        (None, Some(c)) => Flavor::from_flag("stage1-name", c).map_err(|_| {
+            anyhow::anyhow!(
+                "the stage1.d configuration names stage1 {c:?}, which we do not have (available: ns, kvm)"
+            )
+        })?,
         (None, None) => crate::cmd::DEFAULT_STAGE1.parse()?,
     };
     Ok(f)
@@ -921,6 +925,7 @@ pub fn pod_spec(
             memory_limit: r.memory_limit,
             cpu_millis: r.cpu_millis,
             cpu_shares: r.cpu_shares,
+            oom_score_adj: r.oom_score_adj,
         });
     }
     Ok(PodSpec {

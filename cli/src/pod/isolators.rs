@@ -147,6 +147,7 @@ pub struct Resolved {
     pub memory_limit: Option<u64>,
     pub cpu_millis: Option<u64>,
     pub cpu_shares: Option<u64>,
+    pub oom_score_adj: Option<i32>,
 }
 
 pub fn resolve(isolators: &[Isolator], all_caps: bool) -> Result<Resolved> {
@@ -156,6 +157,7 @@ pub fn resolve(isolators: &[Isolator], all_caps: bool) -> Result<Resolved> {
         memory_limit: None,
         cpu_millis: None,
         cpu_shares: None,
+        oom_score_adj: None,
     };
     let set_of = |i: &Isolator| -> Result<Vec<String>> {
         let arr = i
@@ -221,7 +223,17 @@ pub fn resolve(isolators: &[Isolator], all_caps: bool) -> Result<Resolved> {
                     SeccompSpec::Remove { syscalls, errno }
                 };
             }
-            _ => {} // other isolators (oom-score-adj, no-new-privileges...) are recorded only
+            OOM_SCORE_ADJ => {
+                r.oom_score_adj = Some(
+                    i.value
+                        .as_i64()
+                        .filter(|n| (-1000..=1000).contains(n))
+                        .with_context(|| {
+                            format!("isolator {}: expected a number -1000..1000", i.name)
+                        })? as i32,
+                );
+            }
+            _ => {} // other isolators (no-new-privileges...) are recorded only
         }
     }
     if all_caps {

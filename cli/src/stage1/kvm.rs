@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use rkt_guest_init::proto::{self, Msg, Stream};
 use rkt_stage2::{MountSpec, NetMode, PodSpec, RootfsSpec};
+
+use crate::measure::PodMeasurement;
 use sha2::{Digest, Sha256};
 
 /// Guest RAM without `--memory`, MiB.
@@ -34,14 +36,42 @@ pub const GUEST_CID: u32 = 3;
 pub const CONSOLE_LOG: &str = "console.log";
 /// How long the guest gets to stop its apps after `rkt stop` before the VM is ended.
 const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Written by the host (`<pod>/kvm-ready`) once the guest reported every app exec'd: from then on
+/// `rkt enter` works, and `rkt status --wait-ready` returns.
+pub const READY_FILE: &str = "kvm-ready";
+/// How long `rkt enter` waits for a booting pod to become ready.
+const ENTER_BOOT_WAIT: Duration = Duration::from_secs(300);
+
+/// The signals the VMM turns into a graceful stop (and SIGWINCH, a resize).
+fn vmm_signals() -> nix::sys::signal::SigSet {
+    let mut sigs = nix::sys::signal::SigSet::empty();
+    for s in [
+        nix::sys::signal::SIGTERM,
+        nix::sys::signal::SIGINT,
+        nix::sys::signal::SIGHUP,
+        nix::sys::signal::SIGWINCH,
+    ] {
+        sigs.add(s);
+    }
+    sigs
+}
 
 fn err_prefix(e: anyhow::Error) -> anyhow::Error {
     e.context("stage1 kvm")
 }
 
-/// Runs the pod in a VM in the foreground; returns `rkt run`'s exit code.
-pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
+/// Runs the pod in a VM in the foreground; returns `rkt run`'s exit code. `measure` gets the
+/// VM's artefacts and final command line, and is finished before any vCPU runs.
+pub fn run(pod_dir: &Path, spec: &PodSpec, measure: PodMeasurement) -> Result<i32> {
     check_supported(spec)?;
+    // `rkt stop` works from the moment the pod is in run/: our pid (the VMM's) is known now, and
+    // a stop before the signal thread exists stays pending (blocked here, before any thread
+    // of ours exists) until it takes it and ends the VM.
+    vmm_signals().thread_block().context("blocking signals")?;
+    rkt_stage2::supervisor::write_atomic(
+        &rkt_stage2::pod_pid_path(pod_dir),
+        &format!("{}\n", std::process::id()),
+    )?;
     // kvm is the default flavour: say what to do on a host without KVM.
     if !Path::new("/dev/kvm").exists() {
         bail!("stage1 kvm: /dev/kvm does not exist (no KVM on this host); use --stage1=ns");
@@ -57,12 +87,17 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     plan.apply().map_err(err_prefix)?;
     let guest_spec = pod_dir.join(proto::GUEST_SPEC_FILE);
     rkt_stage2::supervisor::write_atomic(&guest_spec, &serde_json::to_string_pretty(&plan.guest)?)?;
-    boot(pod_dir, spec, &kernel, &initrd)
+    boot(pod_dir, spec, &kernel, &initrd, measure)
 }
 
 /// What the VM cannot offer yet, refused with one line before anything is touched.
 pub fn check_supported(spec: &PodSpec) -> Result<()> {
-    if spec.net == NetMode::Host {
+    check_net(&spec.net)
+}
+
+/// `--net` modes the VM cannot offer (checked by stage0 before the pod is written, too).
+pub fn check_net(net: &NetMode) -> Result<()> {
+    if *net == NetMode::Host {
         bail!(
             "stage1 kvm: --net=host is not supported (the pod has its own kernel); use --net=none"
         );
@@ -312,7 +347,7 @@ pub struct Outcome {
 }
 
 /// Serves one control connection from the guest init: relays app output to `out`/`err`, writes
-/// `status/<app>` and (when every app started) the pod's pid file, until PodDone or the end of
+/// `status/<app>` and (when every app started) [`READY_FILE`], until PodDone or the end of
 /// the connection. Distrusts the guest: bad frames or app numbers end the pod with an error.
 /// `on_hello` runs once the handshake is done: only then may other threads write to the guest.
 pub fn serve_control<S: Read + Write>(
@@ -348,12 +383,10 @@ pub fn serve_control<S: Read + Write>(
             }
             Msg::Eof { chan, .. } if (chan as usize) < n => {}
             Msg::AppStarted { app, .. } if (app as usize) < n => {
+                // The guest reports an app once it exec'd (its root is in place): enter works.
                 o.started += 1;
                 if o.started == n {
-                    let _ = rkt_stage2::supervisor::write_atomic(
-                        &rkt_stage2::pod_pid_path(pod_dir),
-                        &format!("{}\n", std::process::id()),
-                    );
+                    let _ = rkt_stage2::supervisor::write_atomic(&pod_dir.join(READY_FILE), "");
                 }
             }
             Msg::AppExited { app, code } if (app as usize) < n => {
@@ -395,7 +428,13 @@ fn describe(m: &Msg) -> String {
 // ---------------------------------------------------------------------------------------------
 // Boot
 
-fn boot(pod_dir: &Path, spec: &PodSpec, kernel: &Path, initrd: &Path) -> Result<i32> {
+fn boot(
+    pod_dir: &Path,
+    spec: &PodSpec,
+    kernel: &Path,
+    initrd: &Path,
+    mut measure: PodMeasurement,
+) -> Result<i32> {
     let uds = pod_dir.join(VSOCK_UDS);
     let ctl_path = PathBuf::from(format!("{}_{}", uds.display(), proto::CONTROL_PORT));
     if ctl_path.as_os_str().len() > 107 {
@@ -413,30 +452,18 @@ fn boot(pod_dir: &Path, spec: &PodSpec, kernel: &Path, initrd: &Path) -> Result<
     std::fs::set_permissions(&ctl_path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
 
-    // Signals are taken by one thread; block them before any other thread exists.
+    // Signals are taken by one thread; `run` blocked them before any other thread existed.
     let tty = spec.interactive && super::term::is_tty(0);
-    let mut sigs = nix::sys::signal::SigSet::empty();
-    for s in [
-        nix::sys::signal::SIGTERM,
-        nix::sys::signal::SIGINT,
-        nix::sys::signal::SIGHUP,
-        nix::sys::signal::SIGWINCH,
-    ] {
-        sigs.add(s);
-    }
-    sigs.thread_block().context("blocking signals")?;
+    let sigs = vmm_signals();
 
     let (vcpus, mem_mib) = vm_size(spec);
     let vm = vmm::build(spec, pod_dir, kernel, initrd, &uds, vcpus, mem_mib)?;
     // The command line is final only now: measure the VMM (rkt itself), kernel, initramfs and
-    // command line before any vCPU runs (a pod that was not measured is left alone).
-    if let Err(e) = crate::measure::measure_kvm_late(
-        pod_dir,
-        Path::new("/proc/self/exe"),
-        kernel,
-        initrd,
-        &vm.cmdline,
-    ) {
+    // command line, then the pod manifest and apps, before any vCPU runs.
+    let measured = measure
+        .stage1_kvm(Path::new("/proc/self/exe"), kernel, initrd, &vm.cmdline)
+        .and_then(|()| measure.finish());
+    if let Err(e) = measured {
         for p in [&uds, &ctl_path] {
             let _ = std::fs::remove_file(p);
         }
@@ -678,6 +705,7 @@ pub fn vsock_connect(uds: &Path, port: u32) -> Result<UnixStream> {
 /// Runs `cmd` in `app` of a running kvm pod; returns its exit code. When our stdin is a terminal
 /// the command gets a pty in the guest (as it would get our terminal on ns).
 pub fn enter(pod_dir: &Path, _spec: &PodSpec, app: &str, cmd: &[String]) -> Result<i32> {
+    wait_ready(pod_dir, ENTER_BOOT_WAIT)?;
     let uds = pod_dir.join(VSOCK_UDS);
     let tty = super::term::is_tty(0);
     let mut conn = vsock_connect(&uds, proto::ENTER_PORT).map_err(err_prefix)?;
@@ -707,6 +735,33 @@ pub fn enter(pod_dir: &Path, _spec: &PodSpec, app: &str, cmd: &[String]) -> Resu
         &mut io::stderr(),
         tty,
     )
+}
+
+/// Waits (bounded, saying so once on stderr) until a booting pod's apps run.
+fn wait_ready(pod_dir: &Path, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut said = false;
+    while !pod_dir.join(READY_FILE).exists() {
+        if !crate::pod::Lock::is_held(pod_dir).unwrap_or(false) {
+            bail!("stage1 kvm: the pod exited before its apps were up");
+        }
+        if start.elapsed() >= limit {
+            bail!(
+                "stage1 kvm: the pod's apps were not up after {}s (see {})",
+                limit.as_secs(),
+                pod_dir.join(CONSOLE_LOG).display()
+            );
+        }
+        if !said {
+            eprintln!(
+                "rkt: waiting for the pod's VM to boot and start its apps (up to {}s)",
+                limit.as_secs()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 /// Relays an enter session: `input` to the command, its output to `out`/`err`; returns its code.
@@ -839,6 +894,7 @@ mod tests {
             memory_limit: None,
             cpu_millis: None,
             cpu_shares: None,
+            oom_score_adj: None,
         }
     }
 
@@ -1058,7 +1114,7 @@ mod tests {
     }
 
     #[test]
-    fn control_relays_output_and_records_statuses_and_pid() {
+    fn control_relays_output_and_records_statuses_and_readiness() {
         let d = tempfile::tempdir().unwrap();
         let p = pod(vec![
             app("a", RootfsSpec::Dir("/x".into())),
@@ -1105,10 +1161,7 @@ mod tests {
         let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
         assert_eq!(read(rkt_stage2::app_status_path(d.path(), "a")), "0");
         assert_eq!(read(rkt_stage2::app_status_path(d.path(), "b")), "3");
-        assert_eq!(
-            read(rkt_stage2::pod_pid_path(d.path())).trim(),
-            std::process::id().to_string()
-        );
+        assert!(d.path().join(READY_FILE).exists());
         drop(host);
         assert_eq!(g.join().unwrap(), Vec::<Msg>::new());
     }

@@ -10,9 +10,12 @@ mod term;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rkt_stage2::PodSpec;
+use rkt_stage2::{NetMode, PodSpec};
+
+use crate::measure::PodMeasurement;
 
 /// File, in the pod directory, naming the flavour the pod was prepared for.
 pub const FLAVOR_FILE: &str = "stage1-flavor";
@@ -26,24 +29,98 @@ pub enum Flavor {
 impl FromStr for Flavor {
     type Err = anyhow::Error;
 
-    /// Accepts the flavour names, and rkt-style stage1 image names that contain one
-    /// (`coreos.com/rkt/stage1-kvm`, `stage1-fly`...). `fly` and `coreos` map to `ns`, the only
+    /// A flavour's name as `--stage1=` and the pod's `stage1-flavor` file spell it; rkt v1's
+    /// flavour names (`coreos`, `src`, `host`: systemd-nspawn, and `fly`) map to `ns`, the only
     /// host-namespace flavour we have.
     fn from_str(s: &str) -> Result<Flavor> {
-        let t = s.trim().to_ascii_lowercase();
-        match t.as_str() {
-            "ns" | "fly" | "coreos" | "src" | "host" => return Ok(Flavor::Ns),
-            "kvm" => return Ok(Flavor::Kvm),
-            _ => {}
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ns" | "fly" | "coreos" | "src" | "host" => Ok(Flavor::Ns),
+            "kvm" => Ok(Flavor::Kvm),
+            _ => bail!("unknown stage1 {s:?} (available: ns, kvm)"),
         }
-        let base = t.rsplit('/').next().unwrap_or(&t);
-        let base = base.split(':').next().unwrap_or(base);
-        if base.contains("kvm") {
-            Ok(Flavor::Kvm)
-        } else if base.starts_with("stage1-") || base.ends_with(".aci") {
-            Ok(Flavor::Ns)
-        } else {
-            bail!("unknown stage1 {s:?} (available: ns, kvm)")
+    }
+}
+
+/// rkt's stage1 image name prefix (`coreos.com/rkt/stage1-kvm:1.30.0`).
+const RKT_STAGE1_NAME: &str = "coreos.com/rkt/stage1-";
+
+impl Flavor {
+    /// The flavour a stage1 flag names, refused (one line) unless it plainly names one we have:
+    /// `--stage1=ns|kvm`, `--stage1-name=coreos.com/rkt/stage1-kvm[:VERSION]` (or a flavour
+    /// name), and for `--stage1-path/-url/-from-dir` an image file named `stage1-<flavour>.aci`
+    /// (rkt's release names, `stage1-<flavour>-<anything>.aci` too) that exists when it is a
+    /// local path. Our stage1s are built in, so such a file is not read: it only names one.
+    pub fn from_flag(flag: &str, value: &str) -> Result<Flavor> {
+        let refuse = || {
+            anyhow::anyhow!(
+                "--{flag}={value:?} does not name a stage1 we have (available: --stage1=ns, --stage1=kvm)"
+            )
+        };
+        // `stage1-kvm.aci` / `stage1-kvm-1.30.0.aci` -> kvm.
+        let from_file_name = |name: &str| -> Result<Flavor> {
+            let rest = name
+                .strip_suffix(".aci")
+                .and_then(|n| n.strip_prefix("stage1-"))
+                .ok_or_else(refuse)?;
+            let f = rest.split('-').next().unwrap_or_default();
+            f.parse().map_err(|_| refuse())
+        };
+        let local_file = |p: &Path| -> Result<Flavor> {
+            if !p.is_file() {
+                bail!("--{flag}: {} is not a file", p.display());
+            }
+            from_file_name(&p.file_name().unwrap_or_default().to_string_lossy())
+        };
+        match flag {
+            "stage1" => value.parse().map_err(|_| refuse()),
+            "stage1-name" => {
+                let name = value.split(':').next().unwrap_or_default();
+                match name.strip_prefix(RKT_STAGE1_NAME) {
+                    Some(f) => f.parse().map_err(|_| refuse()),
+                    None => value.parse().map_err(|_| refuse()),
+                }
+            }
+            "stage1-path" => local_file(Path::new(value)),
+            "stage1-from-dir" => {
+                if value.contains('/') {
+                    bail!("--{flag} takes an image file name, not a path: use --stage1-path");
+                }
+                from_file_name(value)
+            }
+            "stage1-url" => {
+                if let Some(p) = value.strip_prefix("file://") {
+                    return local_file(Path::new(p));
+                }
+                let rest = ["http://", "https://", "docker://"]
+                    .iter()
+                    .find_map(|s| value.strip_prefix(s))
+                    .ok_or_else(refuse)?;
+                let path = rest.split(['?', '#']).next().unwrap_or_default();
+                from_file_name(path.rsplit('/').next().unwrap_or_default())
+            }
+            "stage1-hash" => bail!(
+                "--{flag}: our stage1s are built in, not images in the store; use --stage1=ns or --stage1=kvm"
+            ),
+            _ => Err(refuse()),
+        }
+    }
+
+    /// What this flavour cannot do with the pod's flags, refused with one line before anything
+    /// of the pod is written or measured.
+    pub fn check(self, net: &NetMode) -> Result<()> {
+        match self {
+            Flavor::Ns => Ok(()),
+            Flavor::Kvm => kvm::check_net(net),
+        }
+    }
+
+    /// Whether the pod's apps are up (`rkt status --wait-ready`): `rkt enter` works from now on.
+    pub fn is_ready(self, pod_dir: &Path) -> bool {
+        match self {
+            // The supervisor writes its pid once every app was started.
+            Flavor::Ns => rkt_stage2::pod_pid_path(pod_dir).exists(),
+            // The pid is the VMM's, known from the start; readiness is the guest's word.
+            Flavor::Kvm => pod_dir.join(kvm::READY_FILE).exists(),
         }
     }
 }
@@ -70,12 +147,24 @@ impl Flavor {
     /// Runs the pod in the foreground and returns the exit code `rkt run` exits with.
     /// `lock_fd` is the pod directory's exclusive flock; it is inherited (not close-on-exec) and
     /// advertised as `RKT_LOCK_FD`, so a flavour that execs a helper keeps the pod marked running.
-    pub fn run(self, pod_dir: &Path, spec: &PodSpec, lock_fd: i32) -> Result<i32> {
+    /// `measure` has stage0 measured; the flavour adds its stage1, then finishes it before any
+    /// app runs.
+    pub fn run(
+        self,
+        pod_dir: &Path,
+        spec: &PodSpec,
+        lock_fd: i32,
+        mut measure: PodMeasurement,
+    ) -> Result<i32> {
         keep_across_exec(lock_fd)?;
         std::env::set_var("RKT_LOCK_FD", lock_fd.to_string());
         match self {
-            Flavor::Ns => ns::run(pod_dir, spec),
-            Flavor::Kvm => kvm::run(pod_dir, spec),
+            Flavor::Ns => {
+                measure.stage1_ns(spec)?;
+                measure.finish()?;
+                ns::run(pod_dir, spec)
+            }
+            Flavor::Kvm => kvm::run(pod_dir, spec, measure),
         }
     }
 
@@ -97,12 +186,33 @@ impl Flavor {
     }
 }
 
+/// How long `rkt stop` waits for a just-started pod's stage1 to write its pid.
+const PID_WAIT: Duration = Duration::from_secs(10);
+
 /// Stops a running pod the same way for every flavour: SIGTERM to the pid the flavour wrote in
-/// `pid` (its supervisor stops the apps with a timeout), or SIGKILL with `force`.
+/// `pid` (its supervisor stops the apps with a timeout), or SIGKILL with `force`. A pod started a
+/// moment ago may not have written it yet: wait for it while the pod runs (bounded).
 pub fn stop(pod_dir: &Path, force: bool) -> Result<()> {
     let pid_path = rkt_stage2::pod_pid_path(pod_dir);
-    let text = std::fs::read_to_string(&pid_path)
-        .with_context(|| format!("the pod has no pid file yet ({})", pid_path.display()))?;
+    let start = Instant::now();
+    let text = loop {
+        match std::fs::read_to_string(&pid_path) {
+            Ok(t) => break t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", pid_path.display())),
+        }
+        if !crate::pod::Lock::is_held(pod_dir).unwrap_or(false) {
+            return Ok(()); // it ended on its own meanwhile
+        }
+        if start.elapsed() >= PID_WAIT {
+            bail!(
+                "the pod has no pid file after {}s ({})",
+                PID_WAIT.as_secs(),
+                pid_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let pid: i32 = text
         .trim()
         .parse()
@@ -140,16 +250,57 @@ mod tests {
     fn flavour_names() {
         assert_eq!("ns".parse::<Flavor>().unwrap(), Flavor::Ns);
         assert_eq!("KVM".parse::<Flavor>().unwrap(), Flavor::Kvm);
+        assert!("bogus".parse::<Flavor>().is_err());
+        assert!("stage1-kvm".parse::<Flavor>().is_err());
+    }
+
+    #[test]
+    fn stage1_flags_name_a_flavour_or_are_refused() {
+        let ok = |f: &str, v: &str| Flavor::from_flag(f, v).unwrap();
+        let refused = |f: &str, v: &str| {
+            let e = Flavor::from_flag(f, v).unwrap_err().to_string();
+            assert!(!e.contains('\n'), "{e}");
+            e
+        };
+        assert_eq!(ok("stage1", "kvm"), Flavor::Kvm);
         assert_eq!(
-            "coreos.com/rkt/stage1-kvm:1.30.0"
-                .parse::<Flavor>()
-                .unwrap(),
+            ok("stage1-name", "coreos.com/rkt/stage1-kvm:1.30.0"),
             Flavor::Kvm
         );
         assert_eq!(
-            "coreos.com/rkt/stage1-fly".parse::<Flavor>().unwrap(),
+            ok("stage1-name", "coreos.com/rkt/stage1-coreos"),
             Flavor::Ns
         );
-        assert!("bogus".parse::<Flavor>().is_err());
+        assert_eq!(ok("stage1-name", "ns"), Flavor::Ns);
+        refused("stage1-name", "example.com/xen-stage1");
+        refused("stage1-name", "coreos.com/rkt/stage1-kvn");
+        // Once guessed from "contains kvm" / "ends with .aci".
+        refused("stage1-name", "example.com/mykvm-thing");
+        refused("stage1", "stage1-ns.aci");
+        let d = tempfile::tempdir().unwrap();
+        let aci = d.path().join("stage1-kvm.aci");
+        std::fs::write(&aci, b"").unwrap();
+        assert_eq!(ok("stage1-path", aci.to_str().unwrap()), Flavor::Kvm);
+        let typo = d.path().join("stage1-kvm.acii");
+        assert!(refused("stage1-path", typo.to_str().unwrap()).contains("not a file"));
+        let other = d.path().join("my-stage1.aci");
+        std::fs::write(&other, b"").unwrap();
+        refused("stage1-path", other.to_str().unwrap());
+        assert_eq!(ok("stage1-from-dir", "stage1-coreos.aci"), Flavor::Ns);
+        assert_eq!(ok("stage1-from-dir", "stage1-kvm-1.30.0.aci"), Flavor::Kvm);
+        refused("stage1-from-dir", "stage1-kvn.aci");
+        refused("stage1-from-dir", "/abs/stage1-kvm.aci");
+        assert_eq!(
+            ok("stage1-url", "https://example.com/rkt/stage1-kvm.aci?x=1"),
+            Flavor::Kvm
+        );
+        refused("stage1-url", "https://example.com/rkt/stage1.tar");
+        refused("stage1-url", "ftp://example.com/stage1-kvm.aci");
+        assert_eq!(
+            ok("stage1-url", &format!("file://{}", aci.display())),
+            Flavor::Kvm
+        );
+        refused("stage1-url", &format!("file://{}", typo.display()));
+        refused("stage1-hash", "sha512-abc");
     }
 }
