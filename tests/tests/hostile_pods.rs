@@ -265,7 +265,7 @@ fn enter_gets_the_apps_privileges_and_pid1_shows_nothing_of_the_host() {
     assert!(out.code == 0 || out.code == 1, "{out}");
     assert_eq!(out.expect_value("UID"), "65534", "{out}");
     assert_eq!(out.expect_value("EUID"), "65534", "{out}");
-    // rkt's default set in every set, as the app itself has it (see the app test in ns_run).
+    // rkt's default set in every set, as the app itself has it (see the app test in stage1_matrix).
     for set in ["CAP_EFF", "CAP_PRM", "CAP_BND", "CAP_INH", "CAP_AMB"] {
         assert_eq!(out.expect_value(set), DEFAULT_CAPS, "{set}\n{out}");
     }

@@ -1,5 +1,5 @@
 //! stage1 `kvm` only: what has no ns counterpart. Everything both flavours do runs as a matrix
-//! in ns_run.rs and pods_run.rs (their `::kvm` tests boot the guest kernel in rkt's own VMM);
+//! in stage1_matrix.rs and pods_run.rs (their `::kvm` tests boot the guest kernel in rkt's own VMM);
 //! kvm's guest RAM sizing is checked there too, beside the limits it comes from.
 
 use rkt_tests::{images, Flavor};

@@ -1,7 +1,7 @@
 //! A pod's life seen from outside, on both stage1 flavours (`flavours!` makes `NAME::ns` and
 //! `NAME::kvm`): exit codes, `rkt status`/`list`/`gc`/`rm` around a pod that exits by itself,
 //! run-prepared, `--pod-manifest`, and an owner killed mid-run. What the app sees inside is in
-//! ns_run.rs. One kvm pod = one VM boot (30-50 s here), so each test checks a whole story.
+//! stage1_matrix.rs. One kvm pod = one VM boot (30-50 s here), so each test checks a whole story.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
