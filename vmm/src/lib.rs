@@ -377,6 +377,7 @@ impl Vm {
                     .map(|e| (e.index, e.eax, e.ebx)),
             ),
             pvm_xsave_ops: AtomicU64::new(0),
+            pvm_xsave_ns: AtomicU64::new(0),
         });
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?);
         event_loop
@@ -443,9 +444,10 @@ impl Vm {
         vstate::stop_vcpus(&self.shared, threads);
         if self.debug {
             eprintln!(
-                "rkt-vmm: VM ended: {reason:?} (PVM fix-ups: {}, XSAVE-family instructions run: {})",
+                "rkt-vmm: VM ended: {reason:?} (PVM fix-ups: {}, XSAVE-family instructions run: {} in {} ms)",
                 self.shared.pvm_fixups.load(Ordering::Relaxed),
-                self.shared.pvm_xsave_ops.load(Ordering::Relaxed)
+                self.shared.pvm_xsave_ops.load(Ordering::Relaxed),
+                self.shared.pvm_xsave_ns.load(Ordering::Relaxed) / 1_000_000
             );
         }
         let _ = self

@@ -76,6 +76,8 @@ pub struct VcpuShared {
     pub xsave_layout: xsave::Layout,
     /// XSAVE-family instructions run for the guest (PVM), for statistics.
     pub pvm_xsave_ops: AtomicU64,
+    /// Time spent running them in the VMM.
+    pub pvm_xsave_ns: AtomicU64,
 }
 
 /// Signal used to kick vCPU threads out of KVM_RUN.
@@ -223,8 +225,12 @@ fn handle_internal_error(index: u8, vcpu: &mut VcpuFd, shared: &VcpuShared) -> R
         if shared.debug && n == 0 {
             eprintln!("rkt-vmm: vcpu{index}: running the guest's XSAVE-family instructions (PVM)");
         }
-        return emulate_xsave(vcpu, shared, regs, insn, len)
-            .map_err(|e| format!("{}: {e}", describe()));
+        let t = std::time::Instant::now();
+        let r = emulate_xsave(vcpu, shared, regs, insn, len);
+        shared
+            .pvm_xsave_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        return r.map_err(|e| format!("{}: {e}", describe()));
     }
     match pvm::fix_for(&bytes) {
         EmulationFix::Fatal => Err(format!(
