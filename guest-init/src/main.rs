@@ -29,6 +29,19 @@ fn log(msg: &str) {
     let _ = writeln!(std::io::stderr(), "guest-init: {msg}");
 }
 
+/// The crash signal behind a 128+N exit code, if it is one.
+fn crash_signal(code: i32) -> Option<&'static str> {
+    match code - 128 {
+        libc::SIGSEGV => Some("SIGSEGV"),
+        libc::SIGILL => Some("SIGILL"),
+        libc::SIGBUS => Some("SIGBUS"),
+        libc::SIGFPE => Some("SIGFPE"),
+        libc::SIGABRT => Some("SIGABRT"),
+        libc::SIGSYS => Some("SIGSYS"),
+        _ => None,
+    }
+}
+
 fn main() {
     if std::process::id() != 1 {
         eprintln!("guest-init: must run as PID 1 inside the stage1 kvm VM");
@@ -459,8 +472,7 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
             None
         };
         // Close-on-exec: its end-of-file tells us the app exec'd (or died setting up).
-        let (exec_r, exec_w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
+        let (exec_r, exec_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
         // SAFETY: the child only sets itself up and execs (or _exits).
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
@@ -523,6 +535,11 @@ fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
         }
     };
     let mut on_exit = |name: &str, code: i32| {
+        // A crash signal in the console log tells a guest problem (e.g. vector state lost on a
+        // context switch shows as SIGSEGV) from an app's own exit code.
+        if let Some(sig) = crash_signal(code) {
+            log(&format!("app {name:?} ended with {code} ({sig})"));
+        }
         // Its start is reported before its exit (the child is gone: the wait ends at once).
         if let Some(t) = started.borrow_mut().remove(name) {
             let _ = t.join();

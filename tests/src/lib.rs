@@ -296,11 +296,42 @@ impl RktEnv {
 
 impl Drop for RktEnv {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_console_tails(&self.dir);
+        }
         if self.tmp.is_none() {
             return;
         }
         cleanup_tree(&self.root);
         // TempDir's own drop removes the files (errors ignored).
+    }
+}
+
+/// For a failing test: the last lines of every kvm pod's serial console under `dir`, so a guest
+/// crash, panic or an app killed by a signal (the guest init logs those) is one read away.
+fn print_console_tails(dir: &Path) {
+    let Ok(states) = std::fs::read_dir(dir.join("pods")) else {
+        return;
+    };
+    for pod in states
+        .flatten()
+        .filter_map(|s| std::fs::read_dir(s.path()).ok())
+        .flatten()
+        .flatten()
+    {
+        let log = pod.path().join("console.log");
+        let Ok(text) = std::fs::read(&log) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        eprintln!(
+            "--- last {} lines of {} ---\n{}\n--- end ---",
+            tail.len(),
+            log.display(),
+            tail.join("\n")
+        );
     }
 }
 
