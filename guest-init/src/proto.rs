@@ -28,11 +28,12 @@ pub const HOST_CID: u32 = 2;
 pub const CONTROL_PORT: u32 = 1024;
 /// Guest port the host connects to for `rkt enter`.
 pub const ENTER_PORT: u32 = 1025;
-/// virtio-fs tag of the shared pod directory, and where the guest mounts it.
+/// virtio-fs tag of the pod's share (the host's `<pod>/stage1/rootfs`: app roots, volumes and
+/// the guest spec, never the rest of the pod directory), and where the guest mounts it.
 pub const SHARE_TAG: &str = "rkt";
 pub const SHARE_MOUNT: &str = "/rkt";
-/// The guest copy of the pod spec, relative to the pod directory (paths in it are guest paths).
-pub const GUEST_SPEC_FILE: &str = "stage1/guest-spec.json";
+/// The guest copy of the pod spec, relative to the share (paths in it are guest paths).
+pub const GUEST_SPEC_FILE: &str = "guest-spec.json";
 
 /// Which standard stream a [`Msg::Data`] / [`Msg::Eof`] belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

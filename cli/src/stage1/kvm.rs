@@ -85,7 +85,8 @@ pub fn run(pod_dir: &Path, spec: &PodSpec, measure: PodMeasurement) -> Result<i3
     plan.guest.tty = spec.interactive && super::term::is_tty(0);
     enter_private_mount_ns().map_err(err_prefix)?;
     plan.apply().map_err(err_prefix)?;
-    let guest_spec = pod_dir.join(proto::GUEST_SPEC_FILE);
+    std::fs::create_dir_all(share_dir(pod_dir))?;
+    let guest_spec = share_dir(pod_dir).join(proto::GUEST_SPEC_FILE);
     rkt_stage2::supervisor::write_atomic(&guest_spec, &serde_json::to_string_pretty(&plan.guest)?)?;
     boot(pod_dir, spec, &kernel, &initrd, measure)
 }
@@ -242,9 +243,16 @@ pub struct Plan {
     pub guest: PodSpec,
 }
 
-/// Maps a host path under `pod_dir` to the guest's view of it.
+/// The one directory the guest sees (virtio-fs): the app roots, volumes and the guest spec,
+/// rkt's `stage1/rootfs`. Not the whole pod directory: its `pid` file is what `rkt stop` signals
+/// and its manifest, lock and sockets are stage0's, none of which a guest may rewrite.
+pub fn share_dir(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("stage1/rootfs")
+}
+
+/// Maps a host path under the share to the guest's view of it.
 fn guest_path(pod_dir: &Path, p: &Path) -> Option<PathBuf> {
-    let rel = p.strip_prefix(pod_dir).ok()?;
+    let rel = p.strip_prefix(share_dir(pod_dir)).ok()?;
     Some(Path::new(proto::SHARE_MOUNT).join(rel))
 }
 
@@ -277,7 +285,9 @@ pub fn plan(pod_dir: &Path, spec: &PodSpec) -> Result<Plan> {
                         None => {
                             binds.push((
                                 host.clone(),
-                                pod_dir.join("volumes").join(binds.len().to_string()),
+                                share_dir(pod_dir)
+                                    .join("volumes")
+                                    .join(binds.len().to_string()),
                             ));
                             binds.len() - 1
                         }
@@ -668,7 +678,7 @@ mod vmm {
         // Only the pod directory is shared: app roots and volumes were mounted under it.
         cfg.devices.push(rkt_vmm::DeviceConfig::Fs {
             tag: proto::SHARE_TAG.into(),
-            shared_dir: pod_dir.to_path_buf(),
+            shared_dir: share_dir(pod_dir),
         });
         cfg.devices.push(rkt_vmm::DeviceConfig::Vsock {
             guest_cid: GUEST_CID as u64,
@@ -1065,18 +1075,22 @@ mod tests {
         assert_eq!(
             p.binds,
             vec![
-                ("/srv/data".into(), podd.join("volumes/0")),
-                ("/etc/hostname".into(), podd.join("volumes/1"))
+                ("/srv/data".into(), podd.join("stage1/rootfs/volumes/0")),
+                (
+                    "/var/lib/rkt/pods/run/u/sharedVolumes/e".into(),
+                    podd.join("stage1/rootfs/volumes/1")
+                ),
+                ("/etc/hostname".into(), podd.join("stage1/rootfs/volumes/2"))
             ]
         );
         let g = &p.guest.apps;
         assert_eq!(
             g[0].rootfs,
-            RootfsSpec::Dir("/rkt/stage1/rootfs/opt/stage2/a/rootfs".into())
+            RootfsSpec::Dir("/rkt/opt/stage2/a/rootfs".into())
         );
         assert_eq!(
             g[1].rootfs,
-            RootfsSpec::Dir("/rkt/stage1/rootfs/opt/stage2/b/rootfs".into())
+            RootfsSpec::Dir("/rkt/opt/stage2/b/rootfs".into())
         );
         let srcs: Vec<_> = g
             .iter()
@@ -1086,13 +1100,31 @@ mod tests {
             srcs,
             [
                 "/rkt/volumes/0",
-                "/rkt/sharedVolumes/e",
+                "/rkt/volumes/1",
                 "/rkt/volumes/0",
-                "/rkt/volumes/1"
+                "/rkt/volumes/2"
             ]
             .map(PathBuf::from)
         );
         assert_eq!(g[0].mounts[0].target, "/data");
+    }
+
+    #[test]
+    fn the_share_holds_none_of_stage0s_files() {
+        let podd = Path::new("/var/lib/rkt/pods/run/u");
+        let share = share_dir(podd);
+        for stage0 in ["pid", "pod", "stage1-spec.json", "kvm-ready", "console.log"] {
+            assert!(!podd.join(stage0).starts_with(&share), "{stage0} is shared");
+        }
+        assert!(
+            !podd.join(VSOCK_UDS).starts_with(&share),
+            "the vsock socket is shared"
+        );
+        assert_eq!(
+            guest_path(podd, &podd.join("pid")),
+            None,
+            "a path outside the share has no guest view"
+        );
     }
 
     /// A guest init stand-in speaking the real protocol over a real socket.
