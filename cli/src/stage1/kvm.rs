@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rkt_guest_init::proto::{self, Msg, Stream};
+use rkt_stage2::cgroup::{self, DeviceRule, Layout};
 use rkt_stage2::{MountSpec, NetMode, PodSpec, RootfsSpec};
 
 use crate::measure::PodMeasurement;
@@ -88,7 +89,57 @@ pub fn run(pod_dir: &Path, spec: &PodSpec, measure: PodMeasurement) -> Result<i3
     std::fs::create_dir_all(share_dir(pod_dir))?;
     let guest_spec = share_dir(pod_dir).join(proto::GUEST_SPEC_FILE);
     rkt_stage2::supervisor::write_atomic(&guest_spec, &serde_json::to_string_pretty(&plan.guest)?)?;
-    boot(pod_dir, spec, &kernel, &initrd, measure)
+    let layout = confine_devices(pod_dir, &spec.uuid).map_err(err_prefix)?;
+    let code = boot(pod_dir, spec, &kernel, &initrd, measure);
+    // Back to the caller's cgroups so the pod's can go (gc removes them if we die first).
+    if cgroup::join(&layout, Path::new(""), 0).is_ok() {
+        let _ = cgroup::remove_pod(&layout, &spec.uuid);
+    }
+    code
+}
+
+/// The host devices the VMM process may open: the ones it uses and the harmless ones. The guest
+/// reaches the host file system through virtio-fs, where FUSE MKNOD makes real device nodes in
+/// the pod's overlay; opening one of those (say 8:0, a host disk) must fail in the VMM as it
+/// would in an ns app.
+const VMM_DEVICES: &[DeviceRule] = &[
+    vmm_dev(1, 3),    // null
+    vmm_dev(1, 5),    // zero
+    vmm_dev(1, 7),    // full
+    vmm_dev(1, 8),    // random
+    vmm_dev(1, 9),    // urandom
+    vmm_dev(10, 232), // kvm
+    vmm_dev(10, 200), // net/tun, for virtio-net
+];
+
+const fn vmm_dev(major: u32, minor: u32) -> DeviceRule {
+    DeviceRule {
+        kind: 'c',
+        major: Some(major),
+        minor: Some(minor),
+        access: "rw",
+    }
+}
+
+/// Moves this process (the VMM) into `rkt/<uuid>/vmm` below the caller's cgroups, as ns pods
+/// are, restricted to [`VMM_DEVICES`]; records the layout for `gc`.
+fn confine_devices(pod_dir: &Path, uuid: &str) -> Result<Layout> {
+    let host = cgroup::detect().context(
+        "no cgroup file system is mounted; the VMM's device access cannot be restricted",
+    )?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let layout = host.nested_in(&own);
+    let rel = cgroup::pod_path(uuid).join("vmm");
+    for d in layout.dirs(&rel) {
+        std::fs::create_dir_all(&d).with_context(|| format!("creating cgroup {}", d.display()))?;
+    }
+    rkt_stage2::supervisor::write_atomic(
+        &super::ns::cgroups_record(pod_dir),
+        &serde_json::to_string(&layout)?,
+    )?;
+    cgroup::restrict_devices(&layout, &rel, VMM_DEVICES)?;
+    cgroup::join(&layout, &rel, 0)?;
+    Ok(layout)
 }
 
 /// What the VM cannot offer yet, refused with one line before anything is touched.
@@ -871,6 +922,12 @@ impl TryCloneStream for UnixStream {
 /// Nothing outlives a kvm pod's VMM process: its mounts were in its private mount namespace.
 /// Only the vsock sockets may be left behind by a killed VMM.
 pub fn gc(pod_dir: &Path) -> Result<()> {
+    // The VMM's cgroups, if it died before removing them.
+    let record = std::fs::read(super::ns::cgroups_record(pod_dir)).ok();
+    let layout = record.and_then(|b| serde_json::from_slice::<Layout>(&b).ok());
+    if let (Some(l), Ok(spec)) = (layout, PodSpec::load(pod_dir)) {
+        cgroup::remove_pod(&l, &spec.uuid)?;
+    }
     let uds = pod_dir.join(VSOCK_UDS);
     for p in [
         uds.clone(),
