@@ -4,8 +4,8 @@
 //!
 //! A pod is measured in execution order, each stage before it runs: [`PodMeasurement::begin`]
 //! (stage0, when the pod starts) → the flavour measures its stage1 ([`PodMeasurement::stage1_ns`]
-//! before the namespaces exist, [`PodMeasurement::stage1_kvm`] once the VM is laid out and before
-//! any vCPU runs) → [`PodMeasurement::finish`] (pod manifest, every app, `<pod>/tpm-events.json`)
+//! before the namespaces exist, [`PodMeasurement::stage1_fly`] before its supervisor is forked,
+//! [`PodMeasurement::stage1_kvm`] once the VM is laid out and before any vCPU runs) → [`PodMeasurement::finish`] (pod manifest, every app, `<pod>/tpm-events.json`)
 //! → the flavour starts the apps.
 
 use std::path::{Path, PathBuf};
@@ -208,6 +208,15 @@ impl Measurer {
         )
     }
 
+    /// stage1 `fly`: what its apps run with (host namespaces, full privileges), as JSON.
+    pub fn measure_stage1_fly(&mut self, pod: &str, settings: &Value) -> Result<Vec<usize>> {
+        let sha = hex::encode(Sha256::digest(settings.to_string().as_bytes()));
+        self.measure(
+            "rkt/stage1/fly",
+            json!({"pod": pod, "settings": settings, "sha256": sha}),
+        )
+    }
+
     /// stage1 `kvm`: the VMM build, the guest kernel, its initramfs and command line.
     pub fn measure_stage1_kvm(
         &mut self,
@@ -351,6 +360,32 @@ pub fn ns_settings(spec: &rkt_stage2::PodSpec) -> Value {
     json!({"flavor": "ns", "net": spec.net, "insecure": spec.insecure, "apps": apps})
 }
 
+/// stage1 `fly`'s settings: every app gets the host's namespaces (its own mount namespace
+/// only), all capabilities, no seccomp filter, the host's /dev and /sys and no cgroup limits,
+/// whatever the flags asked; only who it runs as and its root's writability vary.
+pub fn fly_settings(spec: &rkt_stage2::PodSpec) -> Value {
+    let apps: Vec<Value> = spec
+        .apps
+        .iter()
+        .map(|a| {
+            json!({
+                "name": a.name,
+                "user": a.user,
+                "group": a.group,
+                "supplementaryGids": a.supplementary_gids,
+                "readOnlyRootfs": a.readonly_rootfs,
+            })
+        })
+        .collect();
+    json!({
+        "flavor": "fly",
+        "net": spec.net,
+        "namespaces": "host (own mount namespace)",
+        "privileges": "all capabilities, no seccomp filter, host /dev and /sys, no cgroups",
+        "apps": apps,
+    })
+}
+
 /// One pod's measurement, from its start to the moment its apps run. Everything it measures is
 /// gathered at [`PodMeasurement::begin`] (the spec and manifest are final then), so the flavour
 /// only adds its stage1 and calls [`PodMeasurement::finish`] before starting the apps.
@@ -437,6 +472,13 @@ impl PodMeasurement {
     pub fn stage1_ns(&mut self, spec: &rkt_stage2::PodSpec) -> Result<()> {
         self.stage1_done = true;
         self.m.measure_stage1_ns(&self.uuid, &ns_settings(spec))?;
+        Ok(())
+    }
+
+    /// stage1 `fly`: its settings, from the spec.
+    pub fn stage1_fly(&mut self, spec: &rkt_stage2::PodSpec) -> Result<()> {
+        self.stage1_done = true;
+        self.m.measure_stage1_fly(&self.uuid, &fly_settings(spec))?;
         Ok(())
     }
 

@@ -1,8 +1,10 @@
 //! The stage1 flavour boundary: stage0 hands a prepared pod (its directory, with
 //! `stage1-spec.json` written) to the flavour recorded in the pod, and asks it to enter, stop or
 //! clean up after that pod. Flavours: `ns` (namespaces, runs in the `rkt run` process and its
-//! children) and `kvm` (a microVM per pod; the `rkt run` process is its VMM).
+//! children), `kvm` (a microVM per pod; the `rkt run` process is its VMM) and `fly` (host tools:
+//! the host's namespaces but the mount namespace, full privileges).
 
+pub mod fly;
 pub mod kvm;
 pub mod ns;
 mod term;
@@ -24,19 +26,20 @@ pub const FLAVOR_FILE: &str = "stage1-flavor";
 pub enum Flavor {
     Ns,
     Kvm,
+    Fly,
 }
 
 impl FromStr for Flavor {
     type Err = anyhow::Error;
 
     /// A flavour's name as `--stage1=` and the pod's `stage1-flavor` file spell it; rkt v1's
-    /// flavour names (`coreos`, `src`, `host`: systemd-nspawn, and `fly`) map to `ns`, the only
-    /// host-namespace flavour we have.
+    /// systemd-nspawn flavour names (`coreos`, `src`, `host`) map to `ns`.
     fn from_str(s: &str) -> Result<Flavor> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "ns" | "fly" | "coreos" | "src" | "host" => Ok(Flavor::Ns),
+            "ns" | "coreos" | "src" | "host" => Ok(Flavor::Ns),
             "kvm" => Ok(Flavor::Kvm),
-            _ => bail!("unknown stage1 {s:?} (available: ns, kvm)"),
+            "fly" => Ok(Flavor::Fly),
+            _ => bail!("unknown stage1 {s:?} (available: ns, kvm, fly)"),
         }
     }
 }
@@ -46,14 +49,14 @@ const RKT_STAGE1_NAME: &str = "coreos.com/rkt/stage1-";
 
 impl Flavor {
     /// The flavour a stage1 flag names, refused (one line) unless it plainly names one we have:
-    /// `--stage1=ns|kvm`, `--stage1-name=coreos.com/rkt/stage1-kvm[:VERSION]` (or a flavour
+    /// `--stage1=ns|kvm|fly`, `--stage1-name=coreos.com/rkt/stage1-kvm[:VERSION]` (or a flavour
     /// name), and for `--stage1-path/-url/-from-dir` an image file named `stage1-<flavour>.aci`
     /// (rkt's release names, `stage1-<flavour>-<anything>.aci` too) that exists when it is a
     /// local path. Our stage1s are built in, so such a file is not read: it only names one.
     pub fn from_flag(flag: &str, value: &str) -> Result<Flavor> {
         let refuse = || {
             anyhow::anyhow!(
-                "--{flag}={value:?} does not name a stage1 we have (available: --stage1=ns, --stage1=kvm)"
+                "--{flag}={value:?} does not name a stage1 we have (available: --stage1=ns, --stage1=kvm, --stage1=fly)"
             )
         };
         // `stage1-kvm.aci` / `stage1-kvm-1.30.0.aci` -> kvm.
@@ -99,7 +102,7 @@ impl Flavor {
                 from_file_name(path.rsplit('/').next().unwrap_or_default())
             }
             "stage1-hash" => bail!(
-                "--{flag}: our stage1s are built in, not images in the store; use --stage1=ns or --stage1=kvm"
+                "--{flag}: our stage1s are built in, not images in the store; use --stage1=ns, kvm or fly"
             ),
             _ => Err(refuse()),
         }
@@ -111,14 +114,15 @@ impl Flavor {
         match self {
             Flavor::Ns => Ok(()),
             Flavor::Kvm => kvm::check_net(net),
+            Flavor::Fly => fly::check_net(net),
         }
     }
 
     /// Whether the pod's apps are up (`rkt status --wait-ready`): `rkt enter` works from now on.
     pub fn is_ready(self, pod_dir: &Path) -> bool {
         match self {
-            // The supervisor writes its pid once every app was started.
-            Flavor::Ns => rkt_stage2::pod_pid_path(pod_dir).exists(),
+            // The supervisor writes its pid once every app was started (fly: exec'd).
+            Flavor::Ns | Flavor::Fly => rkt_stage2::pod_pid_path(pod_dir).exists(),
             // The pid is the VMM's, known from the start; readiness is the guest's word.
             Flavor::Kvm => pod_dir.join(kvm::READY_FILE).exists(),
         }
@@ -130,6 +134,7 @@ impl fmt::Display for Flavor {
         f.write_str(match self {
             Flavor::Ns => "ns",
             Flavor::Kvm => "kvm",
+            Flavor::Fly => "fly",
         })
     }
 }
@@ -165,6 +170,11 @@ impl Flavor {
                 ns::run(pod_dir, spec)
             }
             Flavor::Kvm => kvm::run(pod_dir, spec, measure),
+            Flavor::Fly => {
+                measure.stage1_fly(spec)?;
+                measure.finish()?;
+                fly::run(pod_dir, spec)
+            }
         }
     }
 
@@ -173,6 +183,7 @@ impl Flavor {
         match self {
             Flavor::Ns => ns::enter(pod_dir, spec, app, cmd),
             Flavor::Kvm => kvm::enter(pod_dir, spec, app, cmd),
+            Flavor::Fly => fly::enter(pod_dir, spec, app, cmd),
         }
     }
 
@@ -182,6 +193,7 @@ impl Flavor {
         match self {
             Flavor::Ns => ns::gc(pod_dir),
             Flavor::Kvm => kvm::gc(pod_dir),
+            Flavor::Fly => fly::gc(pod_dir),
         }
     }
 }
@@ -272,6 +284,25 @@ mod tests {
             Flavor::Ns
         );
         assert_eq!(ok("stage1-name", "ns"), Flavor::Ns);
+        // rkt's third flavour is its own, no longer ns.
+        assert_eq!(ok("stage1", "fly"), Flavor::Fly);
+        assert_eq!(
+            ok("stage1-name", "coreos.com/rkt/stage1-fly:1.30.0"),
+            Flavor::Fly
+        );
+        assert_eq!(ok("stage1-name", "coreos.com/rkt/stage1-fly"), Flavor::Fly);
+        assert_eq!(ok("stage1-from-dir", "stage1-fly.aci"), Flavor::Fly);
+        assert_eq!(
+            ok(
+                "stage1-url",
+                "https://example.com/rkt/stage1-fly-1.30.0.aci"
+            ),
+            Flavor::Fly
+        );
+        assert_eq!(
+            Flavor::Fly.to_string().parse::<Flavor>().unwrap(),
+            Flavor::Fly
+        );
         refused("stage1-name", "example.com/xen-stage1");
         refused("stage1-name", "coreos.com/rkt/stage1-kvn");
         // Once guessed from "contains kvm" / "ends with .aci".

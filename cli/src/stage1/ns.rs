@@ -142,7 +142,7 @@ fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Re
 
 /// Waits for the supervisor, turning SIGTERM, SIGHUP and SIGINT into a graceful stop of the pod
 /// (a terminal's Ctrl-C also reaches the supervisor directly; stopping twice is harmless).
-fn wait_forwarding(child: Pid, set: &SigSet) -> Result<WaitStatus> {
+pub(crate) fn wait_forwarding(child: Pid, set: &SigSet) -> Result<WaitStatus> {
     loop {
         match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))? {
             WaitStatus::StillAlive => {}
