@@ -5,8 +5,9 @@
 //! A pod is measured in execution order, each stage before it runs: [`PodMeasurement::begin`]
 //! (stage0, when the pod starts) → the flavour measures its stage1 ([`PodMeasurement::stage1_ns`]
 //! before the namespaces exist, [`PodMeasurement::stage1_fly`] before its supervisor is forked,
-//! [`PodMeasurement::stage1_kvm`] once the VM is laid out and before any vCPU runs) → [`PodMeasurement::finish`] (pod manifest, every app, `<pod>/tpm-events.json`)
-//! → the flavour starts the apps.
+//! [`PodMeasurement::stage1_kvm`] once the VM is laid out and before any vCPU runs) →
+//! [`PodMeasurement::finish`] (pod manifest, every app, `<pod>/tpm-events.json`) → the flavour
+//! starts the apps.
 
 use std::path::{Path, PathBuf};
 
