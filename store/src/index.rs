@@ -164,8 +164,14 @@ impl Index {
         })
     }
 
-    /// Records that `name:tag` (also) refers to `id`, most recently.
+    /// Records that `name:tag` (also) refers to `id`, most recently. Nothing is written (and
+    /// nothing fsynced) when it already does: `rkt run oci:PATH` re-imports its image at every
+    /// run, and finding it unchanged is a read. (A writer re-pointing the name in between simply
+    /// comes after us.)
     pub fn add_name(&self, name: &str, tag: &str, id: &str) -> Result<()> {
+        if self.latest_name_id(name, tag)?.as_deref() == Some(id) {
+            return Ok(());
+        }
         self.write(|tx| {
             tx.execute(
                 "INSERT OR REPLACE INTO names (name, tag, id, added) VALUES (?1, ?2, ?3, ?4)",
@@ -195,9 +201,9 @@ impl Index {
         Ok(self.get_record(id)?.map(|r| r.info()))
     }
 
-    /// The image `name:tag` most recently pointed at.
-    pub fn by_name(&self, name: &str, tag: &str) -> Result<Option<ImageInfo>> {
-        let id: Option<String> = self
+    /// The id `name:tag` most recently pointed at (of an image still in the index).
+    fn latest_name_id(&self, name: &str, tag: &str) -> Result<Option<String>> {
+        Ok(self
             .conn
             .query_row(
                 "SELECT n.id FROM names n JOIN images i ON i.id = n.id
@@ -205,8 +211,12 @@ impl Index {
                 [name, tag],
                 |r| r.get(0),
             )
-            .optional()?;
-        match id {
+            .optional()?)
+    }
+
+    /// The image `name:tag` most recently pointed at.
+    pub fn by_name(&self, name: &str, tag: &str) -> Result<Option<ImageInfo>> {
+        match self.latest_name_id(name, tag)? {
             Some(id) => self.get(&id),
             None => Ok(None),
         }
@@ -300,6 +310,25 @@ mod tests {
             config_digest: None,
             layers: vec![],
         }
+    }
+
+    #[test]
+    fn add_name_writes_only_when_the_name_moves() {
+        let t = tempfile::tempdir().unwrap();
+        let ix = Index::open(&t.path().join("index.sqlite")).unwrap();
+        let (a, b) = (format!("sha256-{:064x}", 1), format!("sha256-{:064x}", 2));
+        ix.insert(&rec(a.clone(), "img")).unwrap();
+        ix.insert(&rec(b.clone(), "other")).unwrap();
+        let before = ix.conn.total_changes();
+        // `rkt run oci:PATH` finding its image as it left it: a read, no commit.
+        ix.add_name("img", "latest", &a).unwrap();
+        assert_eq!(ix.conn.total_changes(), before);
+        // Moving the name (and back) is a real write.
+        ix.add_name("img", "latest", &b).unwrap();
+        assert_eq!(ix.by_name("img", "latest").unwrap().unwrap().id, b);
+        ix.add_name("img", "latest", &a).unwrap();
+        assert_eq!(ix.by_name("img", "latest").unwrap().unwrap().id, a);
+        assert!(ix.conn.total_changes() > before);
     }
 
     #[test]

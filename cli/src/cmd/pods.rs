@@ -38,7 +38,10 @@ pub fn run(g: &Globals, a: RunArgs) -> Result<i32> {
     let start = build::start_options(&p.pod.start)?;
     // Flavour/flag conflicts are refused before anything of the pod exists.
     build::flavor(&p.pod, g.config.stage1_name.as_deref())?.check(&start.net)?;
-    let (pods, mut pod, lock, insecure) = prepare_pod(g, &p)?;
+    // Prepared and started at once: after a host crash this pod is garbage whatever its files
+    // hold, so they are written atomically but not fsynced (docs/pods.md, "Durability").
+    crate::pod::set_ephemeral();
+    let (pods, mut pod, lock, insecure) = prepare_pod(g, &p, Keep::StartNow)?;
     let r = start_pod(
         g,
         &pods,
@@ -85,7 +88,7 @@ pub struct PrepareArgs {
 pub fn prepare(g: &Globals, a: PrepareArgs) -> Result<i32> {
     ensure_root()?;
     let p = args::parse(Mode::Prepare, &a.args)?;
-    let (_pods, pod, _lock, _) = prepare_pod(g, &p)?;
+    let (_pods, pod, _lock, _) = prepare_pod(g, &p, Keep::Prepared)?;
     crate::outln!("{}", pod.uuid);
     Ok(0)
 }
@@ -133,9 +136,22 @@ pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
     )
 }
 
-/// Fetches, validates and writes a pod up to `prepared/`. Nothing is created on disk until every
+/// What [`prepare_pod`] leaves: a pod in `prepared/` for a later `run-prepared`, or, for
+/// `rkt run`, one still in `prepare/` that goes straight to `run/` (as rkt v1 does): a host crash
+/// can then leave only an aborted prepare or an exited pod, never an unsynced "prepared" one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Prepared,
+    StartNow,
+}
+
+/// Fetches, validates and writes a pod (see [`Keep`]). Nothing is created on disk until every
 /// image and flag checked out; a failure while populating removes the half-made pod.
-fn prepare_pod(g: &Globals, p: &Parsed) -> Result<(Pods, Pod, Lock, crate::global::Insecure)> {
+fn prepare_pod(
+    g: &Globals,
+    p: &Parsed,
+    keep: Keep,
+) -> Result<(Pods, Pod, Lock, crate::global::Insecure)> {
     let insecure = build::insecure(g.insecure, &p.pod)?;
     let flavor = build::flavor(&p.pod, g.config.stage1_name.as_deref())?;
     let fetch = build::fetch_options(&p.pod, insecure)?;
@@ -167,12 +183,17 @@ fn prepare_pod(g: &Globals, p: &Parsed) -> Result<(Pods, Pod, Lock, crate::globa
         let lock = Lock::try_exclusive(&pod.path)?.context("locking the new pod")?;
         pod.move_to(&pods, PodDir::Prepare)?;
         build::populate(&pod.path, &plan)?;
-        pod.move_to(&pods, PodDir::Prepared)?;
+        if keep == Keep::Prepared {
+            pod.move_to(&pods, PodDir::Prepared)?;
+        }
         Ok(lock)
     })();
     match made {
         Ok(lock) => {
-            pod.state = State::Prepared;
+            pod.state = match keep {
+                Keep::Prepared => State::Prepared,
+                Keep::StartNow => State::Preparing,
+            };
             Ok((pods, pod, lock, insecure))
         }
         Err(e) => {
@@ -193,7 +214,9 @@ pub(crate) fn prepare_lock(dir: &Path, mode: rkt_flock::Mode) -> Result<rkt_floc
     rkt_flock::Flock::lock(f, mode).context("locking locks/prepareLock")
 }
 
-/// Moves a prepared, locked pod to `run/`, writes its spec and hands it to its stage1.
+/// Moves a prepared (or, for `rkt run`, just populated), locked pod to `run/`, writes its spec
+/// and hands it to its stage1. The move is fsynced for `run-prepared`: a pod whose apps may have
+/// run must not come back as `prepared` after a host crash.
 /// `uuid_file` (`--uuid-file-save`) is written once the pod is in `run/`: from then on
 /// `rkt stop`, `status` and `enter` act on it.
 #[allow(clippy::too_many_arguments)]
@@ -216,11 +239,12 @@ fn start_pod(
         save_uuid(f, &pod.uuid)?;
     }
     let spec = build::pod_spec(&pod.path, &pod.uuid, &pm, &store, start, insecure, debug)?;
-    crate::pod::write_atomic(
+    // Runtime files of a pod in run/: a host crash makes it exited whatever they hold.
+    crate::pod::write_runtime(
         &pod.path.join(rkt_stage2::SPEC_FILE),
         &serde_json::to_vec_pretty(&spec)?,
     )?;
-    crate::pod::write_time(&pod.path.join(crate::pod::STARTED_FILE))?;
+    crate::pod::write_runtime_time(&pod.path.join(crate::pod::STARTED_FILE))?;
     if spec.net == rkt_stage2::NetMode::Default {
         eprintln!(
             "rkt: warning: the default network is not implemented yet, the pod gets loopback only (use --net=host or --net=none)"

@@ -323,7 +323,9 @@ impl Pod {
                 to.name()
             )
         })?;
-        sync_dir(&pods.dir(to));
+        if durable() {
+            sync_dir(&pods.dir(to));
+        }
         self.path = dest;
         self.dir = to;
         Ok(())
@@ -346,22 +348,55 @@ fn read_time(p: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 pub fn write_time(p: &Path) -> Result<()> {
-    write_atomic(
-        p,
-        chrono::Utc::now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-            .as_bytes(),
-    )
+    write_atomic(p, now_rfc3339().as_bytes())
 }
 
-/// Writes a file via a temporary in the same directory, fsync and rename.
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// [`write_time`] as a runtime file ([`write_runtime`]).
+pub fn write_runtime_time(p: &Path) -> Result<()> {
+    write_runtime(p, now_rfc3339().as_bytes())
+}
+
+/// Whether this process's pod writes must survive a host crash (docs/pods.md, "Durability").
+/// Durable unless the command says otherwise: `rkt prepare` and `run-prepared` keep the default.
+static EPHEMERAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// For `rkt run`: the pod is prepared and started by this process at once, and after a host crash
+/// it is an aborted prepare or an exited pod (garbage for gc) whatever its files hold. Its files
+/// are still written by atomic rename (no reader sees half a file) but neither they nor the
+/// directory moves are fsynced.
+pub fn set_ephemeral() {
+    EPHEMERAL.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn durable() -> bool {
+    !EPHEMERAL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Writes a file via a temporary in the same directory and rename; fsynced first unless this
+/// process's pods are ephemeral ([`set_ephemeral`]).
 pub fn write_atomic(p: &Path, data: &[u8]) -> Result<()> {
+    write_file(p, data, durable())
+}
+
+/// [`write_atomic`] for a runtime file of a pod already in `run/` (spec, start time): rewritten
+/// at every start and meaningless after a host crash, when the pod is exited. Never fsynced.
+pub fn write_runtime(p: &Path, data: &[u8]) -> Result<()> {
+    write_file(p, data, false)
+}
+
+fn write_file(p: &Path, data: &[u8], sync: bool) -> Result<()> {
     use std::io::Write;
     let dir = p.parent().context("path without parent")?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
+    if sync {
+        tmp.as_file().sync_all()?;
+    }
     // Like a plain file: readable by everybody (rkt list/status work unprivileged).
     use std::os::unix::fs::PermissionsExt;
     tmp.as_file()
