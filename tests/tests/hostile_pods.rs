@@ -1,4 +1,5 @@
-//! Hostile apps against the runtime privileges of a pod (issue 9, `--stage1=ns`): host device
+//! Hostile apps against the runtime privileges of a pod (issue 9, `--stage1=ns`, and one kvm
+//! pod for the policies the guest applies too): host device
 //! nodes, `rkt enter`'s privileges, namespaces from clone/unshare, what PID 1 (the supervisor)
 //! shows to the apps, and the pod's cgroups below the caller's. Each test asserts the refusal
 //! as the app sees it (errno names printed by `/inspect`), as root and as uid 65534.
@@ -14,8 +15,17 @@ fn run(env: &RktEnv, pod_flags: &[&str], app_flags: &[&str], inspect: &[&str]) -
 }
 
 fn args<'a>(pod_flags: &[&'a str], app_flags: &[&'a str], inspect: &[&'a str]) -> Vec<&'a str> {
+    args_on(Flavor::Ns, pod_flags, app_flags, inspect)
+}
+
+fn args_on<'a>(
+    f: Flavor,
+    pod_flags: &[&'a str],
+    app_flags: &[&'a str],
+    inspect: &[&'a str],
+) -> Vec<&'a str> {
     let img: &'static str = Box::leak(images().busybox_oci_ref().into_boxed_str());
-    let mut a = vec!["run", Flavor::Ns.flag(), "--net=none"];
+    let mut a = vec!["run", f.flag(), "--net=none"];
     a.extend_from_slice(pod_flags);
     a.extend([img, "--name=main"]);
     a.extend_from_slice(app_flags);
@@ -122,6 +132,28 @@ fn apps_cannot_open_or_make_host_devices() {
         DEVICE_PROBES,
     );
     assert_device_policy(&out, "uid 65534");
+}
+
+/// The same device allow-list and namespace refusals hold for an app in a kvm pod (the guest
+/// init applies them with stage2's code, devices through a cgroup2 BPF program): one boot, as
+/// root, host device nodes arriving through a volume and nodes the app makes.
+#[test]
+fn kvm_apps_get_the_same_device_and_namespace_policy() {
+    rkt_tests::require_root();
+    let env = Flavor::Kvm.env();
+    let vol = node_volume(&env);
+    let mut probes = DEVICE_PROBES.to_vec();
+    probes.push("--try-userns");
+    let out = env.rkt(&args_on(
+        Flavor::Kvm,
+        &[&vol],
+        &["--mount=volume=nodes,target=/nodes"],
+        &probes,
+    ));
+    assert_device_policy(&out, "kvm root");
+    assert_eq!(out.expect_value("CLONE_NEWUSER"), "EPERM", "{out}");
+    assert_eq!(out.expect_value("CLONE3"), "ENOSYS", "{out}");
+    assert_eq!(out.expect_value("UNSHARE_NEWUSER"), "EPERM", "{out}");
 }
 
 /// A device node given as a volume is the user's explicit choice (rkt v1 allowed those too):
