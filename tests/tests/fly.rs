@@ -137,14 +137,20 @@ fn app_runs_on_its_image_in_the_hosts_namespaces_with_full_privileges() {
 }
 
 #[test]
-fn net_other_than_host_is_refused_before_a_pod_exists() {
+fn net_other_than_host_is_refused_before_a_pod_exists_and_no_net_means_host() {
     require_root();
     let env = RktEnv::new();
     let img = images().busybox_oci_ref();
-    for net in [Some("--net=default"), Some("--net=none"), None] {
-        let mut a = vec!["--insecure-options=image", "run", FLY];
-        a.extend(net);
-        a.extend([img.as_str(), "--exec", "/bin/true"]);
+    for net in ["--net=default", "--net=none", "--net"] {
+        let a = vec![
+            "--insecure-options=image",
+            "run",
+            FLY,
+            net,
+            img.as_str(),
+            "--exec",
+            "/bin/true",
+        ];
         let out = env.rkt(&a);
         out.assert_code(254);
         out.assert_stderr_contains("stage1 fly");
@@ -152,6 +158,20 @@ fn net_other_than_host_is_refused_before_a_pod_exists() {
         assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
         assert!(no_pods(&env).is_empty(), "{:?}", no_pods(&env));
     }
+    // Without --net, fly gets the host's network, as in rkt v1.
+    let out = env.rkt(&[
+        "--insecure-options=image",
+        "run",
+        FLY,
+        img.as_str(),
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        "readlink /proc/self/ns/net",
+    ]);
+    out.assert_ok();
+    assert_eq!(out.stdout.trim(), own_ns("net"), "{out}");
 }
 
 #[test]

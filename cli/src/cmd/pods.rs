@@ -32,12 +32,22 @@ pub struct RunArgs {
     pub args: Vec<String>,
 }
 
+/// fly runs in the host's network namespace: without `--net` it gets the host's (rkt v1), where
+/// the other flavours get the default network.
+fn fly_defaults_to_host_net(flavor: Flavor, flags: &args::StartFlags, start: &mut build::Start) {
+    if flavor == Flavor::Fly && flags.net.is_none() {
+        start.net = rkt_stage2::NetMode::Host;
+    }
+}
+
 pub fn run(g: &Globals, a: RunArgs) -> Result<i32> {
     ensure_root()?;
     let p = args::parse(Mode::Run, &a.args)?;
-    let start = build::start_options(&p.pod.start)?;
+    let mut start = build::start_options(&p.pod.start)?;
+    let flavor = build::flavor(&p.pod, g.config.stage1_name.as_deref())?;
+    fly_defaults_to_host_net(flavor, &p.pod.start, &mut start);
     // Flavour/flag conflicts are refused before anything of the pod exists.
-    build::flavor(&p.pod, g.config.stage1_name.as_deref())?.check(&start.net)?;
+    flavor.check(&start.net)?;
     // Prepared and started at once: after a host crash this pod is garbage whatever its files
     // hold, so they are written atomically but not fsynced (docs/pods.md, "Durability").
     crate::pod::set_ephemeral();
@@ -103,7 +113,7 @@ pub struct RunPreparedArgs {
 pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
     ensure_root()?;
     let p = args::parse(Mode::RunPrepared, &a.args)?;
-    let start = build::start_options(&p.pod.start)?;
+    let mut start = build::start_options(&p.pod.start)?;
     let insecure = build::insecure(g.insecure, &p.pod)?;
     let pods = Pods::new(&g.dir);
     let query = p.uuid.as_deref().unwrap_or_default();
@@ -122,7 +132,9 @@ pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
     if !pod.path.exists() {
         bail!("pod {} is not prepared any more", pod.uuid);
     }
-    Flavor::of_pod(&pod.path)?.check(&start.net)?;
+    let flavor = Flavor::of_pod(&pod.path)?;
+    fly_defaults_to_host_net(flavor, &p.pod.start, &mut start);
+    flavor.check(&start.net)?;
     let mut pod = pod;
     start_pod(
         g,

@@ -37,7 +37,7 @@ pub fn flavor(pf: &PodFlags, config_default: Option<&str>) -> Result<Flavor> {
         (Some((flag, v)), _) => Flavor::from_flag(flag, v)?,
         (None, Some(c)) => Flavor::from_flag("stage1-name", c).map_err(|_| {
             anyhow::anyhow!(
-                "the stage1.d configuration names stage1 {c:?}, which we do not have (available: ns, kvm)"
+                "the stage1.d configuration names stage1 {c:?}, which we do not have (available: ns, kvm, fly)"
             )
         })?,
         (None, None) => crate::cmd::DEFAULT_STAGE1.parse()?,
