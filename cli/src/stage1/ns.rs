@@ -46,6 +46,15 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     if spec.apps.is_empty() {
         bail!("the pod has no apps");
     }
+    // Overlay roots are mounted here, in the host's mount namespace, so that their teardown (and
+    // the sync of the host's file system it does) waits for gc instead of the app's exit.
+    let mut spec = spec.clone();
+    for app in &mut spec.apps {
+        app.rootfs =
+            rkt_stage2::fs::mount_rootfs_outside(&app.rootfs, &app_root(pod_dir, &app.name))
+                .with_context(|| format!("app {:?}: root file system", app.name))?;
+    }
+    let spec = &spec;
     // Without cgroups nothing restricts the apps' device access: refuse rather than run open.
     let host = cgroup::detect().context(
         "no cgroup file system is mounted; the pod's device access cannot be restricted",
