@@ -156,6 +156,42 @@ fn kvm_apps_get_the_same_device_and_namespace_policy() {
     assert_eq!(out.expect_value("UNSHARE_NEWUSER"), "EPERM", "{out}");
 }
 
+/// An app's very first instruction already sees a hardened PID 1: its mount table holds only the
+/// supervisor's empty root, not the host's. The reader is the first of eight apps (a static
+/// binary, no shell start-up), which makes the launch window as wide as it gets.
+#[test]
+fn the_first_thing_an_app_reads_of_pid1_is_not_the_host() {
+    rkt_tests::require_root();
+    let env = RktEnv::new();
+    let img = images().busybox_oci_ref();
+    let mut a: Vec<String> = ["run", Flavor::Ns.flag(), "--net=none"]
+        .map(String::from)
+        .to_vec();
+    for i in 0..8 {
+        if i > 0 {
+            a.push("---".into());
+        }
+        let read = if i == 0 {
+            "--read-file=/proc/1/mountinfo"
+        } else {
+            "--exit-code=0"
+        };
+        a.extend([
+            img.clone(),
+            format!("--name=app{i}"),
+            "--exec=/inspect".into(),
+            "--".into(),
+            read.into(),
+        ]);
+    }
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = env.rkt(&args);
+    out.assert_ok();
+    let mounts: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" - ")).collect();
+    assert_eq!(mounts.len(), 1, "{out}");
+    assert!(mounts[0].contains(" - tmpfs "), "{out}");
+}
+
 /// A device node given as a volume is the user's explicit choice (rkt v1 allowed those too):
 /// it opens read-write, and read-only when the volume is.
 #[test]

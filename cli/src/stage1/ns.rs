@@ -201,8 +201,9 @@ fn supervisor_main(
         .into();
     let relay = Relay::default();
     let relay = tty.then_some(&relay);
+    let gate = Gate::new()?;
     let mut launch =
-        |app: &AppSpec| -> Result<Pid> { launch_app(pod_dir, spec, app, layout, relay) };
+        |app: &AppSpec| -> Result<Pid> { launch_app(pod_dir, spec, app, layout, relay, &gate) };
     let mut on_exit = |name: &str, code: i32| {
         if let Err(e) = supervisor::write_atomic_at(&status_fd, name, &format!("{code}\n")) {
             eprintln!("rkt: {e:#}");
@@ -215,6 +216,9 @@ fn supervisor_main(
         let r = write_atomic(&p, &format!("{}\n", host_pid.display()))
             .and_then(|()| leave_host_fs(pod_dir))
             .and_then(|()| supervisor::drop_privileges(supervisor::SUPERVISOR_CAPS));
+        if r.is_ok() {
+            gate.open();
+        }
         if let Err(e) = r {
             // Without the pid file nobody can stop the pod, and a supervisor that could not
             // shed its privileges must not watch over the apps: give up on the pod.
@@ -267,12 +271,46 @@ fn leave_host_fs(pod_dir: &Path) -> Result<()> {
     .context("remounting the supervisor's root read-only")
 }
 
+/// Holds every app back, set up but not yet exec'd, until the supervisor has left the host's file
+/// system and shed its privileges: an app that ran at once could read `/proc/1/mountinfo` (the
+/// host's mount table) or `/proc/1/environ` in that window. A pipe: the supervisor drops the
+/// write end, each app child drops its inherited copy and reads until EOF.
+struct Gate {
+    r: OwnedFd,
+    w: std::cell::RefCell<Option<OwnedFd>>,
+}
+
+impl Gate {
+    fn new() -> Result<Gate> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        Ok(Gate {
+            r,
+            w: std::cell::RefCell::new(Some(w)),
+        })
+    }
+
+    /// In the supervisor: lets the apps go.
+    fn open(&self) {
+        self.w.borrow_mut().take();
+    }
+
+    /// In an app child: drops our copy of the write end, then waits for the supervisor's.
+    fn wait(&self) {
+        self.w.borrow_mut().take();
+        let mut b = [0u8; 1];
+        while let Err(nix::errno::Errno::EINTR) | Ok(1..) =
+            nix::unistd::read(self.r.as_raw_fd(), &mut b)
+        {}
+    }
+}
+
 fn launch_app(
     pod_dir: &Path,
     spec: &PodSpec,
     app: &AppSpec,
     layout: Option<&Layout>,
     relay: Option<&Relay>,
+    gate: &Gate,
 ) -> Result<Pid> {
     let root = app_root(pod_dir, &app.name);
     // Interactive: the app allocates its terminal in its own devpts and hands us the master.
@@ -305,7 +343,7 @@ fn launch_app(
                 drop(ours);
                 theirs
             });
-            let err = match app_child(pod_dir, spec, app, layout, sock, &root) {
+            let err = match app_child(pod_dir, spec, app, layout, sock, &root, gate) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -323,6 +361,7 @@ fn app_child(
     layout: Option<&Layout>,
     tty_sock: Option<OwnedFd>,
     root: &Path,
+    gate: &Gate,
 ) -> Result<std::convert::Infallible> {
     // Our /proc is still the host's, so /proc/self names our host pid: `rkt enter` needs it.
     let host_pid = std::fs::read_link("/proc/self").context("reading /proc/self")?;
@@ -340,6 +379,8 @@ fn app_child(
         if let Some(sock) = &tty_sock {
             supervisor::hand_over_pty(&root.join("dev/pts"), sock)?;
         }
+        // After the pty hand-over, which the supervisor waits for while launching.
+        gate.wait();
         Ok(())
     };
     Err(rkt_stage2::app::setup_and_exec_with(
