@@ -95,6 +95,8 @@ pub struct Globals {
     pub debug: bool,
     /// `--dir`, else `paths` config `data`, else /var/lib/rkt.
     pub dir: PathBuf,
+    /// `--local-config` (networks live in its `net.d`).
+    pub local_config: PathBuf,
     pub insecure: Insecure,
     pub config: Config,
     /// Explicit TCTI from `--tpm-tcti` or the config (None: TPM2TOOLS_TCTI, then /dev/tpmrm0).
@@ -115,6 +117,7 @@ impl GlobalOpts {
         Ok(Globals {
             debug: self.debug,
             dir,
+            local_config: self.local_config.clone(),
             insecure,
             config,
             tpm_tcti,

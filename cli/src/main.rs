@@ -5,6 +5,7 @@ mod cmd;
 mod config;
 mod global;
 mod measure;
+mod net;
 mod pod;
 mod stage1;
 

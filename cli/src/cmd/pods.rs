@@ -48,6 +48,7 @@ pub fn run(g: &Globals, a: RunArgs) -> Result<i32> {
     fly_defaults_to_host_net(flavor, &p.pod.start, &mut start);
     // Flavour/flag conflicts are refused before anything of the pod exists.
     flavor.check(&start.net)?;
+    crate::net::check_flavor(flavor == Flavor::Ns, &start.net_arg)?;
     // Prepared and started at once: after a host crash this pod is garbage whatever its files
     // hold, so they are written atomically but not fsynced (docs/pods.md, "Durability").
     crate::pod::set_ephemeral();
@@ -135,6 +136,7 @@ pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
     let flavor = Flavor::of_pod(&pod.path)?;
     fly_defaults_to_host_net(flavor, &p.pod.start, &mut start);
     flavor.check(&start.net)?;
+    crate::net::check_flavor(flavor == Flavor::Ns, &start.net_arg)?;
     let mut pod = pod;
     start_pod(
         g,
@@ -245,6 +247,13 @@ fn start_pod(
     let flavor = Flavor::of_pod(&pod.path)?;
     let store = Store::open(&g.dir)?;
     let pm = pod.manifest()?;
+    // Networks are resolved (net.d read, plugins found) before the pod is moved to run/.
+    let net_plan = match (flavor, &start.net) {
+        (Flavor::Ns, rkt_stage2::NetMode::Default) => {
+            crate::net::plan(&start.net_arg, &g.local_config, Vec::new())?
+        }
+        _ => None,
+    };
     pod.move_to(pods, PodDir::Run)?;
     pod.state = State::Running;
     if let Some(f) = uuid_file {
@@ -258,9 +267,13 @@ fn start_pod(
     )?;
     crate::pod::write_runtime_time(&pod.path.join(crate::pod::STARTED_FILE))?;
     if spec.net == rkt_stage2::NetMode::Default {
-        eprintln!(
-            "rkt: warning: the default network is not implemented yet, the pod gets loopback only (use --net=host or --net=none)"
-        );
+        if let Some(plan) = &net_plan {
+            crate::net::write_plan(&pod.path, plan)?;
+        } else {
+            eprintln!(
+                "rkt: warning: CNI networks are not implemented on this stage1 yet, the pod gets loopback only (use --net=none)"
+            );
+        }
     }
     // stage0 is measured now that the spec is final; the flavour measures its stage1, then the
     // manifest and apps, before any of them runs.
@@ -382,7 +395,7 @@ pub fn list(g: &Globals, a: ListArgs) -> Result<i32> {
         row.push(p.state.as_str().to_string());
         row.push(time(p.created()));
         row.push(time(p.started()));
-        row.push(String::new());
+        row.push(crate::net::render(&crate::net::pod_networks(&p.path)));
         rows.push(row);
         for i in 1..apps.len() {
             let mut row = vec![String::new()];
@@ -413,7 +426,16 @@ fn pod_json(p: &Pod) -> Value {
     let mut v = json!({
         "name": p.uuid,
         "state": p.state.as_str(),
-        "networks": [],
+        "networks": crate::net::pod_networks(&p.path).iter().map(|n| json!({
+            "netName": n.net_name,
+            "netConf": n.net_conf,
+            "pluginPath": n.plugin_path,
+            "ifName": n.if_name,
+            "ip": n.ip,
+            "args": n.args,
+            "mask": n.mask,
+            "hostIP": n.host_ip,
+        })).collect::<Vec<_>>(),
         "app_names": apps.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
         "apps": apps.iter().map(|a| {
             let mut o = json!({"name": a.name, "image_name": a.image.name, "image_id": a.image.id});
@@ -504,7 +526,10 @@ pub fn status(g: &Globals, a: StatusArgs) -> Result<i32> {
         crate::outln!("started={}", table::full_time(t));
     }
     if matches!(pod.state, State::Running | State::Exited) {
-        crate::outln!("networks=");
+        crate::outln!(
+            "networks={}",
+            crate::net::render(&crate::net::pod_networks(&pod.path))
+        );
     }
     if !pod.state.has_run() {
         return Ok(0);

@@ -697,6 +697,8 @@ fn overlay_dirs(pod: &Path, image_id: &str, app: &str) -> (PathBuf, PathBuf) {
 #[derive(Debug, Clone)]
 pub struct Start {
     pub net: NetMode,
+    /// The parsed `--net` (the CNI networks behind [`NetMode::Default`]).
+    pub net_arg: crate::net::conf::NetArg,
     pub hostname: Option<String>,
     pub resolv_conf: Option<String>,
     pub hosts_entries: Vec<(String, Vec<String>)>,
@@ -705,13 +707,11 @@ pub struct Start {
 }
 
 pub fn start_options(s: &StartFlags) -> Result<Start> {
-    let net = match s.net.as_deref() {
-        None | Some("default") => NetMode::Default,
-        Some("host") => NetMode::Host,
-        Some("none") => NetMode::None,
-        Some(o) => {
-            bail!("network {o:?} is not available (use --net=host, --net=none or --net=default)")
-        }
+    let net_arg = crate::net::conf::parse_net(s.net.as_deref())?;
+    let net = match net_arg {
+        crate::net::conf::NetArg::Host => NetMode::Host,
+        crate::net::conf::NetArg::None => NetMode::None,
+        crate::net::conf::NetArg::Cni { .. } => NetMode::Default,
     };
     if s.mds_register {
         bail!("--mds-register is not supported");
@@ -762,6 +762,7 @@ pub fn start_options(s: &StartFlags) -> Result<Start> {
     }
     Ok(Start {
         net,
+        net_arg,
         hostname: s.hostname.clone(),
         resolv_conf,
         hosts_entries,
@@ -1022,8 +1023,14 @@ mod tests {
             ..Default::default()
         };
         assert!(start_options(&bad).is_err());
-        let bad = StartFlags {
+        // Named networks are resolved against net.d when the pod starts; bad names fail here.
+        let named = StartFlags {
             net: Some("mynet".into()),
+            ..Default::default()
+        };
+        assert_eq!(start_options(&named).unwrap().net, NetMode::Default);
+        let bad = StartFlags {
+            net: Some("../mynet".into()),
             ..Default::default()
         };
         assert!(start_options(&bad).is_err());

@@ -74,9 +74,20 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     let result = serde_json::to_string(&layout)
         .map_err(anyhow::Error::from)
         .and_then(|j| write_atomic(&cgroups_record(pod_dir), &j))
-        .and_then(|()| run_supervisor(pod_dir, spec, Some(&layout)));
+        .and_then(|()| run_with_networks(pod_dir, spec, &layout));
     let _ = cgroup::remove_pod(&layout, &spec.uuid);
     result
+}
+
+/// The pod's CNI networks (if any) are set up in a namespace of their own before the supervisor
+/// starts, and torn down once it has exited (gc does it for a killed `rkt run`).
+fn run_with_networks(pod_dir: &Path, spec: &PodSpec, layout: &Layout) -> Result<i32> {
+    let netns = crate::net::setup(pod_dir, &spec.uuid, spec.debug)?;
+    let r = run_supervisor(pod_dir, spec, Some(layout), netns.as_ref());
+    if let Err(e) = crate::net::teardown(pod_dir) {
+        crate::print_error(&format!("network teardown: {}", crate::one_line(&e)));
+    }
+    r
 }
 
 fn create_cgroups(layout: &Layout, spec: &PodSpec) -> Result<()> {
@@ -89,7 +100,12 @@ fn create_cgroups(layout: &Layout, spec: &PodSpec) -> Result<()> {
     Ok(())
 }
 
-fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Result<i32> {
+fn run_supervisor(
+    pod_dir: &Path,
+    spec: &PodSpec,
+    layout: Option<&Layout>,
+    netns: Option<&OwnedFd>,
+) -> Result<i32> {
     // The terminal goes raw while an interactive app owns it through our pty relay; whatever
     // happens to the supervisor, the caller's terminal is restored here.
     let tty = spec.interactive && super::term::is_tty(0);
@@ -103,7 +119,7 @@ fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Re
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC;
-    if spec.net != NetMode::Host {
+    if spec.net != NetMode::Host && netns.is_none() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     // The parent forwards stop requests; block them before the child exists so none is lost.
@@ -120,7 +136,12 @@ fn run_supervisor(pod_dir: &Path, spec: &PodSpec, layout: Option<&Layout>) -> Re
     // Pages of the stack are only allocated when touched.
     let mut stack = vec![0u8; 8 << 20];
     let cb = Box::new(|| -> isize {
-        match supervisor_main(pod_dir, spec, layout, tty) {
+        let joined = match netns {
+            Some(fd) => nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)
+                .context("joining the pod's network namespace"),
+            None => Ok(()),
+        };
+        match joined.and_then(|()| supervisor_main(pod_dir, spec, layout, tty)) {
             Ok(code) => code as isize,
             Err(e) => {
                 crate::print_error(&format!("stage1: {}", crate::one_line(&e)));
@@ -505,6 +526,8 @@ pub fn enter(pod_dir: &Path, spec: &PodSpec, app: &str, cmd: &[String]) -> Resul
 /// Releases what an exited pod left: its cgroups (killing stray processes in them) and mounts
 /// under the pod directory in this mount namespace.
 pub fn gc(pod_dir: &Path) -> Result<()> {
+    // CNI DEL for a pod whose `rkt run` did not get to it (killed).
+    crate::net::teardown(pod_dir).context("releasing the pod's networks")?;
     let uuid = match rkt_stage2::PodSpec::load(pod_dir) {
         Ok(s) => s.uuid,
         Err(_) => pod_dir

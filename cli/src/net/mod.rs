@@ -1,0 +1,397 @@
+//! Pod networking with CNI plugins (rkt v1's `Documentation/networking`): stage0 resolves the
+//! `--net` networks into `<pod>/net-plan.json` before the pod starts; the stage1 creates the pod's
+//! network namespace (bound at `/run/netns/rkt-<uuid>`, path in `<pod>/netns`), runs every
+//! network's plugins (ADD) in it before any app starts and records the results in
+//! `<pod>/net-info.json`; when the pod ends, and again at `rkt gc` (a killed `rkt run` never got
+//! there), [`teardown`] runs DEL for every planned network and releases the namespace.
+
+pub mod cni;
+pub mod conf;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use cni::{Cmd, NetConfList, RuntimeConf};
+
+pub const PLAN_FILE: &str = "net-plan.json";
+pub const INFO_FILE: &str = "net-info.json";
+pub const NETNS_FILE: &str = "netns";
+const NETNS_DIR: &str = "/run/netns";
+
+/// Where plugins are looked for: rkt's, `<local-config>/net.d`, Debian's, the CNI default.
+/// `RKT_CNI_PATH` (colon-separated) replaces it.
+pub fn plugin_path(local_config: &Path) -> Vec<PathBuf> {
+    if let Some(p) = std::env::var_os("RKT_CNI_PATH").filter(|p| !p.is_empty()) {
+        return std::env::split_paths(&p).collect();
+    }
+    vec![
+        PathBuf::from("/usr/lib/rkt/plugins/net"),
+        local_config.join("net.d"),
+        PathBuf::from("/usr/lib/cni"),
+        PathBuf::from("/opt/cni/bin"),
+    ]
+}
+
+/// Named networks (and `all`) are set up by stage1 ns only so far: refused elsewhere, before
+/// anything of the pod exists.
+pub fn check_flavor(is_ns: bool, arg: &conf::NetArg) -> Result<()> {
+    if let conf::NetArg::Cni { nets, all } = arg {
+        let named = *all
+            || nets
+                .iter()
+                .any(|n| n.name != conf::DEFAULT || !n.args.is_empty());
+        if named && !is_ns {
+            bail!("--net with named networks or CNI arguments needs --stage1=ns (not implemented on this stage1 yet)");
+        }
+    }
+    Ok(())
+}
+
+/// One network of a pod, as planned by stage0.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedNet {
+    pub conf: NetConfList,
+    /// The `net.d` file, None for a built-in network.
+    pub conf_path: Option<PathBuf>,
+    pub ifname: String,
+    pub args: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub networks: Vec<PlannedNet>,
+    pub plugin_path: Vec<PathBuf>,
+    /// `runtimeConfig` capabilities (`portMappings`).
+    #[serde(default)]
+    pub capabilities: Map<String, Value>,
+}
+
+/// One entry of `<pod>/net-info.json` (rkt v1's fields, plus the CNI result).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetInfo {
+    #[serde(rename = "netName")]
+    pub net_name: String,
+    #[serde(rename = "netConf")]
+    pub net_conf: String,
+    #[serde(rename = "pluginPath")]
+    pub plugin_path: String,
+    #[serde(rename = "ifName")]
+    pub if_name: String,
+    pub ip: String,
+    pub args: String,
+    pub mask: String,
+    #[serde(rename = "hostIP")]
+    pub host_ip: String,
+    pub result: Value,
+}
+
+/// Resolves `--net` for a pod that gets CNI networks (None for host/none). `ports` are CNI
+/// `portMappings`, forwarded on the default network (`portmap` chained after its plugins).
+pub fn plan(arg: &conf::NetArg, local_config: &Path, ports: Vec<Value>) -> Result<Option<Plan>> {
+    let resolved = conf::resolve(arg, &local_config.join("net.d"))?;
+    if resolved.is_empty() {
+        return Ok(None);
+    }
+    let path = plugin_path(local_config);
+    let mut networks: Vec<PlannedNet> = resolved
+        .into_iter()
+        .enumerate()
+        .map(|(i, (l, args))| PlannedNet {
+            conf: l.conf,
+            conf_path: l.path,
+            ifname: format!("eth{i}"),
+            args,
+        })
+        .collect();
+    // Every plugin must be there before anything is set up.
+    for n in &networks {
+        for p in &n.conf.plugins {
+            let t = p.get("type").and_then(Value::as_str).unwrap_or_default();
+            cni::find_plugin(t, &path).with_context(|| format!("network {:?}", n.conf.name))?;
+        }
+    }
+    let mut capabilities = Map::new();
+    if !ports.is_empty() {
+        let n = networks
+            .iter_mut()
+            .find(|n| n.conf.name == conf::DEFAULT)
+            .context("--port needs the default network")?;
+        n.conf.plugins.push(conf::portmap_plugin());
+        cni::find_plugin("portmap", &path)?;
+        capabilities.insert("portMappings".into(), Value::Array(ports));
+    }
+    Ok(Some(Plan {
+        networks,
+        plugin_path: path,
+        capabilities,
+    }))
+}
+
+/// Records the plan in the pod, for its stage1 and for gc.
+pub fn write_plan(pod_dir: &Path, plan: &Plan) -> Result<()> {
+    crate::pod::write_runtime(&pod_dir.join(PLAN_FILE), &serde_json::to_vec_pretty(plan)?)
+}
+
+fn read_plan(pod_dir: &Path) -> Result<Option<Plan>> {
+    match std::fs::read(pod_dir.join(PLAN_FILE)) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).context("reading the pod's network plan")?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).context("reading the pod's network plan"),
+    }
+}
+
+/// The networks recorded for a pod (empty without any).
+pub fn pod_networks(pod_dir: &Path) -> Vec<NetInfo> {
+    std::fs::read(pod_dir.join(INFO_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// rkt v1's rendering in `list` and `status`: `default:ip4=172.16.28.5`, comma-separated.
+pub fn render(nets: &[NetInfo]) -> String {
+    nets.iter()
+        .map(|n| format!("{}:ip4={}", n.net_name, n.ip))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn netns_path(uuid: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(format!("rkt-{uuid}"))
+}
+
+/// Creates a network namespace bound at `path` (from a thread of its own: unshare changes only
+/// the calling thread's namespace).
+fn create_netns(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(NETNS_DIR).with_context(|| format!("creating {NETNS_DIR}"))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let p = path.to_path_buf();
+    let r = std::thread::spawn(move || -> Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare")?;
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &p,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context("binding the namespace")
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?;
+    if r.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    r.with_context(|| format!("creating the network namespace {}", path.display()))
+}
+
+fn write_info(pod_dir: &Path, infos: &[NetInfo]) -> Result<()> {
+    crate::pod::write_runtime(&pod_dir.join(INFO_FILE), &serde_json::to_vec_pretty(infos)?)
+}
+
+fn mask_of(prefix: u8) -> String {
+    let m: u32 = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix.min(32))
+    };
+    std::net::Ipv4Addr::from(m).to_string()
+}
+
+fn info_of(n: &PlannedNet, plan: &Plan, result: Value) -> NetInfo {
+    let ips = cni::result_ips(&result);
+    let v4 = ips
+        .iter()
+        .find(|(a, _)| a.contains('.'))
+        .or(ips.first())
+        .cloned();
+    let (ip, mask, gw) = match v4 {
+        Some((a, g)) => {
+            let (ip, pfx) = a.split_once('/').unwrap_or((a.as_str(), "32"));
+            let mask = pfx.parse().map(mask_of).unwrap_or_default();
+            (ip.to_string(), mask, g.unwrap_or_default())
+        }
+        None => Default::default(),
+    };
+    let t = n.conf.plugins[0]
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    NetInfo {
+        net_name: n.conf.name.clone(),
+        net_conf: n
+            .conf_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        plugin_path: cni::find_plugin(t, &plan.plugin_path)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        if_name: n.ifname.clone(),
+        ip,
+        args: n.args.clone(),
+        mask,
+        host_ip: gw,
+        result,
+    }
+}
+
+/// Sets up the pod's networks if it has a plan: returns the network namespace to join, or None
+/// (the pod then gets a fresh namespace with loopback only). On failure everything done so far
+/// is undone.
+/// With `verify` (the pod's `--debug`), every network is checked with CHECK once all are added.
+pub fn setup(pod_dir: &Path, uuid: &str, verify: bool) -> Result<Option<OwnedFd>> {
+    let Some(plan) = read_plan(pod_dir)? else {
+        return Ok(None);
+    };
+    let ns = netns_path(uuid);
+    // Recorded before the namespace exists, so that gc finds it whenever we are killed.
+    crate::pod::write_runtime(
+        &pod_dir.join(NETNS_FILE),
+        ns.display().to_string().as_bytes(),
+    )?;
+    let r = (|| -> Result<OwnedFd> {
+        create_netns(&ns)?;
+        let mut infos = Vec::new();
+        for n in &plan.networks {
+            let rt = RuntimeConf {
+                container_id: uuid,
+                netns: &ns,
+                ifname: &n.ifname,
+                args: &n.args,
+                path: &plan.plugin_path,
+                capabilities: &plan.capabilities,
+            };
+            let result = cni::run(Cmd::Add, &n.conf, &rt, None)?;
+            infos.push(info_of(n, &plan, result));
+            write_info(pod_dir, &infos)?;
+        }
+        if verify {
+            check(pod_dir)?;
+        }
+        let fd = std::fs::File::open(&ns).with_context(|| format!("opening {}", ns.display()))?;
+        Ok(fd.into())
+    })();
+    if r.is_err() {
+        if let Err(e) = teardown(pod_dir) {
+            crate::print_error(&format!("network teardown: {}", crate::one_line(&e)));
+        }
+    }
+    r.map(Some)
+}
+
+/// Runs DEL for every planned network (last first, each with its ADD result when there is one)
+/// and releases the namespace. Idempotent: the plan is removed once everything is released.
+pub fn teardown(pod_dir: &Path) -> Result<()> {
+    let Some(plan) = read_plan(pod_dir)? else {
+        return Ok(());
+    };
+    let ns = match std::fs::read_to_string(pod_dir.join(NETNS_FILE)) {
+        Ok(s) => PathBuf::from(s.trim()),
+        Err(_) => {
+            let uuid = pod_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            netns_path(&uuid)
+        }
+    };
+    if !ns.starts_with(NETNS_DIR) || ns.components().count() != 4 {
+        bail!("bad network namespace path {}", ns.display());
+    }
+    let infos = pod_networks(pod_dir);
+    let mut first: Option<anyhow::Error> = None;
+    let uuid = ns
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("rkt-"))
+        .unwrap_or_default()
+        .to_string();
+    for n in plan.networks.iter().rev() {
+        let prev = infos
+            .iter()
+            .find(|i| i.net_name == n.conf.name)
+            .map(|i| &i.result);
+        let rt = RuntimeConf {
+            container_id: &uuid,
+            netns: &ns,
+            ifname: &n.ifname,
+            args: &n.args,
+            path: &plan.plugin_path,
+            capabilities: &plan.capabilities,
+        };
+        if let Err(e) = cni::run(Cmd::Del, &n.conf, &rt, prev) {
+            first.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first {
+        return Err(e);
+    }
+    match nix::mount::umount2(&ns, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e).with_context(|| format!("unmounting {}", ns.display())),
+    }
+    match std::fs::remove_file(&ns) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", ns.display())),
+    }
+    let _ = std::fs::remove_file(pod_dir.join(NETNS_FILE));
+    std::fs::remove_file(pod_dir.join(PLAN_FILE)).context("removing the network plan")?;
+    Ok(())
+}
+
+/// CHECK for every network of a running pod (spec 0.4.0+).
+pub fn check(pod_dir: &Path) -> Result<()> {
+    let Some(plan) = read_plan(pod_dir)? else {
+        return Ok(());
+    };
+    let ns = std::fs::read_to_string(pod_dir.join(NETNS_FILE)).context("the pod has no netns")?;
+    let ns = PathBuf::from(ns.trim());
+    let uuid = ns
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("rkt-"))
+        .unwrap_or_default()
+        .to_string();
+    let infos = pod_networks(pod_dir);
+    for n in &plan.networks {
+        let prev = infos
+            .iter()
+            .find(|i| i.net_name == n.conf.name)
+            .map(|i| &i.result);
+        let rt = RuntimeConf {
+            container_id: &uuid,
+            netns: &ns,
+            ifname: &n.ifname,
+            args: &n.args,
+            path: &plan.plugin_path,
+            capabilities: &plan.capabilities,
+        };
+        cni::run(Cmd::Check, &n.conf, &rt, prev)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(mask_of(24), "255.255.255.0");
+        assert_eq!(mask_of(16), "255.255.0.0");
+        assert_eq!(mask_of(32), "255.255.255.255");
+        assert_eq!(mask_of(0), "0.0.0.0");
+    }
+}

@@ -1,0 +1,388 @@
+//! Pod networking with the real CNI plugins (Debian's containernetworking-plugins in /usr/lib/cni):
+//! the default network (ptp + host-local, masquerade), default-restricted, a named bridge network
+//! from a test `net.d`, CNI args, teardown on exit and on gc after SIGKILL, `list`/`status`, and
+//! hostile `--net` values and `net.d` files. Real traffic: the pod's `/inspect --connect` reaches a
+//! listener this test runs on the host.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rkt_tests::{images, Flavor, RktEnv, RktOutput};
+
+const HOST_LOCAL: &str = "/var/lib/cni/networks";
+
+/// A host listener on every address that answers each connection with one line.
+fn host_server(line: &'static str) -> u16 {
+    let l = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = writeln!(c, "{line}");
+        }
+    });
+    port
+}
+
+fn run_args(f: Flavor, pod_flags: &[String], inspect: &[String]) -> Vec<String> {
+    let mut a = vec!["run".to_string(), f.flag().to_string()];
+    a.extend(pod_flags.iter().cloned());
+    a.push(images().busybox_oci_ref());
+    a.extend(["--name=main", "--exec", "/inspect", "--"].map(String::from));
+    a.extend(inspect.iter().cloned());
+    a
+}
+
+fn rkt(env: &RktEnv, args: &[String]) -> RktOutput {
+    env.rkt(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `ADDR=<iface> <ip>/<prefix>` lines of `--print-net` for `iface`, IPv4 only.
+fn v4_addrs(out: &RktOutput, iface: &str) -> Vec<String> {
+    out.values("ADDR")
+        .into_iter()
+        .filter_map(|a| {
+            let (i, ip) = a.split_once(' ')?;
+            (i == iface && ip.contains('.')).then(|| ip.to_string())
+        })
+        .collect()
+}
+
+/// `/proc/net/route` lines (as `--read-file` prints them) with a default destination.
+fn default_routes(out: &RktOutput) -> Vec<String> {
+    out.stdout
+        .lines()
+        .map(|l| l.trim_start_matches("CONTENT="))
+        .filter(|l| l.split_whitespace().nth(1) == Some("00000000"))
+        .map(String::from)
+        .collect()
+}
+
+fn uuid_file(env: &RktEnv) -> PathBuf {
+    env.scratch.join("uuid")
+}
+
+fn uuid(env: &RktEnv) -> String {
+    std::fs::read_to_string(uuid_file(env))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// host-local reservations (files in `/var/lib/cni/networks/<net>`) held by the pod.
+fn reservations(net: &str, uuid: &str) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(Path::new(HOST_LOCAL).join(net)) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::read_to_string(p)
+                .map(|s| s.contains(uuid))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn host_links() -> String {
+    let o = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The host-side interface names of the pod's networks, from net-info.json's CNI results.
+fn host_ifaces(pod: &Path) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pod.join("net-info.json")).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for n in v.as_array().unwrap() {
+        for i in n["result"]["interfaces"].as_array().into_iter().flatten() {
+            if i.get("sandbox").is_none() {
+                names.push(i["name"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    names
+}
+
+fn pod_dir(env: &RktEnv, uuid: &str) -> PathBuf {
+    for s in ["run", "exited-garbage", "garbage", "prepared", "prepare"] {
+        let p = env.dir.join("pods").join(s).join(uuid);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("pod {uuid} not found");
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The default network: an address in 172.16.28.0/24, a default route, the host reachable at
+/// the gateway; list and status show `default:ip4=…`; everything released when the pod exits.
+#[test]
+fn ns_default_network_reaches_the_host_and_is_released() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let port = host_server("hello-from-host");
+    let out = rkt(
+        &env,
+        &run_args(
+            f,
+            &[format!("--uuid-file-save={}", uuid_file(&env).display())],
+            &[
+                "--print-net".into(),
+                "--read-file=/proc/net/route".into(),
+                format!("--connect=172.16.28.1:{port}"),
+            ],
+        ),
+    );
+    out.assert_ok();
+    let addrs = v4_addrs(&out, "eth0");
+    assert_eq!(addrs.len(), 1, "{out}");
+    assert!(
+        addrs[0].starts_with("172.16.28.") && addrs[0].ends_with("/24"),
+        "{out}"
+    );
+    assert_eq!(default_routes(&out).len(), 1, "{out}");
+    assert_eq!(out.expect_value("RECEIVED"), "hello-from-host");
+    let ip = addrs[0].split('/').next().unwrap().to_string();
+
+    let id = uuid(&env);
+    let st = env.rkt(&["status", &id]);
+    st.assert_ok();
+    assert_eq!(st.expect_value("networks"), format!("default:ip4={ip}"));
+    let ls = env.rkt(&["list", "--no-legend"]);
+    ls.assert_ok()
+        .assert_stdout_contains(&format!("default:ip4={ip}"));
+    let js = env.rkt(&["status", "--format=json", &id]);
+    let v: serde_json::Value = serde_json::from_str(&js.stdout).unwrap();
+    assert_eq!(v["networks"][0]["netName"], "default");
+    assert_eq!(v["networks"][0]["ip"], ip.as_str());
+    assert_eq!(v["networks"][0]["ifName"], "eth0");
+
+    // DEL ran when the pod ended: no namespace, no veth, no address reservation.
+    let pod = pod_dir(&env, &id);
+    let veths = host_ifaces(&pod);
+    assert_eq!(veths.len(), 1, "{veths:?}");
+    let links = host_links();
+    assert!(!links.contains(&format!(" {}@", veths[0])), "{links}");
+    assert!(!Path::new(&format!("/run/netns/rkt-{id}")).exists());
+    assert!(reservations("default", &id).is_empty());
+    let ipt = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap();
+    let ipt = String::from_utf8_lossy(&ipt.stdout);
+    assert!(!ipt.contains(&id), "{ipt}");
+}
+
+/// default-restricted: 172.31.0.0/16, no default route, no masquerading; the host is still
+/// reachable on the link.
+#[test]
+fn ns_default_restricted_has_no_default_route() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let port = host_server("restricted");
+    let out = rkt(
+        &env,
+        &run_args(
+            f,
+            &["--net=default-restricted".into()],
+            &[
+                "--print-net".into(),
+                "--read-file=/proc/net/route".into(),
+                format!("--connect=172.31.0.1:{port}"),
+            ],
+        ),
+    );
+    out.assert_ok();
+    let addrs = v4_addrs(&out, "eth0");
+    assert!(addrs.len() == 1 && addrs[0].starts_with("172.31."), "{out}");
+    assert!(addrs[0].ends_with("/16"), "{out}");
+    assert!(default_routes(&out).is_empty(), "{out}");
+    assert_eq!(out.expect_value("RECEIVED"), "restricted");
+}
+
+/// `--net=none` keeps loopback only.
+#[test]
+fn ns_net_none_is_loopback_only() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let out = rkt(
+        &env,
+        &run_args(f, &["--net=none".into()], &["--print-net".into()]),
+    );
+    out.assert_ok();
+    assert_eq!(out.values("IFACE"), ["lo"], "{out}");
+}
+
+/// A named network from `<local-config>/net.d` (the real bridge plugin) with CNI args picking the
+/// address; default-restricted is added as rkt v1 does; both are released at exit.
+#[test]
+fn ns_named_bridge_network_from_net_d_with_cni_args() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let netd = env.local_config.join("net.d");
+    std::fs::create_dir_all(&netd).unwrap();
+    // Unique per test process, so parallel runs do not share the bridge or the address pool.
+    let br = format!("rktbr{}", std::process::id() % 100000);
+    let net = format!("rkt-test-{}", std::process::id());
+    std::fs::write(
+        netd.join("10-test.conf"),
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"{net}","type":"bridge","bridge":"{br}","isGateway":true,
+               "ipam":{{"type":"host-local","subnet":"10.99.77.0/24"}}}}"#
+        ),
+    )
+    .unwrap();
+    let port = host_server("over-the-bridge");
+    let mut flags: Vec<String> = env.config_flags().to_vec();
+    flags.extend(run_args(
+        f,
+        &[
+            format!("--net={net}:IgnoreUnknown=1;IP=10.99.77.42"),
+            format!("--uuid-file-save={}", uuid_file(&env).display()),
+        ],
+        &["--print-net".into(), format!("--connect=10.99.77.1:{port}")],
+    ));
+    let out = rkt(&env, &flags);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &br])
+        .status();
+    out.assert_ok();
+    assert_eq!(v4_addrs(&out, "eth0"), ["10.99.77.42/24"], "{out}");
+    let eth1 = v4_addrs(&out, "eth1");
+    assert!(eth1.len() == 1 && eth1[0].starts_with("172.31."), "{out}");
+    assert_eq!(out.expect_value("RECEIVED"), "over-the-bridge");
+    let id = uuid(&env);
+    let st = env.rkt(&["status", &id]);
+    let nets = st.expect_value("networks");
+    assert!(
+        nets.starts_with(&format!(
+            "{net}:ip4=10.99.77.42, default-restricted:ip4=172.31."
+        )),
+        "{nets}"
+    );
+    assert!(reservations(&net, &id).is_empty());
+    assert!(reservations("default-restricted", &id).is_empty());
+    let _ = std::fs::remove_dir_all(Path::new(HOST_LOCAL).join(&net));
+}
+
+/// `rkt run` and its pod SIGKILLed: nothing ran DEL, so gc does (namespace, veth, reservation).
+#[test]
+fn ns_gc_after_sigkill_releases_the_network() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let args = run_args(
+        f,
+        &[format!("--uuid-file-save={}", uuid_file(&env).display())],
+        &["--echo=started".into(), "--sleep=120".into()],
+    );
+    let mut child = env.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        child.wait_for_stdout("started", f.start_secs()),
+        "{}",
+        child.output_so_far()
+    );
+    let id = uuid(&env);
+    let pod = pod_dir(&env, &id);
+    let veths = host_ifaces(&pod);
+    assert_eq!(veths.len(), 1);
+    assert!(host_links().contains(&format!(" {}@", veths[0])));
+    assert_eq!(reservations("default", &id).len(), 1);
+    let sup: i32 = std::fs::read_to_string(pod.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2).
+    unsafe {
+        libc::kill(child.pid() as i32, libc::SIGKILL);
+        libc::kill(sup, libc::SIGKILL);
+    }
+    child.wait_timeout(30);
+    wait_for("the supervisor to die", 10, || {
+        !Path::new(&format!("/proc/{sup}")).exists()
+    });
+    // Still held: only gc can release it now.
+    assert!(Path::new(&format!("/run/netns/rkt-{id}")).exists());
+    env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
+    assert!(!Path::new(&format!("/run/netns/rkt-{id}")).exists());
+    assert!(!host_links().contains(&format!(" {}@", veths[0])));
+    assert!(reservations("default", &id).is_empty());
+}
+
+/// Bad input is one line, exit 254, and no pod or namespace left behind.
+#[test]
+fn ns_bad_networks_are_refused_cleanly() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let netd = env.local_config.join("net.d");
+    std::fs::create_dir_all(&netd).unwrap();
+    let try_net = |net: &str, conf: Option<&str>, expect: &str| {
+        for e in std::fs::read_dir(&netd).unwrap().flatten() {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+        if let Some(c) = conf {
+            std::fs::write(netd.join("10-x.conf"), c).unwrap();
+        }
+        let mut a: Vec<String> = env.config_flags().to_vec();
+        a.extend(run_args(
+            f,
+            &[format!("--net={net}")],
+            &["--echo=ran".into()],
+        ));
+        let out = rkt(&env, &a);
+        out.assert_code(254);
+        assert!(!out.stdout.contains("ran"), "{out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+        out.assert_stderr_contains(expect);
+    };
+    // A plugin type is a name in the plugin path, never a path.
+    try_net(
+        "x",
+        Some(r#"{"name":"x","type":"../../../bin/sh"}"#),
+        "invalid plugin type",
+    );
+    try_net(
+        "x",
+        Some(r#"{"name":"x","type":"/bin/sh"}"#),
+        "invalid plugin type",
+    );
+    try_net(
+        "x",
+        Some(r#"{"name":"x","type":"ptp","ipam":{"type":"../host-local"}}"#),
+        "invalid plugin type",
+    );
+    try_net(
+        "x",
+        Some(r#"{"name":"x","type":"no-such-plugin"}"#),
+        "not found",
+    );
+    try_net("x", Some("{broken"), "not valid JSON");
+    let huge = format!(
+        r#"{{"name":"x","type":"ptp","pad":"{}"}}"#,
+        "a".repeat(2 << 20)
+    );
+    try_net("x", Some(&huge), "is larger than");
+    try_net("nope", None, "network \"nope\" not found");
+    // CNI args: `;` and `=` separate pairs; anything that would smuggle another pair is refused.
+    try_net("default:IP=1.2.3.4=5", None, "invalid CNI arguments");
+    try_net("default:IP=1.2.3.4;;K=v", None, "invalid CNI arguments");
+    try_net("default:IP=1.2.3.4\nK=v", None, "invalid CNI arguments");
+    try_net("../etc", None, "invalid network name");
+    try_net("host,default", None, "cannot be combined");
+    let pods = env.rkt(&["list", "--no-legend"]);
+    assert!(pods.stdout.trim().is_empty(), "{pods}");
+}
