@@ -373,11 +373,11 @@ fn bad_input_is_refused_and_leaves_no_pod() {
         ),
         (
             vec!["prepare", "--stage1=xen", &img],
-            "unknown stage1 \"xen\" (available: ns, kvm)",
+            "--stage1=\"xen\" does not name a stage1 we have (available: --stage1=ns, --stage1=kvm, --stage1=fly)",
         ),
         (
             vec!["run", "--stage1-name=example.com/xen-stage1", &img],
-            "unknown stage1",
+            "does not name a stage1 we have",
         ),
         (
             vec!["prepare", "--pod-manifest=/nonexistent", &img],
