@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::{ForkResult, Pid};
 use rkt_stage2::supervisor::{self, write_atomic, Relay};
 use rkt_stage2::{
@@ -225,43 +225,7 @@ pub fn enter(pod_dir: &Path, spec: &PodSpec, app: &str, cmd: &[String]) -> Resul
     nix::unistd::chroot(".").context("chroot")?;
     std::env::set_current_dir("/")?;
     let entered = rkt_stage2::app::entered_app(a, Path::new("/"), cmd, vec![]);
-    // SAFETY: single-threaded; the child only execs.
-    match unsafe { nix::unistd::fork() }.context("fork")? {
-        ForkResult::Child => {
-            let e = match rkt_stage2::app::exec_as_app(&entered, &privileged(spec), Path::new("/"))
-            {
-                Ok(never) => match never {},
-                Err(e) => e,
-            };
-            crate::print_error(&format!("enter: {}", crate::one_line(&e)));
-            // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(254) }
-        }
-        ForkResult::Parent { child } => {
-            // Ctrl-C belongs to the entered command.
-            let ign = nix::sys::signal::SigAction::new(
-                nix::sys::signal::SigHandler::SigIgn,
-                nix::sys::signal::SaFlags::empty(),
-                SigSet::empty(),
-            );
-            // SAFETY: ignoring SIGINT/SIGQUIT in this process only.
-            unsafe {
-                let _ = nix::sys::signal::sigaction(Signal::SIGINT, &ign);
-                let _ = nix::sys::signal::sigaction(Signal::SIGQUIT, &ign);
-            }
-            loop {
-                match waitpid(child, None) {
-                    Ok(st) => {
-                        if let Some(c) = supervisor::exit_code(&st) {
-                            return Ok(c);
-                        }
-                    }
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(e).context("waiting for the entered command"),
-                }
-            }
-        }
-    }
+    super::run_entered(&entered, &privileged(spec))
 }
 
 /// Nothing outlives a fly pod outside its directory: its mounts lived in the apps' own mount

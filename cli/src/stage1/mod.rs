@@ -254,6 +254,47 @@ fn keep_across_exec(fd: i32) -> Result<()> {
     Ok(())
 }
 
+/// Forks `entered` (built by `rkt_stage2::app::entered_app`) into the app's namespaces this
+/// process has already joined, exec'd under `rules` (the pod's spec: its capability, seccomp and
+/// user rules), and waits for it; Ctrl-C belongs to the entered command. Returns its exit code.
+pub(crate) fn run_entered(entered: &rkt_stage2::AppSpec, rules: &PodSpec) -> Result<i32> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use nix::sys::wait::waitpid;
+    use nix::unistd::ForkResult;
+    // A fork is needed to land in a PID namespace joined with setns.
+    // SAFETY: single-threaded; the child only execs.
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        ForkResult::Child => {
+            let e = match rkt_stage2::app::exec_as_app(entered, rules, Path::new("/")) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            crate::print_error(&format!("enter: {}", crate::one_line(&e)));
+            // SAFETY: leaving the forked child.
+            unsafe { libc::_exit(254) }
+        }
+        ForkResult::Parent { child } => {
+            let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+            // SAFETY: ignoring SIGINT/SIGQUIT in this process only.
+            unsafe {
+                let _ = sigaction(Signal::SIGINT, &ign);
+                let _ = sigaction(Signal::SIGQUIT, &ign);
+            }
+            loop {
+                match waitpid(child, None) {
+                    Ok(st) => {
+                        if let Some(c) = rkt_stage2::supervisor::exit_code(&st) {
+                            return Ok(c);
+                        }
+                    }
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e).context("waiting for the entered command"),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

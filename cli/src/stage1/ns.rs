@@ -484,43 +484,7 @@ pub fn enter(pod_dir: &Path, spec: &PodSpec, app: &str, cmd: &[String]) -> Resul
     nix::unistd::chroot(".").context("chroot")?;
     std::env::set_current_dir("/")?;
     let entered = rkt_stage2::app::entered_app(a, Path::new("/"), cmd, vec![]);
-    // The command must be forked to land in the pod's PID namespace.
-    // SAFETY: single-threaded; the child only execs.
-    match unsafe { nix::unistd::fork() }.context("fork")? {
-        ForkResult::Child => {
-            let e = match rkt_stage2::app::exec_as_app(&entered, spec, Path::new("/")) {
-                Ok(never) => match never {},
-                Err(e) => e,
-            };
-            eprintln!("rkt: enter: {e:#}");
-            // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(254) }
-        }
-        ForkResult::Parent { child } => {
-            // Ctrl-C belongs to the entered command.
-            let ign = nix::sys::signal::SigAction::new(
-                nix::sys::signal::SigHandler::SigIgn,
-                nix::sys::signal::SaFlags::empty(),
-                SigSet::empty(),
-            );
-            // SAFETY: ignoring SIGINT/SIGQUIT in this process only.
-            unsafe {
-                let _ = nix::sys::signal::sigaction(Signal::SIGINT, &ign);
-                let _ = nix::sys::signal::sigaction(Signal::SIGQUIT, &ign);
-            }
-            loop {
-                match waitpid(child, None) {
-                    Ok(st) => {
-                        if let Some(c) = supervisor::exit_code(&st) {
-                            return Ok(c);
-                        }
-                    }
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(e).context("waiting for the entered command"),
-                }
-            }
-        }
-    }
+    super::run_entered(&entered, spec)
 }
 
 /// Releases what an exited pod left: its cgroups (killing stray processes in them) and mounts
