@@ -22,13 +22,14 @@
 pub mod arch;
 pub mod devices;
 pub mod event;
+pub mod persist;
 pub mod pvm;
 pub mod vstate;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -92,6 +93,10 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// Describe decisions (PVM or not, devices, fix-ups) on stderr.
     pub debug: bool,
+    /// `Vm::run_to_pause_point` pauses the VM once the guest wrote these bytes to the serial
+    /// console (plus `pause_grace_ms`, so the guest can go idle after saying it).
+    pub pause_marker: Option<Vec<u8>>,
+    pub pause_grace_ms: u64,
 }
 
 impl VmConfig {
@@ -107,6 +112,8 @@ impl VmConfig {
             serial_in: None,
             devices: Vec::new(),
             debug: false,
+            pause_marker: None,
+            pause_grace_ms: 200,
         }
     }
 }
@@ -139,9 +146,13 @@ impl VmHandle {
 }
 
 pub struct Vm {
-    _kvm: Kvm,
-    _vm: VmFd,
+    kvm: Kvm,
+    vm: VmFd,
     vcpus: Vec<VcpuFd>,
+    mem_bytes: u64,
+    /// Set by the serial console when it saw `VmConfig::pause_marker`.
+    pause_evt: Arc<EventFd>,
+    pause_grace_ms: u64,
     shared: Arc<VcpuShared>,
     event_loop: EventLoop,
     stop: Arc<EventFd>,
@@ -154,6 +165,37 @@ pub struct Vm {
 
 const TOKEN_EXIT: u32 = 0;
 const TOKEN_STOP: u32 = 1;
+const TOKEN_PAUSE: u32 = 2;
+
+/// Passes serial output on and signals `evt` when `marker` went by.
+struct MarkerWriter {
+    inner: Box<dyn Write + Send>,
+    marker: Vec<u8>,
+    matched: usize,
+    evt: Arc<EventFd>,
+}
+
+impl Write for MarkerWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            if b == self.marker[self.matched] {
+                self.matched += 1;
+            } else {
+                self.matched = usize::from(b == self.marker[0]);
+            }
+            if self.matched == self.marker.len() {
+                self.matched = 0;
+                let _ = self.evt.write(1);
+            }
+        }
+        self.inner.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 fn open_serial(out: SerialOut) -> Result<Box<dyn Write + Send>> {
     let open = |p: &PathBuf| -> Result<File> {
@@ -182,6 +224,20 @@ fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd> {
 impl Vm {
     /// Creates the VM: memory, kernel, initrd, devices and vCPUs; nothing runs yet.
     pub fn build(cfg: VmConfig) -> Result<Vm> {
+        Self::build_inner(cfg, None)
+    }
+
+    /// Creates a VM from the snapshot in `dir` (see `persist`): guest memory mapped
+    /// `MAP_PRIVATE` from `<dir>/mem`, vCPU, in-kernel and device state from `<dir>/state`.
+    /// `cfg` must describe the same VM (memory size, vCPUs, the same devices in the same order;
+    /// the devices' backends, e.g. the vsock socket path or the shared directory, may differ);
+    /// its kernel and initrd are not read.
+    pub fn restore(cfg: VmConfig, dir: &Path) -> Result<Vm> {
+        let state = persist::read_state(dir)?;
+        Self::build_inner(cfg, Some((&state, dir)))
+    }
+
+    fn build_inner(cfg: VmConfig, restore: Option<(&persist::VmState, &Path)>) -> Result<Vm> {
         let debug = cfg.debug;
         let dbg = |m: String| {
             if debug {
@@ -232,7 +288,24 @@ impl Vm {
         })
         .context("KVM_CREATE_PIT2")?;
 
-        let mem = boot::create_memory(mem_bytes)?;
+        if let Some((st, _)) = restore {
+            if st.mem_bytes != mem_bytes || st.vcpus.len() != usize::from(cfg.vcpus) {
+                bail!(
+                    "the snapshot is of a VM with {} MiB and {} vCPUs, not {} MiB and {}",
+                    st.mem_bytes >> 20,
+                    st.vcpus.len(),
+                    cfg.mem_mib,
+                    cfg.vcpus
+                );
+            }
+        }
+        let mem = match restore {
+            None => boot::create_memory(mem_bytes)?,
+            Some((_, dir)) => persist::map_memory(
+                &dir.join(persist::MEM_FILE),
+                &layout::ram_regions(mem_bytes),
+            )?,
+        };
         for (slot, region) in mem.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -249,20 +322,45 @@ impl Vm {
             unsafe { vm.set_user_memory_region(r) }.context("KVM_SET_USER_MEMORY_REGION")?;
         }
 
-        let (entry, kernel_end) = boot::load_kernel(&mem, &cfg.kernel)?;
-        dbg(format!(
-            "kernel {} entry {entry:#x} end {kernel_end:#x}",
-            cfg.kernel.display()
-        ));
-        let initrd = match &cfg.initrd {
-            Some(p) => Some(boot::load_initrd(&mem, p, kernel_end)?),
-            None => None,
+        // A restored guest is past its boot: its memory already holds kernel and initrd.
+        let (entry, initrd) = if restore.is_some() {
+            (0, None)
+        } else {
+            let (entry, kernel_end) = boot::load_kernel(&mem, &cfg.kernel)?;
+            dbg(format!(
+                "kernel {} entry {entry:#x} end {kernel_end:#x}",
+                cfg.kernel.display()
+            ));
+            let initrd = match &cfg.initrd {
+                Some(p) => Some(boot::load_initrd(&mem, p, kernel_end)?),
+                None => None,
+            };
+            (entry, initrd)
         };
 
         // Legacy devices.
         let exit = Arc::new(ExitState::new().context("creating an eventfd")?);
         let serial_irq = irqfd(&vm, layout::SERIAL_IRQ)?;
-        let serial = vm_superio::Serial::new(IrqTrigger(serial_irq), open_serial(cfg.serial_out)?);
+        let pause_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?);
+        let mut serial_out = open_serial(cfg.serial_out)?;
+        if let Some(marker) = cfg.pause_marker.filter(|m| !m.is_empty()) {
+            serial_out = Box::new(MarkerWriter {
+                inner: serial_out,
+                marker,
+                matched: 0,
+                evt: pause_evt.clone(),
+            });
+        }
+        let serial = match restore {
+            None => vm_superio::Serial::new(IrqTrigger(serial_irq), serial_out),
+            Some((st, _)) => vm_superio::Serial::from_state(
+                &st.serial,
+                IrqTrigger(serial_irq),
+                vm_superio::serial::NoEvents,
+                serial_out,
+            )
+            .map_err(|e| anyhow::anyhow!("restoring the serial port: {e:?}"))?,
+        };
         let i8042 = vm_superio::I8042Device::new(ResetTrigger(exit.clone()));
 
         // virtio devices.
@@ -321,10 +419,35 @@ impl Vm {
             cmdline.push_str(cfg.cmdline_extra.trim());
         }
         dbg(format!("command line: {cmdline}"));
-        let cmdline_len = boot::write_cmdline(&mem, &cmdline)?;
-        boot::write_boot_params(&mem, mem_bytes, cmdline_len, initrd)?;
-        arch::regs::write_boot_tables(&mem)?;
-        arch::mptable::setup(&mem, cfg.vcpus)?;
+        if let Some((st, _)) = restore {
+            // The guest booted with the snapshot's command line; ours must say the same
+            // (devices at the same addresses), or the guest's drivers would not find them.
+            if st.cmdline != cmdline {
+                bail!(
+                    "the snapshot's VM had the command line {:?}, this one {cmdline:?}",
+                    st.cmdline
+                );
+            }
+            if st.transports.len() != mmio.len() {
+                bail!(
+                    "the snapshot has {} virtio devices, this VM {}",
+                    st.transports.len(),
+                    mmio.len()
+                );
+            }
+            for (slot, ts) in mmio.iter().zip(&st.transports) {
+                slot.transport
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .restore_state(ts)?;
+            }
+            persist::restore_vm(&vm, st)?;
+        } else {
+            let cmdline_len = boot::write_cmdline(&mem, &cmdline)?;
+            boot::write_boot_params(&mem, mem_bytes, cmdline_len, initrd)?;
+            arch::regs::write_boot_tables(&mem)?;
+            arch::mptable::setup(&mem, cfg.vcpus)?;
+        }
 
         // vCPUs.
         let supported = kvm
@@ -344,6 +467,13 @@ impl Vm {
                     pvm,
                 },
             );
+            if let Some((st, _)) = restore {
+                st.vcpus[usize::from(id)]
+                    .restore(&vcpu)
+                    .with_context(|| format!("restoring vCPU {id}"))?;
+                vcpus.push(vcpu);
+                continue;
+            }
             let cpuid = kvm_bindings::CpuId::from_entries(&entries)
                 .map_err(|e| anyhow::anyhow!("building CPUID: {e:?}"))?;
             vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
@@ -354,6 +484,15 @@ impl Vm {
             vcpus.push(vcpu);
         }
 
+        if restore.is_some() {
+            // Interrupts the devices raise now reach the restored irqchip and LAPICs.
+            for slot in &mmio {
+                let mut t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+                if t.is_active() {
+                    t.device_mut().after_restore();
+                }
+            }
+        }
         let pio = Arc::new(Mutex::new(PioBus { serial, i8042 }));
         if let Some(input) = cfg.serial_in {
             event_loop
@@ -386,10 +525,16 @@ impl Vm {
         event_loop
             .add_owner_fd(stop.as_raw_fd(), TOKEN_STOP)
             .context("event loop")?;
+        event_loop
+            .add_owner_fd(pause_evt.as_raw_fd(), TOKEN_PAUSE)
+            .context("event loop")?;
         Ok(Vm {
-            _kvm: kvm,
-            _vm: vm,
+            kvm,
+            vm,
             vcpus,
+            mem_bytes,
+            pause_evt,
+            pause_grace_ms: cfg.pause_grace_ms,
             shared,
             event_loop,
             stop,
@@ -413,35 +558,7 @@ impl Vm {
     /// Runs the VM until the guest resets or powers off, the VMM hits an error, or
     /// `VmHandle::stop` is called. The calling thread runs the device event loop.
     pub fn run(mut self) -> Result<ExitReason> {
-        vstate::install_kick_handler()?;
-        let mut threads = Vec::new();
-        for (i, vcpu) in self.vcpus.drain(..).enumerate() {
-            match vstate::spawn_vcpu(i as u8, vcpu, self.shared.clone()) {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    vstate::stop_vcpus(&self.shared, threads);
-                    return Err(e);
-                }
-            }
-        }
-        let reason = loop {
-            let owner = match self.event_loop.run_once(-1) {
-                Ok(o) => o,
-                Err(e) => {
-                    vstate::stop_vcpus(&self.shared, threads);
-                    return Err(anyhow::Error::new(e).context("event loop"));
-                }
-            };
-            if owner.contains(&TOKEN_EXIT) {
-                if let Some(r) = self.shared.exit.reason() {
-                    break r;
-                }
-            }
-            if owner.contains(&TOKEN_STOP) {
-                break ExitReason::Stopped;
-            }
-        };
-        vstate::stop_vcpus(&self.shared, threads);
+        let reason = self.run_loop(false)?.expect("run_loop(false) never pauses");
         if self.debug {
             eprintln!(
                 "rkt-vmm: VM ended: {reason:?} (PVM fix-ups: {}, XSAVE-family instructions run: {} in {} ms)",
@@ -455,6 +572,142 @@ impl Vm {
             .pio
             .lock()
             .map(|mut p| p.serial.writer_mut().flush());
+        Ok(reason)
+    }
+
+    /// Runs the VM like `run` until the guest wrote `VmConfig::pause_marker` on its console,
+    /// then (after `pause_grace_ms`) stops the vCPUs and returns `None`: the VM can now be
+    /// snapshotted and run again. `Some(reason)` if it ended first.
+    pub fn run_to_pause_point(&mut self) -> Result<Option<ExitReason>> {
+        self.run_loop(true)
+    }
+
+    /// Saves the paused VM (after `run_to_pause_point`, or before it ever ran) into `dir`,
+    /// which must exist: `state` and a sparse `mem`, both created read-only. Returns the bytes
+    /// of guest memory written (the rest are holes).
+    pub fn snapshot(&self, dir: &Path) -> Result<u64> {
+        let state = self.save_state()?;
+        let written = persist::write_memory(&self.shared.mem, &dir.join(persist::MEM_FILE))?;
+        persist::write_state(dir, &state)?;
+        Ok(written)
+    }
+
+    /// The paused VM's state (vCPUs, in-kernel devices, serial, virtio transports).
+    pub fn save_state(&self) -> Result<persist::VmState> {
+        if self.vcpus.is_empty() {
+            bail!("the VM is not paused (its vCPUs are running or gone)");
+        }
+        let msr_list = persist::msr_index_list(&self.kvm)?;
+        let vcpus = self
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                persist::VcpuState::save(v, &msr_list).with_context(|| format!("saving vCPU {i}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (clock, pit, irqchips) = persist::save_vm(&self.vm)?;
+        let serial = self
+            .shared
+            .pio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .serial
+            .state();
+        let transports = self
+            .shared
+            .mmio
+            .iter()
+            .map(|s| {
+                s.transport
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .save_state()
+            })
+            .collect();
+        Ok(persist::VmState {
+            mem_bytes: self.mem_bytes,
+            cmdline: self.cmdline.clone(),
+            clock,
+            pit,
+            irqchips,
+            serial,
+            transports,
+            vcpus,
+        })
+    }
+
+    /// Sets a saved state back into this VM's vCPUs and in-kernel devices (the probe for
+    /// "can this host restore a running guest" without a second VM).
+    pub fn load_state(&self, st: &persist::VmState) -> Result<()> {
+        if st.vcpus.len() != self.vcpus.len() {
+            bail!(
+                "the state has {} vCPUs, the VM {}",
+                st.vcpus.len(),
+                self.vcpus.len()
+            );
+        }
+        persist::restore_vm(&self.vm, st)?;
+        for (i, (v, s)) in self.vcpus.iter().zip(&st.vcpus).enumerate() {
+            s.restore(v)
+                .with_context(|| format!("restoring vCPU {i}"))?;
+        }
+        Ok(())
+    }
+
+    fn run_loop(&mut self, pause_on_marker: bool) -> Result<Option<ExitReason>> {
+        vstate::install_kick_handler()?;
+        self.shared.stopping.store(false, Ordering::SeqCst);
+        let mut threads = Vec::new();
+        let vcpus: Vec<VcpuFd> = self.vcpus.drain(..).collect();
+        for (i, vcpu) in vcpus.into_iter().enumerate() {
+            match vstate::spawn_vcpu(i as u8, vcpu, self.shared.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.vcpus = vstate::stop_vcpus(&self.shared, threads);
+                    return Err(e);
+                }
+            }
+        }
+        // Once the marker went by: when to pause.
+        let mut pause_at: Option<std::time::Instant> = None;
+        let reason = loop {
+            let timeout = match pause_at {
+                None => -1,
+                Some(t) => t
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32,
+            };
+            let owner = match self.event_loop.run_once(timeout) {
+                Ok(o) => o,
+                Err(e) => {
+                    self.vcpus = vstate::stop_vcpus(&self.shared, threads);
+                    return Err(anyhow::Error::new(e).context("event loop"));
+                }
+            };
+            if owner.contains(&TOKEN_EXIT) {
+                if let Some(r) = self.shared.exit.reason() {
+                    break Some(r);
+                }
+            }
+            if owner.contains(&TOKEN_STOP) {
+                break Some(ExitReason::Stopped);
+            }
+            if owner.contains(&TOKEN_PAUSE) {
+                let _ = self.pause_evt.read();
+                if pause_on_marker && pause_at.is_none() {
+                    pause_at = Some(
+                        std::time::Instant::now()
+                            + std::time::Duration::from_millis(self.pause_grace_ms),
+                    );
+                }
+            }
+            if pause_at.is_some_and(|t| std::time::Instant::now() >= t) {
+                break None;
+            }
+        };
+        self.vcpus = vstate::stop_vcpus(&self.shared, threads);
         Ok(reason)
     }
 }

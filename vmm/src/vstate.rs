@@ -116,16 +116,35 @@ fn mmio_slot(shared: &VcpuShared, addr: u64) -> Option<&MmioSlot> {
         .find(|s| addr >= s.base && addr - s.base < s.len)
 }
 
-pub fn spawn_vcpu(index: u8, mut vcpu: VcpuFd, shared: Arc<VcpuShared>) -> Result<JoinHandle<()>> {
+/// Runs `vcpu` on a thread of its own; the thread hands it back when it ends (on
+/// `stop_vcpus` or when the VM ends), so a paused VM can be snapshotted and run again.
+pub fn spawn_vcpu(
+    index: u8,
+    mut vcpu: VcpuFd,
+    shared: Arc<VcpuShared>,
+) -> Result<JoinHandle<VcpuFd>> {
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
-        .spawn(move || run_vcpu(index, &mut vcpu, &shared))
+        .spawn(move || {
+            run_vcpu(index, &mut vcpu, &shared);
+            vcpu
+        })
         .context("starting a vCPU thread")
+}
+
+/// Finishes a port or MMIO access KVM handed us: KVM completes it (e.g. moves RIP past an
+/// emulated IN/OUT, stores an IN's data) only on the next KVM_RUN, so without this a snapshot
+/// would hold a half-done instruction. `immediate_exit` makes that KVM_RUN return at once.
+fn complete_pending_io(vcpu: &mut VcpuFd) {
+    vcpu.set_kvm_immediate_exit(1);
+    let _ = vcpu.run();
+    vcpu.set_kvm_immediate_exit(0);
 }
 
 fn run_vcpu(index: u8, vcpu: &mut VcpuFd, shared: &VcpuShared) {
     loop {
         if shared.stopping.load(Ordering::SeqCst) {
+            complete_pending_io(vcpu);
             return;
         }
         let action = match vcpu.run() {
@@ -492,9 +511,11 @@ fn read_guest_code(vcpu: &VcpuFd, mem: &GuestMem, rip: u64) -> Option<Vec<u8>> {
     Some(buf[..n].to_vec())
 }
 
-/// Kicks the vCPU threads out of KVM_RUN until they have all returned.
-pub fn stop_vcpus(shared: &VcpuShared, threads: Vec<JoinHandle<()>>) {
+/// Kicks the vCPU threads out of KVM_RUN until they have all returned; returns their vCPUs in
+/// order (a thread that panicked loses its vCPU).
+pub fn stop_vcpus(shared: &VcpuShared, threads: Vec<JoinHandle<VcpuFd>>) -> Vec<VcpuFd> {
     shared.stopping.store(true, Ordering::SeqCst);
+    let mut vcpus = Vec::with_capacity(threads.len());
     for t in threads {
         // A kick can land just before the thread re-enters KVM_RUN, so repeat until it is out.
         while !t.is_finished() {
@@ -504,6 +525,9 @@ pub fn stop_vcpus(shared: &VcpuShared, threads: Vec<JoinHandle<()>>) {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let _ = t.join();
+        if let Ok(v) = t.join() {
+            vcpus.push(v);
+        }
     }
+    vcpus
 }

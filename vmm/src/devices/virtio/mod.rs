@@ -96,6 +96,15 @@ pub trait VirtioDevice: Send {
     }
     /// A device-private fd is ready.
     fn handle_event(&mut self, _token: u32, _events: EventSet, _ops: &mut EventOps) {}
+    /// The queues the device serves while active (their positions go into a snapshot). A
+    /// device that keeps the default cannot be snapshotted while active: its saved state has
+    /// no queues, which a restore refuses.
+    fn active_queues(&self) -> Option<&ActiveQueues> {
+        None
+    }
+    /// The VM was restored from a snapshot into this (new) device and it is active again:
+    /// tell the driver what it must forget (vsock: its connections).
+    fn after_restore(&mut self) {}
 }
 
 /// Copies `src` from offset `offset` into `data`, zero-filling what lies past its end.

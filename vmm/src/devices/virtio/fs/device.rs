@@ -83,6 +83,10 @@ impl VirtioDevice for Fs {
         Ok(())
     }
 
+    fn active_queues(&self) -> Option<&ActiveQueues> {
+        self.active.as_ref()
+    }
+
     fn reset(&mut self) {
         self.active = None;
     }

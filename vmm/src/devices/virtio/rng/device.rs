@@ -76,6 +76,10 @@ impl VirtioDevice for Rng {
         Ok(())
     }
 
+    fn active_queues(&self) -> Option<&ActiveQueues> {
+        self.active.as_ref()
+    }
+
     fn reset(&mut self) {
         self.active = None;
     }

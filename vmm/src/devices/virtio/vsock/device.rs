@@ -20,6 +20,9 @@ use crate::event::EventOps;
 
 const RXQ: usize = 0;
 const TXQ: usize = 1;
+const EVQ: usize = 2;
+/// virtio_vsock_event id: the transport was reset (e.g. the VM was restored elsewhere).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 const QUEUE_SIZES: &[u16] = &[256, 256, 256];
 /// Receive buffer we advertise per connection (guest -> host bytes not yet written out).
 const BUF_ALLOC: u32 = 256 * 1024;
@@ -656,6 +659,36 @@ impl VirtioDevice for Vsock {
         self.active = Some(active);
         self.rx_starved = false;
         Ok(())
+    }
+
+    fn active_queues(&self) -> Option<&ActiveQueues> {
+        self.active.as_ref()
+    }
+
+    fn after_restore(&mut self) {
+        // The guest's connections belonged to another VMM: a TRANSPORT_RESET event makes the
+        // driver reset them and re-read the CID (listening sockets survive).
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let mem = a.mem.clone();
+        let Some(q) = a.queues.get_mut(EVQ) else {
+            return;
+        };
+        let Some(chain) = q.pop_descriptor_chain(&mem) else {
+            if self.debug {
+                eprintln!("rkt-vmm: vsock: no event buffer for the transport reset");
+            }
+            return;
+        };
+        let head = chain.head_index();
+        let n = match collect_chain(chain, &mem, 64) {
+            Ok(bufs) => scatter(&mem, &bufs, 0, &EVENT_TRANSPORT_RESET.to_le_bytes()),
+            Err(_) => 0,
+        };
+        if q.add_used(&mem, head, n as u32).is_ok() {
+            let _ = a.interrupt.signal_used_queue();
+        }
     }
 
     fn reset(&mut self) {

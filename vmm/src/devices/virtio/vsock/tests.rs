@@ -276,3 +276,40 @@ fn stale_socket_file_is_replaced_and_bad_cid_refused() {
         "a regular file is not clobbered"
     );
 }
+
+#[test]
+fn restore_sends_one_transport_reset_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = create_memory(4 << 20).unwrap();
+    let rx = DriverQueue::at(16, 0x1_0000);
+    let tx = DriverQueue::at(16, 0x2_0000);
+    let mut ev = DriverQueue::at(16, 0x3_0000);
+    let mut dev = Vsock::new(3, dir.path().join("v.sock"), false).unwrap();
+    let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    dev.activate(ActiveQueues {
+        mem: mem.clone(),
+        queues: vec![rx.queue(), tx.queue(), ev.queue()],
+        interrupt: irq.clone(),
+        acked_features: 0,
+    })
+    .unwrap();
+    // Two event buffers, pre-filled with junk.
+    for i in 0..2u16 {
+        let addr = 0x40_0000 - 0x1000 * u64::from(i + 1);
+        mem.write_slice(&[0xff; 8], GuestAddress(addr)).unwrap();
+        ev.desc(&mem, i, addr, 8, 2, 0);
+        ev.push(&mem, i);
+    }
+    dev.after_restore();
+    let (id, len, used_idx) = ev.used_elem(&mem, 0);
+    assert_eq!((id, len, used_idx), (0, 4, 1), "one event, 4 bytes");
+    let mut b = [0u8; 8];
+    mem.read_slice(&mut b, GuestAddress(0x40_0000 - 0x1000))
+        .unwrap();
+    assert_eq!(
+        b,
+        [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+        "id 0 = TRANSPORT_RESET"
+    );
+    assert_eq!(irq.irqfd.read().unwrap(), 1);
+}
