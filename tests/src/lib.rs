@@ -303,7 +303,30 @@ impl Drop for RktEnv {
             return;
         }
         cleanup_tree(&self.root);
+        release_networks(self);
         // TempDir's own drop removes the files (errors ignored).
+    }
+}
+
+/// A pod killed with its test still holds its CNI networks (namespace under /run/netns, veth,
+/// host-local address, iptables rules), which live outside the test's directories: `rkt gc`
+/// releases them (docs/networking.md), else every failed test would leak an address.
+fn release_networks(env: &RktEnv) {
+    let Ok(states) = std::fs::read_dir(env.dir.join("pods")) else {
+        return;
+    };
+    let planned = states
+        .flatten()
+        .filter_map(|s| std::fs::read_dir(s.path()).ok())
+        .flatten()
+        .flatten()
+        .any(|p| p.path().join("net-plan.json").exists());
+    if planned {
+        let _ = env
+            .command(&["gc", "--grace-period=0s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

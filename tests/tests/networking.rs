@@ -386,3 +386,158 @@ fn ns_bad_networks_are_refused_cleanly() {
     let pods = env.rkt(&["list", "--no-legend"]);
     assert!(pods.stdout.trim().is_empty(), "{pods}");
 }
+
+/// A pod manifest whose app serves TCP on port 8000, named `http`, forwarded from `host_port`.
+fn port_pod_manifest(env: &RktEnv, port_name: &str, host_port: u16) -> PathBuf {
+    let id = env.fetch_id(&[&images().busybox_oci_ref()]);
+    let pm = format!(
+        r#"{{"acKind":"PodManifest","acVersion":"0.8.11","apps":[{{"name":"web","image":{{"name":"busybox","id":"{id}"}},"app":{{"exec":["/inspect","--serve-tcp=8000"],"user":"0","group":"0","ports":[{{"name":"http","protocol":"tcp","port":8000}}]}}}}],"ports":[{{"name":"{port_name}","hostPort":{host_port}}}]}}"#
+    );
+    let file = env
+        .scratch
+        .join(format!("pod-{port_name}-{host_port}.json"));
+    std::fs::write(&file, pm).unwrap();
+    file
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The host's first global IPv4 address.
+fn host_address() -> String {
+    let o = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&o.stdout);
+    let a = s.split_whitespace().skip_while(|w| *w != "inet").nth(1);
+    a.unwrap().split('/').next().unwrap().to_string()
+}
+
+fn fetch_line(addr: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut b = String::new();
+    s.read_to_string(&mut b)?;
+    Ok(b.trim().to_string())
+}
+
+/// `--port` (here through the pod manifest's `ports`, as `rkt prepare --port` records them):
+/// the CNI portmap plugin forwards the host port from 127.0.0.1 and from the host's own address
+/// to the app's listener; its rules go when the pod stops.
+#[test]
+fn ns_port_forward_reaches_the_app_from_the_host() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let hp = free_port();
+    let pm = port_pod_manifest(&env, "http", hp);
+    let uf = uuid_file(&env);
+    let mut child = env.spawn(&[
+        "run",
+        f.flag(),
+        &format!("--uuid-file-save={}", uf.display()),
+        &format!("--pod-manifest={}", pm.display()),
+    ]);
+    assert!(
+        child.wait_for_stdout("LISTENING=8000", f.start_secs()),
+        "{}",
+        child.output_so_far()
+    );
+    let id = uuid(&env);
+    let want = format!("inspect rkt-{id}");
+    for a in ["127.0.0.1".to_string(), host_address()] {
+        let got = fetch_line(&format!("{a}:{hp}"));
+        assert_eq!(got.as_deref().ok(), Some(want.as_str()), "via {a}: {got:?}");
+    }
+    let ipt = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ipt.stdout).contains(&id));
+    env.rkt(&["stop", &id]).assert_ok();
+    child.wait_timeout(30);
+    let ipt = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&ipt.stdout).contains(&id));
+    assert!(fetch_line(&format!("127.0.0.1:{hp}")).is_err());
+}
+
+/// An unknown port name, a host port already taken, `--port` without the default network: one
+/// line, 254, no pod left.
+#[test]
+fn ns_bad_ports_are_refused_cleanly() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let taken = TcpListener::bind("0.0.0.0:0").unwrap();
+    let tp = taken.local_addr().unwrap().port();
+    let img = images().busybox_oci_ref();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![format!(
+                "--pod-manifest={}",
+                port_pod_manifest(&env, "nope", 8080).display()
+            )],
+            "no port named \"nope\"",
+        ),
+        (
+            vec![format!(
+                "--pod-manifest={}",
+                port_pod_manifest(&env, "http", tp).display()
+            )],
+            "is not available",
+        ),
+        (
+            vec![
+                "--net=none".into(),
+                format!(
+                    "--pod-manifest={}",
+                    port_pod_manifest(&env, "http", 8080).display()
+                ),
+            ],
+            "--port needs the default network",
+        ),
+        (
+            vec![format!("--port=http:{tp}"), img.clone()],
+            "no port named \"http\"",
+        ),
+        (vec!["--port=http:99999".into(), img], "invalid --port"),
+    ];
+    for (flags, needle) in cases {
+        let mut a = vec!["run".to_string(), f.flag().to_string()];
+        a.extend(flags);
+        let out = rkt(&env, &a);
+        out.assert_code(254);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+        out.assert_stderr_contains(needle);
+        let pods = env.rkt(&["list", "--no-legend"]);
+        assert!(pods.stdout.trim().is_empty(), "{pods}");
+    }
+}
+
+/// The harness releases the networks of a pod its test left running (RktEnv's drop runs gc), so
+/// a failed test does not leak host-local addresses.
+#[test]
+fn ns_harness_releases_networks_of_abandoned_pods() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let args = run_args(
+        f,
+        &[format!("--uuid-file-save={}", uuid_file(&env).display())],
+        &["--echo=started".into(), "--sleep=120".into()],
+    );
+    let mut child = env.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(child.wait_for_stdout("started", f.start_secs()));
+    let id = uuid(&env);
+    assert_eq!(reservations("default", &id).len(), 1);
+    drop(child);
+    drop(env);
+    assert!(!Path::new(&format!("/run/netns/rkt-{id}")).exists());
+    assert!(reservations("default", &id).is_empty());
+}

@@ -250,7 +250,11 @@ fn start_pod(
     // Networks are resolved (net.d read, plugins found) before the pod is moved to run/.
     let net_plan = match (flavor, &start.net) {
         (Flavor::Ns, rkt_stage2::NetMode::Default) => {
-            crate::net::plan(&start.net_arg, &g.local_config, Vec::new())?
+            let ports = crate::net::ports::mappings(&pm)?;
+            crate::net::plan(&start.net_arg, &g.local_config, ports)?
+        }
+        _ if !pm.ports.is_empty() => {
+            bail!("--port needs the default network on stage1 ns (--net=default)")
         }
         _ => None,
     };

@@ -7,6 +7,7 @@
 
 pub mod cni;
 pub mod conf;
+pub mod ports;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

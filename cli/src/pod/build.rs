@@ -87,9 +87,11 @@ pub fn plan(
     if pf.private_users {
         bail!("--private-users is not supported");
     }
-    if !pf.ports.is_empty() {
-        bail!("--port needs the default CNI network, which is not implemented yet");
-    }
+    let ports = pf
+        .ports
+        .iter()
+        .map(|p| crate::net::ports::parse(p))
+        .collect::<Result<Vec<_>>>()?;
     let tpm = pf
         .tpm
         .as_deref()
@@ -99,11 +101,15 @@ pub fn plan(
     if !matches!(tpm.as_str(), "auto" | "required" | "off") {
         bail!("invalid --tpm {tpm:?} (expected auto, required or off)");
     }
-    let (manifest, images) = match &pf.pod_manifest {
+    let (mut manifest, images) = match &pf.pod_manifest {
         Some(p) => from_pod_manifest(store, p, fetch)?,
         None => from_flags(store, pf, apps, fetch)?,
     };
     check_volumes(&manifest, &images)?;
+    if !ports.is_empty() {
+        manifest.ports = ports;
+    }
+    crate::net::ports::check(&manifest)?;
     Ok(Plan {
         manifest,
         flavor,
