@@ -541,3 +541,38 @@ fn ns_harness_releases_networks_of_abandoned_pods() {
     assert!(!Path::new(&format!("/run/netns/rkt-{id}")).exists());
     assert!(reservations("default", &id).is_empty());
 }
+
+/// DNS settings in a CNI result become the pod's resolv.conf when no `--dns` flag is given; a
+/// `--dns` flag wins.
+#[test]
+fn ns_dns_from_the_cni_result_unless_dns_flags() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let netd = env.local_config.join("net.d");
+    std::fs::create_dir_all(&netd).unwrap();
+    let net = format!("rkt-dns-{}", std::process::id());
+    std::fs::write(
+        netd.join("10-dns.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"{net}","plugins":[{{"type":"ptp",
+               "ipam":{{"type":"host-local","subnet":"10.99.78.0/24"}},
+               "dns":{{"nameservers":["198.51.100.53"],"search":["example.test"],"options":["ndots:2"]}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut a: Vec<String> = env.config_flags().to_vec();
+        let mut pod = vec![format!("--net={net}")];
+        pod.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(run_args(f, &pod, &["--read-file=/etc/resolv.conf".into()]));
+        let out = rkt(&env, &a);
+        out.assert_ok();
+        out
+    };
+    let out = run(&[]);
+    out.assert_stdout_contains("search example.test\nnameserver 198.51.100.53\noptions ndots:2\n");
+    let out = run(&["--dns=192.0.2.53"]);
+    out.assert_stdout_contains("nameserver 192.0.2.53");
+    assert!(!out.stdout.contains("198.51.100.53"), "{out}");
+    let _ = std::fs::remove_dir_all(Path::new(HOST_LOCAL).join(&net));
+}

@@ -251,7 +251,7 @@ fn start_pod(
     let net_plan = match (flavor, &start.net) {
         (Flavor::Ns, rkt_stage2::NetMode::Default) => {
             let ports = crate::net::ports::mappings(&pm)?;
-            crate::net::plan(&start.net_arg, &g.local_config, ports)?
+            crate::net::plan(&start.net_arg, &g.local_config, ports, !start.dns_given)?
         }
         _ if !pm.ports.is_empty() => {
             bail!("--port needs the default network on stage1 ns (--net=default)")

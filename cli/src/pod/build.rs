@@ -707,6 +707,8 @@ pub struct Start {
     pub net_arg: crate::net::conf::NetArg,
     pub hostname: Option<String>,
     pub resolv_conf: Option<String>,
+    /// Some `--dns*` flag was given: a CNI result's DNS settings are then not used.
+    pub dns_given: bool,
     pub hosts_entries: Vec<(String, Vec<String>)>,
     pub hosts_from_host: bool,
     pub interactive: bool,
@@ -771,6 +773,10 @@ pub fn start_options(s: &StartFlags) -> Result<Start> {
         net_arg,
         hostname: s.hostname.clone(),
         resolv_conf,
+        dns_given: !s.dns.is_empty()
+            || !s.dns_search.is_empty()
+            || !s.dns_opt.is_empty()
+            || s.dns_domain.is_some(),
         hosts_entries,
         hosts_from_host,
         interactive: s.interactive,

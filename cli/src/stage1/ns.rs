@@ -83,6 +83,18 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
 /// starts, and torn down once it has exited (gc does it for a killed `rkt run`).
 fn run_with_networks(pod_dir: &Path, spec: &PodSpec, layout: &Layout) -> Result<i32> {
     let netns = crate::net::setup(pod_dir, &spec.uuid, spec.debug)?;
+    // Without --dns, the DNS settings of a CNI result become the pod's resolv.conf (rkt v1).
+    let with_dns;
+    let spec = match crate::net::resolv_conf(pod_dir) {
+        Some(r) => {
+            with_dns = PodSpec {
+                resolv_conf: Some(r),
+                ..spec.clone()
+            };
+            &with_dns
+        }
+        None => spec,
+    };
     let r = run_supervisor(pod_dir, spec, Some(layout), netns.as_ref());
     if let Err(e) = crate::net::teardown(pod_dir) {
         crate::print_error(&format!("network teardown: {}", crate::one_line(&e)));
