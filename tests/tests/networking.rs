@@ -576,3 +576,34 @@ fn ns_dns_from_the_cni_result_unless_dns_flags() {
     assert!(!out.stdout.contains("198.51.100.53"), "{out}");
     let _ = std::fs::remove_dir_all(Path::new(HOST_LOCAL).join(&net));
 }
+
+/// Pods started at the same time never share an address (host-local's lock).
+#[test]
+fn ns_concurrent_pods_get_distinct_addresses() {
+    let f = Flavor::Ns;
+    let env = f.env();
+    let n = 8;
+    let outs: Vec<RktOutput> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    rkt(
+                        &env,
+                        &run_args(f, &[], &["--print-net".into(), "--sleep=1".into()]),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips: Vec<String> = outs
+        .iter()
+        .map(|o| {
+            o.assert_ok();
+            v4_addrs(o, "eth0").pop().unwrap()
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), n, "{ips:?}");
+}
