@@ -497,6 +497,11 @@ impl PodMeasurement {
         Ok(())
     }
 
+    /// Whether a TPM is measuring this pod.
+    pub fn active(&self) -> bool {
+        self.m.active()
+    }
+
     /// The pod manifest, then every app; writes `<pod>/tpm-events.json`. Call it after the
     /// flavour measured its stage1 and before any app runs.
     pub fn finish(mut self) -> Result<()> {

@@ -109,6 +109,10 @@ impl Control {
 fn run() -> anyhow::Result<()> {
     leave_initramfs_root().context("moving off the initramfs root")?;
     mount_basics()?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline.split_whitespace().any(|w| w == proto::HANDOVER_ARG) {
+        wait_for_pod().context("waiting for the pod")?;
+    }
     let spec_path = Path::new(proto::SHARE_MOUNT).join(proto::GUEST_SPEC_FILE);
     if !spec_path.exists() {
         mkdir(Path::new(proto::SHARE_MOUNT))?;
@@ -139,6 +143,90 @@ fn run() -> anyhow::Result<()> {
             Err(e)
         }
     }
+}
+
+/// The template point: nothing pod-specific has happened yet (no share mounted, no hostname,
+/// no host connection, no randomness drawn that outlives this). Listen on `POD_PORT`, say so on
+/// the console (the VMM may pause and snapshot the VM right here), and wait for the host's
+/// `Handover`; then set the wall clock and reseed the CRNG with the host's entropy, so each
+/// copy restored from a template has its own clock, random numbers and boot_id.
+fn wait_for_pod() -> anyhow::Result<()> {
+    let fd = socket::socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("vsock socket")?;
+    socket::bind(
+        fd.as_raw_fd(),
+        &VsockAddr::new(libc::VMADDR_CID_ANY, proto::POD_PORT),
+    )
+    .context("bind")?;
+    socket::listen(&fd, socket::Backlog::new(1).unwrap()).context("listen")?;
+    let _ = writeln!(std::io::stderr(), "{}", proto::WAITING_MARKER);
+    loop {
+        let c = match socket::accept4(fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+            Ok(c) => c,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => bail!("accept: {e}"),
+        };
+        // SAFETY: accept4 returned a new fd we own.
+        let mut conn = unsafe { File::from_raw_fd(c) };
+        let mut b = [0u8; proto::Handover::LEN];
+        // After a restore the VMM resets the vsock transport, which also resets a connection
+        // accepted before the guest saw the reset: then the host tries again.
+        let Some(h) = conn
+            .read_exact(&mut b)
+            .ok()
+            .and_then(|()| proto::Handover::decode(&b))
+        else {
+            continue;
+        };
+        apply_handover(&h)?;
+        let _ = conn.write_all(&[proto::Handover::ACK]);
+        return Ok(());
+    }
+}
+
+/// `_IOW('R', 0x03, int[2])` and `_IO('R', 0x07)` from <linux/random.h>.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+fn apply_handover(h: &proto::Handover) -> anyhow::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (h.realtime_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (h.realtime_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: a valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setting the wall clock");
+    }
+    #[repr(C)]
+    struct RandPoolInfo {
+        entropy_count: libc::c_int,
+        buf_size: libc::c_int,
+        buf: [u8; 32],
+    }
+    let info = RandPoolInfo {
+        entropy_count: 256,
+        buf_size: 32,
+        buf: h.entropy,
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .context("opening /dev/urandom")?;
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info of buf_size bytes; RNDRESEEDCRNG takes none.
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), RNDADDENTROPY, &info) != 0 {
+            return Err(std::io::Error::last_os_error()).context("RNDADDENTROPY");
+        }
+        if libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG) != 0 {
+            return Err(std::io::Error::last_os_error()).context("RNDRESEEDCRNG");
+        }
+    }
+    Ok(())
 }
 
 /// pivot_root(2) refuses to move the initramfs (the namespace's root mount), and stage2 pivots

@@ -28,6 +28,48 @@ pub const HOST_CID: u32 = 2;
 pub const CONTROL_PORT: u32 = 1024;
 /// Guest port the host connects to for `rkt enter`.
 pub const ENTER_PORT: u32 = 1025;
+/// Guest port the guest init listens on, before anything pod-specific, for the host's
+/// [`Handover`] (only with [`HANDOVER_ARG`] on the kernel command line).
+pub const POD_PORT: u32 = 1026;
+/// Kernel command-line word that makes the guest init wait for a [`Handover`].
+pub const HANDOVER_ARG: &str = "rkt.handover=1";
+/// What the guest init prints on the console once it waits on [`POD_PORT`]: the VMM pauses the
+/// VM there to make a template (docs/kvm-template.md).
+pub const WAITING_MARKER: &str = "rkt-guest: waiting for the pod";
+
+/// The host's first words to a guest that waits for its pod (cold-booted or restored from a
+/// template): the wall clock and fresh entropy. Fixed size, no framing: magic, `u64` LE
+/// nanoseconds since the epoch, 32 bytes of entropy. The guest answers with [`Handover::ACK`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub realtime_ns: u64,
+    pub entropy: [u8; 32],
+}
+
+impl Handover {
+    pub const MAGIC: &'static [u8; 8] = b"RKTPOD01";
+    pub const LEN: usize = 8 + 8 + 32;
+    pub const ACK: u8 = b'k';
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..8].copy_from_slice(Self::MAGIC);
+        b[8..16].copy_from_slice(&self.realtime_ns.to_le_bytes());
+        b[16..].copy_from_slice(&self.entropy);
+        b
+    }
+
+    pub fn decode(b: &[u8; Self::LEN]) -> Option<Self> {
+        if &b[..8] != Self::MAGIC {
+            return None;
+        }
+        Some(Handover {
+            realtime_ns: u64::from_le_bytes(b[8..16].try_into().ok()?),
+            entropy: b[16..].try_into().ok()?,
+        })
+    }
+}
+
 /// virtio-fs tag of the pod's share (the host's `<pod>/stage1/rootfs`: app roots, volumes and
 /// the guest spec, never the rest of the pod directory), and where the guest mounts it.
 pub const SHARE_TAG: &str = "rkt";
@@ -612,5 +654,17 @@ mod tests {
             assert!(f.encode().is_ok());
         }
         assert!(matches!(&frames[2], Msg::Data { data, chan: 4, .. } if data.len() == 1));
+    }
+
+    #[test]
+    fn handover_round_trips_and_refuses_other_magic() {
+        let h = Handover {
+            realtime_ns: 1_796_000_000_123_456_789,
+            entropy: [7; 32],
+        };
+        let mut b = h.encode();
+        assert_eq!(Handover::decode(&b), Some(h));
+        b[0] = b'X';
+        assert_eq!(Handover::decode(&b), None);
     }
 }

@@ -518,7 +518,9 @@ fn boot(
     let sigs = vmm_signals();
 
     let (vcpus, mem_mib) = vm_size(spec);
-    let vm = vmm::build(spec, pod_dir, kernel, initrd, &uds, vcpus, mem_mib)?;
+    let (vm, plan) = template_build(
+        spec, pod_dir, kernel, initrd, &uds, vcpus, mem_mib, &measure,
+    )?;
     // The command line is final only now: measure the VMM (rkt itself), kernel, initramfs and
     // command line, then the pod manifest and apps, before any vCPU runs.
     let measured = measure
@@ -625,7 +627,7 @@ fn boot(
             o
         })
     };
-    let reason = vm.run();
+    let reason = super::kvm_template::run(vm, plan, &uds);
     ended.store(true, Ordering::SeqCst);
     let outcome = server.join().unwrap_or_default();
     for p in [&uds, &ctl_path] {
@@ -647,6 +649,25 @@ fn boot(
     bail!(
         "stage1 kvm: the VM ended ({reason:?}) before the pod finished; see {}",
         pod_dir.join(CONSOLE_LOG).display()
+    )
+}
+
+/// The pod's VM, restored from a template or booted cold (kvm_template.rs, issue 12).
+#[allow(clippy::too_many_arguments)]
+fn template_build(
+    spec: &PodSpec,
+    pod_dir: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    uds: &Path,
+    vcpus: u8,
+    mem_mib: u64,
+    measure: &PodMeasurement,
+) -> Result<(rkt_vmm::Vm, super::kvm_template::Plan)> {
+    super::kvm_template::build(
+        || vmm::config(spec, pod_dir, kernel, initrd, uds, vcpus, mem_mib),
+        vmm::DEVICES,
+        measure.active(),
     )
 }
 
@@ -695,9 +716,7 @@ fn relay_stdin<S: Write>(mut input: impl Read, chan: u32, writer: &Mutex<Option<
 mod vmm {
     use super::*;
 
-    pub use rkt_vmm::Vm;
-
-    pub fn build(
+    pub fn config(
         spec: &PodSpec,
         pod_dir: &Path,
         kernel: &Path,
@@ -705,7 +724,7 @@ mod vmm {
         uds: &Path,
         vcpus: u8,
         mem_mib: u64,
-    ) -> Result<Vm> {
+    ) -> Result<rkt_vmm::VmConfig> {
         let mut cfg = rkt_vmm::VmConfig::new(kernel);
         cfg.initrd = Some(initrd.to_path_buf());
         cfg.vcpus = vcpus;
@@ -736,8 +755,11 @@ mod vmm {
             uds_path: uds.to_path_buf(),
         });
         cfg.devices.push(rkt_vmm::DeviceConfig::Rng);
-        rkt_vmm::Vm::build(cfg)
+        Ok(cfg)
     }
+
+    /// The device list above, for the VM template key (kvm_template.rs).
+    pub const DEVICES: &str = "fs,vsock,rng";
 }
 
 // ---------------------------------------------------------------------------------------------
