@@ -1,4 +1,4 @@
-//! Drives the virtio-mmio transport and the rng/vsock/fs devices the way a hostile guest could.
+//! Drives the virtio-mmio transport and the rng/vsock/fs/net devices the way a hostile guest could.
 //! Input: [device][op count N] N ops of 6 bytes (register write/read/odd-size write/queue
 //! notification), then the rest is copied to guest RAM at 0 (descriptor tables, rings, buffers).
 //!   cargo +nightly fuzz run virtio_mmio      (from this directory, with cargo-fuzz installed)
@@ -27,12 +27,33 @@ fuzz_target!(|data: &[u8]| {
     mem.write_slice(image, GuestAddress(0)).unwrap();
 
     let dir = tempfile_dir();
-    let device: Box<dyn VirtioDevice> = match which % 3 {
+    // virtio-net's backend: a socketpair whose other end holds a frame for the RX path.
+    let mut peer: Option<std::os::fd::OwnedFd> = None;
+    let device: Box<dyn VirtioDevice> = match which % 4 {
         0 => Box::new(rkt_vmm::devices::virtio::rng::Rng::new(false)),
         1 => Box::new(
             rkt_vmm::devices::virtio::vsock::Vsock::new(3, dir.join("v.sock"), false).unwrap(),
         ),
-        _ => Box::new(rkt_vmm::devices::virtio::fs::Fs::new("rkt", &dir, false).unwrap()),
+        2 => Box::new(rkt_vmm::devices::virtio::fs::Fs::new("rkt", &dir, false).unwrap()),
+        _ => {
+            let (ours, theirs) = seqpacket_pair();
+            let frame = [0u8; 60];
+            // SAFETY: write(2) of a local buffer.
+            unsafe {
+                libc::write(
+                    std::os::fd::AsRawFd::as_raw_fd(&theirs),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                )
+            };
+            peer = Some(theirs);
+            Box::new(rkt_vmm::devices::virtio::net::Net::new(
+                ours,
+                [2, 0, 0, 0, 0, 1],
+                1500,
+                false,
+            ))
+        }
     };
     let nq = device.queue_max_sizes().len();
     let evts = (0..nq)
@@ -64,8 +85,31 @@ fuzz_target!(|data: &[u8]| {
             ),
         }
     }
+    drop(peer);
     let _ = std::fs::remove_dir_all(&dir);
 });
+
+fn seqpacket_pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: socketpair(2) fills two fds we then own.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: both fds were just created.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}
 
 fn tempfile_dir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
