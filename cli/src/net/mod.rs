@@ -46,7 +46,13 @@ pub fn check_flavor(is_ns: bool, arg: &conf::NetArg) -> Result<()> {
                 .iter()
                 .any(|n| n.name != conf::DEFAULT || !n.args.is_empty());
         if named && !is_ns {
-            bail!("--net with named networks or CNI arguments needs --stage1=ns (not implemented on this stage1 yet)");
+            let names: Vec<&str> = nets.iter().map(|n| n.name.as_str()).collect();
+            let what = if *all {
+                "all".to_string()
+            } else {
+                names.join(",")
+            };
+            bail!("--net={what}: named networks and CNI arguments need --stage1=ns (not implemented on this stage1 yet)");
         }
     }
     Ok(())
