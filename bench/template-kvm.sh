@@ -9,7 +9,8 @@ ROUNDS=${1:-3}
 RKT=${RKT:-target/release/rkt}
 IMG=${IMG:-oci:$(ls -d target/test-images/*/busybox-oci | head -1):latest}
 W=$(mktemp -d /tmp/rkt-bench-template.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+# ns pods keep their overlay mounts until gc: collect them before removing the directory.
+trap 'for _ in 1 2; do "$RKT" --dir="$W/data" gc --grace-period=0s >/dev/null 2>&1; done; rm -rf "$W"' EXIT
 export RKT_TEMPLATE_CACHE=$W/templates
 "$RKT" --dir="$W/data" fetch --insecure-options=image "$IMG" >/dev/null
 
