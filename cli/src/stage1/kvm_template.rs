@@ -24,6 +24,9 @@ use sha2::{Digest, Sha256};
 
 /// Bump when what a template holds changes meaning (the VMM digest covers the format).
 const KEY_VERSION: &str = "rkt-kvm-template-1";
+/// Templates kept in the cache: each rkt build, kernel or VM size makes a new one (~20-30 MiB
+/// on disk), so the oldest go when a new one is made.
+const KEEP_TEMPLATES: usize = 8;
 
 pub fn cache_root() -> PathBuf {
     std::env::var_os("RKT_TEMPLATE_CACHE")
@@ -183,7 +186,32 @@ fn save_template(vm: &Vm, dir: &Path) -> Result<()> {
         let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700));
         let _ = fs::remove_dir_all(&tmp);
     }
+    if r.is_ok() {
+        prune(parent, KEEP_TEMPLATES);
+    }
     r
+}
+
+/// Removes all but the `keep` newest templates (by modification time) under `root`. A pod
+/// restoring from a removed one keeps its mapping (the file lives on until unmapped); one that
+/// had not yet opened it boots cold.
+fn prune(root: &Path, keep: usize) {
+    let Ok(rd) = fs::read_dir(root) else {
+        return;
+    };
+    let mut t: Vec<(SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    t.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, p) in t.into_iter().skip(keep) {
+        let _ = fs::remove_dir_all(&p);
+    }
 }
 
 /// Runs the VM: for `Plan::Create`, first to the pause point to save the template; then hands
@@ -272,6 +300,33 @@ fn getrandom(buf: &mut [u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_templates_only() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..5u8 {
+            let p = d.path().join(hex::encode([i; 32]));
+            fs::create_dir(&p).unwrap();
+            fs::write(p.join("state"), "x").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o500)).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fs::create_dir(d.path().join("digests")).unwrap();
+        prune(d.path(), 2);
+        let mut left: Vec<String> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                hex::encode([3u8; 32]),
+                hex::encode([4u8; 32]),
+                "digests".to_string()
+            ]
+        );
+    }
 
     #[test]
     fn key_changes_with_every_input_and_digests_are_memoised() {
