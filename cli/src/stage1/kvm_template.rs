@@ -208,7 +208,7 @@ fn prune(root: &Path, keep: usize) {
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    t.sort_by(|a, b| b.0.cmp(&a.0));
+    t.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (_, p) in t.into_iter().skip(keep) {
         let _ = fs::remove_dir_all(&p);
     }
