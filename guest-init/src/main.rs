@@ -676,8 +676,9 @@ fn wait_exec(exec_r: &OwnedFd, child: Pid) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => return,
         }
-        // SAFETY: waitid fills the siginfo we own; WNOWAIT leaves the child to the supervisor.
+        // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid fills the siginfo we own; WNOWAIT leaves the child to the supervisor.
         let r = unsafe {
             libc::waitid(
                 libc::P_PID,

@@ -932,6 +932,7 @@ mod tests {
         let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_str().unwrap()).unwrap();
         // SAFETY: the child only makes raw syscalls and exits.
         match unsafe { libc::fork() } {
+            // SAFETY: in the forked child: raw syscalls only, then _exit.
             0 => unsafe {
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
                 let me = format!("{}", libc::getpid());

@@ -663,6 +663,7 @@ mod tests {
     fn in_child(prog: &BpfProgram, probe: fn() -> i32) -> i32 {
         // SAFETY: the child only makes raw syscalls and exits.
         match unsafe { libc::fork() } {
+            // SAFETY: in the forked child: raw syscalls only, then _exit.
             0 => unsafe {
                 libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
                 if install(prog).is_err() {
@@ -693,7 +694,9 @@ mod tests {
             )
         };
         match r {
+            // SAFETY: the clone child leaves at once without touching the parent's state.
             0 => unsafe { libc::_exit(0) },
+            // SAFETY: errno is this thread's, valid to read.
             -1 => unsafe { *libc::__errno_location() },
             pid => {
                 // SAFETY: reaping our own child.
@@ -716,6 +719,7 @@ mod tests {
             libc::EPERM
         );
         assert_eq!(
+            // SAFETY: clone3 with a null argument fails before it creates anything.
             in_child(&prog, || unsafe {
                 libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize);
                 *libc::__errno_location()
@@ -723,6 +727,7 @@ mod tests {
             libc::ENOSYS
         );
         assert_eq!(
+            // SAFETY: unshare only changes this forked child's namespaces.
             in_child(&prog, || unsafe {
                 libc::unshare(libc::CLONE_NEWUSER);
                 *libc::__errno_location()
@@ -746,6 +751,7 @@ mod tests {
         let prog = build(&s, 0).unwrap().unwrap();
         // SAFETY: the child only makes raw syscalls and exits.
         match unsafe { libc::fork() } {
+            // SAFETY: in the forked child: raw syscalls only, then _exit.
             0 => unsafe {
                 libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
                 if install(&prog).is_err() {

@@ -255,6 +255,7 @@ pub fn supervise(
     if first_failure.is_some() {
         stop(&live, &mut deadline);
     }
+    // SAFETY: fd 0 stays open for the whole life of the supervisor.
     let stdin_fd = unsafe { BorrowedFd::borrow_raw(0) };
     let mut stdin_open = relay.is_some();
     let mut master_open = relay.is_some();
@@ -378,6 +379,7 @@ fn write_all(fd: i32, mut b: &[u8]) {
 }
 
 fn copy_winsize(from: i32, to: i32) {
+    // SAFETY: winsize is plain data; all zeroes is a valid value.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ/TIOCSWINSZ read and write one winsize struct.
     unsafe {

@@ -1111,8 +1111,8 @@ mod tests {
         let mut d = File::open(&top).unwrap();
         for i in 0..3000 {
             let n = CString::new("x").unwrap();
-            // SAFETY: valid fd and C string.
             assert_eq!(
+                // SAFETY: valid fd and C string.
                 unsafe { libc::mkdirat(d.as_raw_fd(), n.as_ptr(), 0o755) },
                 0
             );

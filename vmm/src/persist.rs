@@ -40,17 +40,27 @@ pub const MEM_FILE: &str = "mem";
 /// # Safety
 /// Implementors must be plain old data: `Copy`, no pointers, every bit pattern valid.
 pub unsafe trait Pod: Copy + Default {}
-// SAFETY: all of these are `#[repr(C)]` integer-only KVM ABI structures.
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_regs {}
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_sregs {}
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_xcrs {}
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_lapic_state {}
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_vcpu_events {}
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_mp_state {}
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_debugregs {}
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_cpuid_entry2 {}
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_clock_data {}
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_pit_state2 {}
+// SAFETY: a `#[repr(C)]` integer-only KVM ABI structure (unions of integers at most).
 unsafe impl Pod for kvm_irqchip {}
 
 /// Little-endian writer.

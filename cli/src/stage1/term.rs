@@ -39,6 +39,7 @@ pub fn is_tty(fd: i32) -> bool {
 
 /// The terminal size of `fd` as (rows, cols), if it is a terminal.
 pub fn size(fd: i32) -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain data; all zeroes is a valid value.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes one winsize struct.
     (unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0).then_some((ws.ws_row, ws.ws_col))
