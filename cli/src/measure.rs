@@ -611,15 +611,16 @@ mod pod_measurement_tests {
     use std::process::{Command, Stdio};
 
     /// swtpm on a free port, killed on drop.
-    struct Swtpm(
-        std::process::Child,
-        u16,
-        #[allow(dead_code)] tempfile::TempDir,
-    );
+    struct Swtpm {
+        child: std::process::Child,
+        port: u16,
+        /// The TPM's state directory, removed on drop.
+        _state: tempfile::TempDir,
+    }
     impl Drop for Swtpm {
         fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
     fn swtpm() -> Swtpm {
@@ -642,7 +643,11 @@ mod pod_measurement_tests {
                 .unwrap();
             for _ in 0..500 {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Swtpm(child, port, state);
+                    return Swtpm {
+                        child,
+                        port,
+                        _state: state,
+                    };
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
@@ -657,7 +662,7 @@ mod pod_measurement_tests {
     #[test]
     fn kvm_pods_are_measured_as_kvm_in_execution_order() {
         let tpm = swtpm();
-        let tcti = format!("swtpm:host=127.0.0.1,port={}", tpm.1);
+        let tcti = format!("swtpm:host=127.0.0.1,port={}", tpm.port);
         let dir = tempfile::tempdir().unwrap();
         let pod = dir.path().join("pods/run/0123-pod");
         std::fs::create_dir_all(&pod).unwrap();
@@ -716,7 +721,7 @@ mod pod_measurement_tests {
     #[test]
     fn finishing_without_a_stage1_is_refused() {
         let tpm = swtpm();
-        let tcti = format!("swtpm:host=127.0.0.1,port={}", tpm.1);
+        let tcti = format!("swtpm:host=127.0.0.1,port={}", tpm.port);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pod"), b"{}").unwrap();
         let spec: rkt_stage2::PodSpec = serde_json::from_value(json!({

@@ -147,11 +147,6 @@ pub fn digest_to_id(digest: &str) -> String {
     digest.replacen("sha256:", "sha256-", 1)
 }
 
-/// `sha256:<hex>` from `sha256-<hex>`.
-pub fn id_to_digest(id: &str) -> String {
-    id.replacen("sha256-", "sha256:", 1)
-}
-
 /// `sha256-<first 12 hex>`.
 pub fn short_id(id: &str) -> String {
     id.chars().take("sha256-".len() + 12).collect()

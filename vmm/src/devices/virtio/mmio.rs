@@ -45,7 +45,6 @@ pub const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
 pub const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
 pub const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
 pub const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-pub const REG_SHM_SEL: u64 = 0x0ac;
 pub const REG_SHM_LEN_LOW: u64 = 0x0b0;
 pub const REG_SHM_LEN_HIGH: u64 = 0x0b4;
 pub const REG_CONFIG_GENERATION: u64 = 0x0fc;

@@ -21,7 +21,6 @@ pub use virtio_queue::{Queue, QueueT};
 
 /// Device type ids (virtio spec 5).
 pub const TYPE_NET: u32 = 1;
-pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
 pub const TYPE_FS: u32 = 26;
