@@ -6,7 +6,7 @@
 
 pub mod fly;
 pub mod kvm;
-pub mod kvm_template;
+
 pub mod ns;
 mod term;
 

@@ -267,7 +267,7 @@ fn handover(uds: &Path, ended: &AtomicBool) -> Result<()> {
             anyhow::bail!("the guest never took its pod ({last})");
         }
         let attempt = || -> Result<()> {
-            let mut s = super::kvm::vsock_connect(uds, proto::POD_PORT)?;
+            let mut s = super::vsock_connect(uds, proto::POD_PORT)?;
             let mut entropy = [0u8; 32];
             getrandom(&mut entropy)?;
             let h = proto::Handover {

@@ -1,0 +1,90 @@
+//! The control connection: app output, exit statuses and readiness from the guest; stop to it.
+
+use super::*;
+
+/// How the guest's side of the pod ended, as seen over the control connection.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub error: Option<String>,
+    pub started: usize,
+}
+
+/// Serves one control connection from the guest init: relays app output to `out`/`err`, writes
+/// `status/<app>` and (when every app started) [`READY_FILE`], until PodDone or the end of
+/// the connection. Distrusts the guest: bad frames or app numbers end the pod with an error.
+/// `on_hello` runs once the handshake is done: only then may other threads write to the guest.
+pub fn serve_control<S: Read + Write>(
+    conn: &mut S,
+    pod_dir: &Path,
+    spec: &PodSpec,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    on_hello: &mut dyn FnMut(),
+) -> Outcome {
+    let mut o = Outcome::default();
+    if let Err(e) = proto::handshake(conn) {
+        o.error = Some(format!("guest handshake: {e}"));
+        return o;
+    }
+    on_hello();
+    let n = spec.apps.len();
+    let name = |i: u32| spec.apps.get(i as usize).map(|a| a.name.as_str());
+    loop {
+        let m = match proto::read_msg(conn) {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                o.error = Some(format!("control connection: {e}"));
+                break;
+            }
+        };
+        match m {
+            Msg::Data { chan, stream, data } if (chan as usize) < n => {
+                let w: &mut dyn Write = if stream == Stream::Stderr { err } else { out };
+                let _ = w.write_all(&data);
+                let _ = w.flush();
+            }
+            Msg::Eof { chan, .. } if (chan as usize) < n => {}
+            Msg::AppStarted { app, .. } if (app as usize) < n => {
+                // The guest reports an app once it exec'd (its root is in place): enter works.
+                o.started += 1;
+                if o.started == n {
+                    let _ = rkt_stage2::supervisor::write_atomic(&pod_dir.join(READY_FILE), "");
+                }
+            }
+            Msg::AppExited { app, code } if (app as usize) < n => {
+                let p = rkt_stage2::app_status_path(pod_dir, name(app).unwrap());
+                if let Err(e) = rkt_stage2::supervisor::write_atomic(&p, &format!("{code}")) {
+                    o.error = Some(format!("{e:#}"));
+                }
+            }
+            Msg::PodDone { code } => {
+                o.code = Some(code);
+                break;
+            }
+            Msg::Error { message } => {
+                // One line: the guest does not get to paint the user's terminal.
+                let line: String = message
+                    .chars()
+                    .take(500)
+                    .filter(|c| !c.is_control())
+                    .collect();
+                o.error = Some(format!("guest: {line}"));
+            }
+            other => {
+                o.error = Some(format!(
+                    "unexpected message from the guest: {}",
+                    describe(&other)
+                ));
+                break;
+            }
+        }
+    }
+    o
+}
+
+pub(super) fn describe(m: &Msg) -> String {
+    let s = format!("{m:?}");
+    s.chars().take(120).collect()
+}
