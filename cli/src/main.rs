@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use global::GlobalOpts;
 
 /// Exit code for rkt's own errors (rkt v1's runWrapper).
-pub const EXIT_RKT_ERROR: i32 = 254;
+pub use rkt_stage2::EXIT_RKT_ERROR;
 
 #[derive(Parser, Debug)]
 #[command(

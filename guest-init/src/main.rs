@@ -30,7 +30,7 @@ use enter::*;
 use mounts::*;
 
 /// Exit code of an app whose set-up failed before exec (rkt's own-error code).
-pub(crate) const SETUP_FAILED: i32 = 254;
+pub(crate) const SETUP_FAILED: i32 = rkt_stage2::EXIT_RKT_ERROR;
 
 pub(crate) fn log(msg: &str) {
     // PID 1's stderr is the serial console: slow, so only for errors and --debug.

@@ -126,6 +126,18 @@ impl PodSpec {
     }
 }
 
+/// rkt's own failure code (v1's): an app that could not be set up, and every rkt error.
+pub const EXIT_RKT_ERROR: i32 = 254;
+
+/// Where an app's root is assembled (rkt v1's layout), on every flavour: ns mounts it there, kvm
+/// shares it with the guest under `<pod>/stage1/rootfs`, `--no-overlay` copies the tree there.
+pub fn app_root_path(pod_dir: &Path, app: &str) -> PathBuf {
+    pod_dir
+        .join("stage1/rootfs/opt/stage2")
+        .join(app)
+        .join("rootfs")
+}
+
 /// Where a stage1 writes an app's exit code (decimal text), read by `rkt status` and `rkt run`.
 pub fn app_status_path(pod_dir: &Path, app: &str) -> PathBuf {
     pod_dir.join("status").join(app)

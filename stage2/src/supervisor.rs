@@ -237,8 +237,8 @@ pub fn supervise(
             }
             Err(e) => {
                 eprintln!("rkt: app {:?}: {e:#}", app.name);
-                on_exit(&app.name, 254);
-                first_failure.get_or_insert(254);
+                on_exit(&app.name, crate::EXIT_RKT_ERROR);
+                first_failure.get_or_insert(crate::EXIT_RKT_ERROR);
             }
         }
     }

@@ -15,7 +15,7 @@ use crate::stage1::{self, Flavor};
 use rkt_store::Store;
 
 /// Exit code for rkt's own failures.
-const FAIL: i32 = 254;
+const FAIL: i32 = crate::EXIT_RKT_ERROR;
 
 fn ensure_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.

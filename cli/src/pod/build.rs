@@ -643,7 +643,7 @@ pub fn populate(pod: &Path, plan: &Plan) -> Result<()> {
         write_atomic(&info.join("treeStoreID"), ra.image.id.as_bytes())?;
         write_atomic(&info.join("manifest"), &serde_json::to_vec(im)?)?;
         if plan.no_overlay {
-            let dest = app_dir_rootfs(pod, &ra.name);
+            let dest = rkt_stage2::app_root_path(pod, &ra.name);
             std::fs::create_dir_all(dest.parent().unwrap())?;
             let st = std::process::Command::new("cp")
                 .arg("-a")
@@ -686,12 +686,6 @@ pub fn populate(pod: &Path, plan: &Plan) -> Result<()> {
         write_atomic(&pod.join(super::OVERLAY_MARKER), b"")?;
     }
     Ok(())
-}
-
-fn app_dir_rootfs(pod: &Path, app: &str) -> PathBuf {
-    pod.join("stage1/rootfs/opt/stage2")
-        .join(app)
-        .join("rootfs")
 }
 
 fn overlay_dirs(pod: &Path, image_id: &str, app: &str) -> (PathBuf, PathBuf) {
@@ -879,7 +873,7 @@ pub fn pod_spec(
                 work,
             }
         } else {
-            RootfsSpec::Dir(app_dir_rootfs(pod, &ra.name))
+            RootfsSpec::Dir(rkt_stage2::app_root_path(pod, &ra.name))
         };
         let mut env = app.environment.clone();
         if lookup(&env, "PATH").is_none() {

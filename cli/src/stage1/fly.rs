@@ -19,7 +19,7 @@ use rkt_stage2::{
     app_pid_path, app_status_path, pod_pid_path, AppSpec, InsecureRun, NetMode, PodSpec,
 };
 
-use super::ns::{app_root, wait_forwarding};
+use super::ns::wait_forwarding;
 
 /// The app shares the host's network namespace: anything but `--net=host` is refused.
 pub fn check_net(net: &NetMode) -> Result<()> {
@@ -70,7 +70,7 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
         Ok(ForkResult::Child) => {
             let code = supervisor_main(pod_dir, &fly, tty).unwrap_or_else(|e| {
                 crate::print_error(&format!("stage1: {}", crate::one_line(&e)));
-                254
+                crate::EXIT_RKT_ERROR
             });
             // SAFETY: leaving the forked child without running the parent's destructors.
             unsafe { libc::_exit(code) }
@@ -164,12 +164,17 @@ fn launch_app(pod_dir: &Path, fly: &PodSpec, app: &AppSpec, relay: Option<&Relay
                 anyhow::anyhow!("the pod's supervisor is gone")
             } else {
                 let sock = pair.map(|(_, theirs)| theirs);
-                app_child(fly, app, sock, &app_root(pod_dir, &app.name))
+                app_child(
+                    fly,
+                    app,
+                    sock,
+                    &rkt_stage2::app_root_path(pod_dir, &app.name),
+                )
             };
             crate::print_error(&format!("app {:?}: {}", app.name, crate::one_line(&err)));
             drop(exec_w);
             // SAFETY: leaving the forked child without running the parent's destructors.
-            unsafe { libc::_exit(254) }
+            unsafe { libc::_exit(crate::EXIT_RKT_ERROR) }
         }
     }
 }

@@ -272,7 +272,7 @@ pub(crate) fn run_entered(entered: &rkt_stage2::AppSpec, rules: &PodSpec) -> Res
             };
             crate::print_error(&format!("enter: {}", crate::one_line(&e)));
             // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(254) }
+            unsafe { libc::_exit(crate::EXIT_RKT_ERROR) }
         }
         ForkResult::Parent { child } => {
             let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());

@@ -19,14 +19,6 @@ use rkt_stage2::cgroup::{self, Layout};
 use rkt_stage2::supervisor::{self, write_atomic, Relay};
 use rkt_stage2::{app_pid_path, app_status_path, pod_pid_path, AppSpec, NetMode, PodSpec};
 
-/// Where an app's root is assembled (rkt's layout).
-pub fn app_root(pod_dir: &Path, app: &str) -> PathBuf {
-    pod_dir
-        .join("stage1/rootfs/opt/stage2")
-        .join(app)
-        .join("rootfs")
-}
-
 /// Where `run` records the pod's cgroup layout (below the caller's cgroups) for `enter` and `gc`.
 pub fn cgroups_record(pod_dir: &Path) -> PathBuf {
     pod_dir.join("stage1-cgroups.json")
@@ -50,9 +42,11 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     // the sync of the host's file system it does) waits for gc instead of the app's exit.
     let mut spec = spec.clone();
     for app in &mut spec.apps {
-        app.rootfs =
-            rkt_stage2::fs::mount_rootfs_outside(&app.rootfs, &app_root(pod_dir, &app.name))
-                .with_context(|| format!("app {:?}: root file system", app.name))?;
+        app.rootfs = rkt_stage2::fs::mount_rootfs_outside(
+            &app.rootfs,
+            &rkt_stage2::app_root_path(pod_dir, &app.name),
+        )
+        .with_context(|| format!("app {:?}: root file system", app.name))?;
     }
     let spec = &spec;
     // Without cgroups nothing restricts the apps' device access: refuse rather than run open.
@@ -157,7 +151,7 @@ fn run_supervisor(
             Ok(code) => code as isize,
             Err(e) => {
                 crate::print_error(&format!("stage1: {}", crate::one_line(&e)));
-                254
+                crate::EXIT_RKT_ERROR as isize
             }
         }
     });
@@ -345,7 +339,7 @@ fn launch_app(
     relay: Option<&Relay>,
     gate: &Gate,
 ) -> Result<Pid> {
-    let root = app_root(pod_dir, &app.name);
+    let root = rkt_stage2::app_root_path(pod_dir, &app.name);
     // Interactive: the app allocates its terminal in its own devpts and hands us the master.
     let pair = match relay {
         Some(_) => Some(
@@ -382,7 +376,7 @@ fn launch_app(
             };
             crate::print_error(&format!("app {:?}: {}", app.name, crate::one_line(&err)));
             // SAFETY: leaving the forked child without running the parent's destructors.
-            unsafe { libc::_exit(254) }
+            unsafe { libc::_exit(crate::EXIT_RKT_ERROR) }
         }
     }
 }

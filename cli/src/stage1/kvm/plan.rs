@@ -32,10 +32,7 @@ pub fn plan(pod_dir: &Path, spec: &PodSpec) -> Result<Plan> {
     let mut roots = Vec::new();
     let mut binds: Vec<(PathBuf, PathBuf)> = Vec::new();
     for app in &mut guest.apps {
-        let at = pod_dir
-            .join("stage1/rootfs/opt/stage2")
-            .join(&app.name)
-            .join("rootfs");
+        let at = rkt_stage2::app_root_path(pod_dir, &app.name);
         let needs_mount = match &app.rootfs {
             RootfsSpec::Dir(d) => d != &at,
             RootfsSpec::Overlay { .. } => true,
