@@ -131,26 +131,5 @@ pub(crate) fn connect_host(debug: bool) -> Option<File> {
 
 pub(crate) fn set_hostname_and_lo(pod: &PodSpec) -> anyhow::Result<()> {
     nix::unistd::sethostname(&pod.hostname).context("sethostname")?;
-    let s = socket::socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .context("socket for lo")?;
-    // SAFETY: ifreq is plain data; SIOC[GS]IFFLAGS read/write one ifreq.
-    unsafe {
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo".iter().enumerate() {
-            ifr.ifr_name[i] = *b as libc::c_char;
-        }
-        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
-            return Err(std::io::Error::last_os_error()).context("reading lo flags");
-        }
-        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
-            return Err(std::io::Error::last_os_error()).context("bringing lo up");
-        }
-    }
-    Ok(())
+    rkt_stage2::loopback_up()
 }

@@ -23,6 +23,35 @@ pub fn app_pid_path(pod_dir: &Path, app: &str) -> PathBuf {
     pod_dir.join("apps").join(app).join("pid")
 }
 
+/// Brings up the loopback interface of the calling process's network namespace (a new one has
+/// `lo` down): the pod's apps on both flavours talk to each other over it.
+pub fn loopback_up() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("socket for lo")?;
+    // SAFETY: ifreq is plain data (all zeroes valid); SIOC[GS]IFFLAGS read and write one ifreq.
+    unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            return Err(std::io::Error::last_os_error()).context("reading lo's flags");
+        }
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
+            return Err(std::io::Error::last_os_error()).context("bringing lo up");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) fn test_app() -> AppSpec {
     AppSpec {

@@ -215,7 +215,7 @@ fn supervisor_main(
     .context("making the pod's mounts private")?;
     nix::unistd::sethostname(&spec.hostname).context("setting the hostname")?;
     if spec.net != NetMode::Host {
-        loopback_up().context("bringing up lo")?;
+        rkt_stage2::loopback_up()?;
     }
     // Statuses are written through this descriptor: once the apps run, we no longer see the
     // host's file system.
@@ -417,30 +417,6 @@ fn app_child(
         layout,
         &mut before_pivot,
     ))
-}
-
-fn loopback_up() -> Result<()> {
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    // SAFETY: ifreq is plain data; SIOC[GS]IFFLAGS read and write its flags field.
-    unsafe {
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            ifr.ifr_name[i] = *b as libc::c_char;
-        }
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-    }
-    Ok(())
 }
 
 /// Runs `cmd` (default `/bin/sh`) in the namespaces, root and cgroup of `app` in the running pod,
