@@ -255,6 +255,27 @@ fn keep_across_exec(fd: i32) -> Result<()> {
     Ok(())
 }
 
+/// The app `name` of a host-process pod (ns, fly) and the host pid its stage1 recorded for it.
+pub(crate) fn started_app<'a>(
+    pod_dir: &Path,
+    spec: &'a PodSpec,
+    name: &str,
+) -> Result<(&'a rkt_stage2::AppSpec, i32)> {
+    let a = spec
+        .apps
+        .iter()
+        .find(|a| a.name == name)
+        .with_context(|| format!("the pod has no app {name:?}"))?;
+    let pid_file = rkt_stage2::app_pid_path(pod_dir, name);
+    let text = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("app {name:?} has not started (no {})", pid_file.display()))?;
+    let pid = text
+        .trim()
+        .parse()
+        .with_context(|| format!("bad pid in {}", pid_file.display()))?;
+    Ok((a, pid))
+}
+
 /// Forks `entered` (built by `rkt_stage2::app::entered_app`) into the app's namespaces this
 /// process has already joined, exec'd under `rules` (the pod's spec: its capability, seccomp and
 /// user rules), and waits for it; Ctrl-C belongs to the entered command. Returns its exit code.

@@ -423,18 +423,7 @@ fn app_child(
 /// as the app runs (its user, capabilities, seccomp filter, no_new_privs, environment; see
 /// `rkt_stage2::app::entered_app`); returns its exit code.
 pub fn enter(pod_dir: &Path, spec: &PodSpec, app: &str, cmd: &[String]) -> Result<i32> {
-    let a = spec
-        .apps
-        .iter()
-        .find(|a| a.name == app)
-        .with_context(|| format!("the pod has no app {app:?}"))?;
-    let pid_file = app_pid_path(pod_dir, app);
-    let text = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("app {app:?} has not started (no {})", pid_file.display()))?;
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("bad pid in {}", pid_file.display()))?;
+    let (a, pid) = super::started_app(pod_dir, spec, app)?;
     let proc_ = PathBuf::from(format!("/proc/{pid}"));
     let open = |p: &str| -> Result<OwnedFd> {
         let f = std::fs::File::open(proc_.join(p))
