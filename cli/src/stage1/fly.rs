@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nix::sched::CloneFlags;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{ForkResult, Pid};
 use rkt_stage2::supervisor::{self, write_atomic, Relay};
@@ -53,15 +53,7 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     let tty = spec.interactive && super::term::is_tty(0);
     let saved = tty.then(|| super::term::RawTerminal::new(0)).transpose()?;
     // Blocked before the supervisor exists, so no stop request is lost (it inherits the mask).
-    let mut fwd = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGINT,
-        Signal::SIGCHLD,
-    ] {
-        fwd.add(s);
-    }
+    let fwd = super::stop_signals();
     let old_mask = fwd.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
     // A forked supervisor rather than this process: `rkt run` may have other threads, which a
     // process-wide signal could land on.

@@ -255,6 +255,23 @@ fn keep_across_exec(fd: i32) -> Result<()> {
     Ok(())
 }
 
+/// What `rkt run` of a host-process pod (ns, fly) waits for and forwards to its supervisor: the
+/// stop requests, and the supervisor's end. Blocked before the supervisor exists (it inherits
+/// the mask), so no stop request is lost.
+pub(crate) fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
 /// The app `name` of a host-process pod (ns, fly) and the host pid its stage1 recorded for it.
 pub(crate) fn started_app<'a>(
     pod_dir: &Path,

@@ -129,15 +129,7 @@ fn run_supervisor(
         flags |= CloneFlags::CLONE_NEWNET;
     }
     // The parent forwards stop requests; block them before the child exists so none is lost.
-    let mut fwd = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGINT,
-        Signal::SIGCHLD,
-    ] {
-        fwd.add(s);
-    }
+    let fwd = super::stop_signals();
     let old_mask = fwd.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
     // Pages of the stack are only allocated when touched.
     let mut stack = vec![0u8; 8 << 20];
