@@ -152,6 +152,37 @@ pub fn write_plan(pod_dir: &Path, plan: &Plan) -> Result<()> {
     crate::pod::write_runtime(&pod_dir.join(PLAN_FILE), &serde_json::to_vec_pretty(plan)?)
 }
 
+impl Plan {
+    /// The CNI runtime configuration of network `n` for the pod `uuid` in namespace `ns`.
+    fn runtime<'a>(&'a self, n: &'a PlannedNet, uuid: &'a str, ns: &'a Path) -> RuntimeConf<'a> {
+        RuntimeConf {
+            container_id: uuid,
+            netns: ns,
+            ifname: &n.ifname,
+            args: &n.args,
+            path: &self.plugin_path,
+            capabilities: &self.capabilities,
+        }
+    }
+}
+
+/// The pod UUID in a network namespace path made by [`netns_path`] (`.../rkt-<uuid>`).
+fn pod_uuid_of(ns: &Path) -> String {
+    ns.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("rkt-"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The ADD result recorded for network `n`, which DEL and CHECK are given as `prevResult`.
+fn add_result<'a>(infos: &'a [NetInfo], n: &PlannedNet) -> Option<&'a Value> {
+    infos
+        .iter()
+        .find(|i| i.net_name == n.conf.name)
+        .map(|i| &i.result)
+}
+
 fn read_plan(pod_dir: &Path) -> Result<Option<Plan>> {
     match std::fs::read(pod_dir.join(PLAN_FILE)) {
         Ok(b) => Ok(Some(
@@ -280,14 +311,7 @@ pub fn setup(pod_dir: &Path, uuid: &str, verify: bool) -> Result<Option<OwnedFd>
         create_netns(&ns)?;
         let mut infos = Vec::new();
         for n in &plan.networks {
-            let rt = RuntimeConf {
-                container_id: uuid,
-                netns: &ns,
-                ifname: &n.ifname,
-                args: &n.args,
-                path: &plan.plugin_path,
-                capabilities: &plan.capabilities,
-            };
+            let rt = plan.runtime(n, uuid, &ns);
             let result = cni::run(Cmd::Add, &n.conf, &rt, None)?;
             infos.push(info_of(n, &plan, result));
             write_info(pod_dir, &infos)?;
@@ -327,25 +351,10 @@ pub fn teardown(pod_dir: &Path) -> Result<()> {
     }
     let infos = pod_networks(pod_dir);
     let mut first: Option<anyhow::Error> = None;
-    let uuid = ns
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("rkt-"))
-        .unwrap_or_default()
-        .to_string();
+    let uuid = pod_uuid_of(&ns);
     for n in plan.networks.iter().rev() {
-        let prev = infos
-            .iter()
-            .find(|i| i.net_name == n.conf.name)
-            .map(|i| &i.result);
-        let rt = RuntimeConf {
-            container_id: &uuid,
-            netns: &ns,
-            ifname: &n.ifname,
-            args: &n.args,
-            path: &plan.plugin_path,
-            capabilities: &plan.capabilities,
-        };
+        let prev = add_result(&infos, n);
+        let rt = plan.runtime(n, &uuid, &ns);
         if let Err(e) = cni::run(Cmd::Del, &n.conf, &rt, prev) {
             first.get_or_insert(e);
         }
@@ -425,26 +434,11 @@ pub fn check(pod_dir: &Path) -> Result<()> {
     };
     let ns = std::fs::read_to_string(pod_dir.join(NETNS_FILE)).context("the pod has no netns")?;
     let ns = PathBuf::from(ns.trim());
-    let uuid = ns
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("rkt-"))
-        .unwrap_or_default()
-        .to_string();
+    let uuid = pod_uuid_of(&ns);
     let infos = pod_networks(pod_dir);
     for n in &plan.networks {
-        let prev = infos
-            .iter()
-            .find(|i| i.net_name == n.conf.name)
-            .map(|i| &i.result);
-        let rt = RuntimeConf {
-            container_id: &uuid,
-            netns: &ns,
-            ifname: &n.ifname,
-            args: &n.args,
-            path: &plan.plugin_path,
-            capabilities: &plan.capabilities,
-        };
+        let prev = add_result(&infos, n);
+        let rt = plan.runtime(n, &uuid, &ns);
         cni::run(Cmd::Check, &n.conf, &rt, prev)?;
     }
     Ok(())
