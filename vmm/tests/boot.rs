@@ -3,10 +3,12 @@
 //! share, vsock traffic both ways) and a clean reset exit. Needs /dev/kvm and the kernel built by
 //! kernel-config/build.sh; without them this test FAILS (it does not skip).
 
+mod common;
+use common::{initramfs, kernel_path};
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,52 +16,6 @@ use rkt_vmm::{DeviceConfig, ExitReason, SerialOut, Vm, VmConfig};
 use vm_memory::{GuestMemory, GuestMemoryRegion, MemoryRegionAddress};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn kernel_path() -> PathBuf {
-    let script = repo_root().join("kernel-config/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("--print-path")
-        .output()
-        .expect("running kernel-config/build.sh --print-path");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && Path::new(&path).is_file(),
-        "\n\n*** rkt-vmm boot test: the guest kernel is not built. Run `{}` first (takes ~7 min). ***\n{}\n",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(path)
-}
-
-/// Builds the static test init and an initramfs holding it.
-fn initramfs(dir: &Path) -> PathBuf {
-    let init = dir.join("init");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/init.c");
-    let st = Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
-        .arg(&init)
-        .arg(&src)
-        .status()
-        .expect("running gcc (needed to build the test init)");
-    assert!(st.success(), "building {} failed", src.display());
-    let cpio = dir.join("initramfs.cpio.gz");
-    let st = Command::new("bash")
-        .arg(repo_root().join("kernel-config/mkinitramfs.sh"))
-        .arg(&cpio)
-        .arg(&init)
-        .status()
-        .expect("running kernel-config/mkinitramfs.sh");
-    assert!(st.success(), "mkinitramfs.sh failed");
-    cpio
-}
 
 /// Resident memory of this process split into guest RAM and the rest, in KiB, from
 /// /proc/self/smaps (guest RAM = the mappings that start at a guest region's host address).
@@ -172,7 +128,7 @@ fn boots_init_with_rng_fs_vsock_and_resets() {
     );
     let kernel = kernel_path();
     let dir = tempfile::tempdir().unwrap();
-    let initrd = initramfs(dir.path());
+    let initrd = initramfs(dir.path(), "init.c");
 
     let start = Instant::now();
     let text = Arc::new(Mutex::new(String::new()));

@@ -7,56 +7,16 @@
 //! host. Checks the two copies differ in boot_id and urandom bytes and keep the host's clock.
 //! Needs /dev/kvm, gcc and the kernel from kernel-config/build.sh; FAILS without them.
 
+mod common;
+use common::{initramfs, kernel_path};
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rkt_vmm::{DeviceConfig, ExitReason, SerialOut, Vm, VmConfig};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn kernel_path() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo_root().join("kernel-config/build.sh"))
-        .arg("--print-path")
-        .output()
-        .expect("running kernel-config/build.sh --print-path");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && Path::new(&path).is_file(),
-        "the guest kernel is not built: run kernel-config/build.sh first"
-    );
-    PathBuf::from(path)
-}
-
-fn initramfs(dir: &Path) -> PathBuf {
-    let init = dir.join("init");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/snap.c");
-    let st = Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
-        .arg(&init)
-        .arg(&src)
-        .status()
-        .expect("running gcc");
-    assert!(st.success(), "building {} failed", src.display());
-    let cpio = dir.join("initramfs.cpio.gz");
-    let st = Command::new("bash")
-        .arg(repo_root().join("kernel-config/mkinitramfs.sh"))
-        .arg(&cpio)
-        .arg(&init)
-        .status()
-        .expect("running kernel-config/mkinitramfs.sh");
-    assert!(st.success());
-    cpio
-}
 
 #[derive(Clone, Default)]
 struct Console(Arc<Mutex<Vec<u8>>>);
@@ -156,7 +116,7 @@ fn seed() -> String {
 fn snapshot_restore_running_guest() {
     let tmp = tempfile::tempdir().unwrap();
     let kernel = kernel_path();
-    let initrd = initramfs(tmp.path());
+    let initrd = initramfs(tmp.path(), "snap.c");
 
     // 1. Cold boot to the pause point.
     let console = Console::default();
