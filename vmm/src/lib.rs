@@ -22,6 +22,7 @@
 pub mod arch;
 pub mod devices;
 pub mod event;
+pub mod exit;
 pub mod persist;
 pub mod pvm;
 pub mod vstate;
@@ -47,7 +48,9 @@ use devices::legacy::{IrqTrigger, PioBus, ResetTrigger, SerialInput, Tee};
 use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::{Interrupt, VirtioDevice};
 use event::EventLoop;
-use vstate::{ExitState, MmioSlot, VcpuShared};
+pub use exit::ExitReason;
+use exit::ExitState;
+use vstate::{MmioSlot, VcpuShared};
 
 /// Base kernel command line: serial console, reset through the i8042 on reboot, reboot at
 /// once on panic, and little console output (every character costs a VM exit).
@@ -116,20 +119,6 @@ impl VmConfig {
             pause_grace_ms: 200,
         }
     }
-}
-
-/// How a VM run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitReason {
-    /// The guest rebooted (i8042 reset, triple fault or KVM reset event): with
-    /// `reboot=k panic=-1` this is also how a guest panic ends.
-    Reset,
-    /// The guest powered off (KVM shutdown event).
-    PowerOff,
-    /// `VmHandle::stop` was called.
-    Stopped,
-    /// The VMM had to stop the guest (e.g. an instruction the host cannot emulate).
-    Error(String),
 }
 
 /// Stops a running VM from any thread.

@@ -1,4 +1,4 @@
-//! The VM and its vCPU threads.
+//! The vCPU threads: what they share (buses, guest memory, the exit state) and their run loop.
 
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,46 +13,14 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::arch::boot::GuestMem;
 use crate::devices::legacy::PioBus;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::exit::{ExitReason, ExitState};
 use crate::pvm::xsave::{self, XInsn, KVM_XSAVE_SIZE};
 use crate::pvm::{self, EmulationFix};
-use crate::ExitReason;
-
-/// How the VM ended, first reporter wins; `evt` wakes the event loop.
-pub struct ExitState {
-    reason: Mutex<Option<ExitReason>>,
-    pub evt: EventFd,
-}
-
-impl ExitState {
-    pub fn new() -> std::io::Result<Self> {
-        Ok(ExitState {
-            reason: Mutex::new(None),
-            evt: EventFd::new(libc::EFD_NONBLOCK)?,
-        })
-    }
-
-    pub fn exit(&self, r: ExitReason) {
-        let mut g = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if g.is_none() {
-            *g = Some(r);
-        }
-        drop(g);
-        let _ = self.evt.write(1);
-    }
-
-    pub fn reason(&self) -> Option<ExitReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
 
 /// A virtio-mmio window on the MMIO bus.
 pub struct MmioSlot {

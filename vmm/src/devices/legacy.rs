@@ -7,8 +7,7 @@ use std::sync::Arc;
 use vm_superio::{I8042Device, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vstate::ExitState;
-use crate::ExitReason;
+use crate::exit::{ExitReason, ExitState};
 
 pub const COM1_BASE: u16 = 0x3f8;
 pub const COM_LEN: u16 = 8;
