@@ -9,5 +9,4 @@ pub mod pods;
 pub mod tpm;
 pub mod version;
 
-/// The stage1 flavour used when neither `--stage1` nor the config picks one.
-pub const DEFAULT_STAGE1: &str = "kvm";
+pub use rkt_engine::DEFAULT_STAGE1;

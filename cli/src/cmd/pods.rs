@@ -9,8 +9,8 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use crate::global::Globals;
-use crate::pod::args::{self, Mode, Parsed};
 use crate::pod::{build, table, Lock, Pod, PodDir, Pods, State};
+use crate::run_args::{self as args, Mode, Parsed};
 use crate::stage1::{self, Flavor};
 use rkt_store::Store;
 

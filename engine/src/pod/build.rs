@@ -14,8 +14,8 @@ use rkt_schema::{
 use rkt_stage2::{AppSpec, InsecureRun, MountSpec, NetMode, PodSpec, RootfsSpec};
 use rkt_store::{FetchOptions, PullPolicy, Store};
 
-use super::args::{AppFlags, PodFlags, StartFlags};
 use super::isolators;
+use super::request::{AppFlags, PodFlags, StartFlags};
 use crate::global::Insecure;
 use crate::stage1::Flavor;
 
@@ -40,7 +40,7 @@ pub fn flavor(pf: &PodFlags, config_default: Option<&str>) -> Result<Flavor> {
                 "the stage1.d configuration names stage1 {c:?}, which we do not have (available: ns, kvm, fly)"
             )
         })?,
-        (None, None) => crate::cmd::DEFAULT_STAGE1.parse()?,
+        (None, None) => crate::DEFAULT_STAGE1.parse()?,
     };
     Ok(f)
 }
