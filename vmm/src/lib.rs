@@ -20,6 +20,7 @@
 //! ```
 
 pub mod arch;
+mod builder;
 pub mod devices;
 pub mod event;
 pub mod exit;
@@ -27,30 +28,19 @@ pub mod persist;
 pub mod pvm;
 pub mod vstate;
 
-use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestMemory, GuestMemoryRegion};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use arch::boot::{self, GuestMem};
-use arch::layout;
-use devices::legacy::{IrqTrigger, PioBus, ResetTrigger, SerialInput, Tee};
-use devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
-use devices::virtio::{Interrupt, VirtioDevice};
+use arch::boot::GuestMem;
 use event::EventLoop;
 pub use exit::ExitReason;
-use exit::ExitState;
-use vstate::{MmioSlot, VcpuShared};
+use vstate::VcpuShared;
 
 /// Base kernel command line: serial console, reset through the i8042 on reboot, reboot at
 /// once on panic, and little console output (every character costs a VM exit).
@@ -156,64 +146,10 @@ const TOKEN_EXIT: u32 = 0;
 const TOKEN_STOP: u32 = 1;
 const TOKEN_PAUSE: u32 = 2;
 
-/// Passes serial output on and signals `evt` when `marker` went by.
-struct MarkerWriter {
-    inner: Box<dyn Write + Send>,
-    marker: Vec<u8>,
-    matched: usize,
-    evt: Arc<EventFd>,
-}
-
-impl Write for MarkerWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for &b in buf {
-            if b == self.marker[self.matched] {
-                self.matched += 1;
-            } else {
-                self.matched = usize::from(b == self.marker[0]);
-            }
-            if self.matched == self.marker.len() {
-                self.matched = 0;
-                let _ = self.evt.write(1);
-            }
-        }
-        self.inner.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn open_serial(out: SerialOut) -> Result<Box<dyn Write + Send>> {
-    let open = |p: &PathBuf| -> Result<File> {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .with_context(|| format!("opening serial log {}", p.display()))
-    };
-    Ok(match out {
-        SerialOut::Sink => Box::new(std::io::sink()),
-        SerialOut::Stdout => Box::new(std::io::stdout()),
-        SerialOut::File(p) => Box::new(open(&p)?),
-        SerialOut::Both(p) => Box::new(Tee(std::io::stdout(), open(&p)?)),
-        SerialOut::Writer(w) => w,
-    })
-}
-
-fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd> {
-    let e = EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?;
-    vm.register_irqfd(&e, gsi)
-        .with_context(|| format!("KVM_IRQFD for IRQ {gsi}"))?;
-    Ok(e)
-}
-
 impl Vm {
     /// Creates the VM: memory, kernel, initrd, devices and vCPUs; nothing runs yet.
     pub fn build(cfg: VmConfig) -> Result<Vm> {
-        Self::build_inner(cfg, None)
+        builder::build(cfg, None)
     }
 
     /// Creates a VM from the snapshot in `dir` (see `persist`): guest memory mapped
@@ -223,314 +159,7 @@ impl Vm {
     /// its kernel and initrd are not read.
     pub fn restore(cfg: VmConfig, dir: &Path) -> Result<Vm> {
         let state = persist::read_state(dir)?;
-        Self::build_inner(cfg, Some((&state, dir)))
-    }
-
-    fn build_inner(cfg: VmConfig, restore: Option<(&persist::VmState, &Path)>) -> Result<Vm> {
-        let debug = cfg.debug;
-        let dbg = |m: String| {
-            if debug {
-                eprintln!("rkt-vmm: {m}");
-            }
-        };
-        if cfg.vcpus == 0 {
-            bail!("a VM needs at least one vCPU");
-        }
-        if cfg.mem_mib < 32 {
-            bail!(
-                "guest memory of {} MiB is too small (32 MiB at least)",
-                cfg.mem_mib
-            );
-        }
-        let mem_bytes = cfg
-            .mem_mib
-            .checked_mul(1 << 20)
-            .filter(|b| *b <= 1 << 40)
-            .with_context(|| format!("guest memory of {} MiB is too large", cfg.mem_mib))?;
-
-        let kvm = Kvm::new().map_err(|e| {
-            anyhow::anyhow!("cannot open /dev/kvm: {e} (is KVM available and accessible?)")
-        })?;
-        let pvm = pvm::host_is_pvm();
-        dbg(format!(
-            "host KVM mode: {}",
-            if pvm {
-                "PVM (kvm_pvm module): CX16 hidden, emulation fix-ups on, PVM command line"
-            } else {
-                "hardware virtualization (no PVM workarounds)"
-            }
-        ));
-        let max_vcpus = kvm.get_max_vcpus();
-        if usize::from(cfg.vcpus) > max_vcpus {
-            bail!("{} vCPUs requested, KVM allows {max_vcpus}", cfg.vcpus);
-        }
-
-        let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
-        vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
-            .context("KVM_SET_TSS_ADDR")?;
-        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
-            .context("KVM_SET_IDENTITY_MAP_ADDR")?;
-        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
-        vm.create_pit2(kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        })
-        .context("KVM_CREATE_PIT2")?;
-
-        if let Some((st, _)) = restore {
-            if st.mem_bytes != mem_bytes || st.vcpus.len() != usize::from(cfg.vcpus) {
-                bail!(
-                    "the snapshot is of a VM with {} MiB and {} vCPUs, not {} MiB and {}",
-                    st.mem_bytes >> 20,
-                    st.vcpus.len(),
-                    cfg.mem_mib,
-                    cfg.vcpus
-                );
-            }
-        }
-        let mem = match restore {
-            None => boot::create_memory(mem_bytes)?,
-            Some((_, dir)) => persist::map_memory(
-                &dir.join(persist::MEM_FILE),
-                &layout::ram_regions(mem_bytes),
-            )?,
-        };
-        for (slot, region) in mem.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .context("guest memory host address")?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM (it is
-            // kept in VcpuShared and dropped after the vCPUs have stopped).
-            unsafe { vm.set_user_memory_region(r) }.context("KVM_SET_USER_MEMORY_REGION")?;
-        }
-
-        // A restored guest is past its boot: its memory already holds kernel and initrd.
-        let (entry, initrd) = if restore.is_some() {
-            (0, None)
-        } else {
-            let (entry, kernel_end) = boot::load_kernel(&mem, &cfg.kernel)?;
-            dbg(format!(
-                "kernel {} entry {entry:#x} end {kernel_end:#x}",
-                cfg.kernel.display()
-            ));
-            let initrd = match &cfg.initrd {
-                Some(p) => Some(boot::load_initrd(&mem, p, kernel_end)?),
-                None => None,
-            };
-            (entry, initrd)
-        };
-
-        // Legacy devices.
-        let exit = Arc::new(ExitState::new().context("creating an eventfd")?);
-        let serial_irq = irqfd(&vm, layout::SERIAL_IRQ)?;
-        let pause_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?);
-        let mut serial_out = open_serial(cfg.serial_out)?;
-        if let Some(marker) = cfg.pause_marker.filter(|m| !m.is_empty()) {
-            serial_out = Box::new(MarkerWriter {
-                inner: serial_out,
-                marker,
-                matched: 0,
-                evt: pause_evt.clone(),
-            });
-        }
-        let serial = match restore {
-            None => vm_superio::Serial::new(IrqTrigger(serial_irq), serial_out),
-            Some((st, _)) => vm_superio::Serial::from_state(
-                &st.serial,
-                IrqTrigger(serial_irq),
-                vm_superio::serial::NoEvents,
-                serial_out,
-            )
-            .map_err(|e| anyhow::anyhow!("restoring the serial port: {e:?}"))?,
-        };
-        let i8042 = vm_superio::I8042Device::new(ResetTrigger(exit.clone()));
-
-        // virtio devices.
-        let mut cmdline = String::from(BASE_CMDLINE);
-        if pvm {
-            cmdline.push(' ');
-            cmdline.push_str(pvm::PVM_CMDLINE);
-        }
-        let mut mmio = Vec::new();
-        let mut event_loop = EventLoop::new().context("creating the event loop")?;
-        for (i, d) in cfg.devices.into_iter().enumerate() {
-            let (base, irq) = layout::virtio_slot(i).context("too many virtio devices")?;
-            let device: Box<dyn VirtioDevice> = match d {
-                DeviceConfig::Rng => Box::new(devices::virtio::rng::Rng::new(debug)),
-                DeviceConfig::Vsock {
-                    guest_cid,
-                    uds_path,
-                } => Box::new(devices::virtio::vsock::Vsock::new(
-                    guest_cid, uds_path, debug,
-                )?),
-                DeviceConfig::Fs { tag, shared_dir } => {
-                    Box::new(devices::virtio::fs::Fs::new(&tag, &shared_dir, debug)?)
-                }
-            };
-            let nq = device.queue_max_sizes().len();
-            let mut evts = Vec::with_capacity(nq);
-            for q in 0..nq {
-                let e = EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?;
-                vm.register_ioevent(&e, &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY), q as u32)
-                    .context("KVM_IOEVENTFD")?;
-                evts.push(e);
-            }
-            dbg(format!(
-                "virtio device type {} at {base:#x} irq {irq}",
-                device.device_type()
-            ));
-            let t = Arc::new(Mutex::new(MmioTransport::new(
-                device,
-                mem.clone(),
-                Interrupt::new(irqfd(&vm, irq)?),
-                evts,
-                debug,
-            )));
-            event_loop
-                .add_subscriber(t.clone())
-                .context("registering device events")?;
-            cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
-            mmio.push(MmioSlot {
-                base,
-                len: layout::VIRTIO_MMIO_SIZE,
-                transport: t,
-            });
-        }
-        if !cfg.cmdline_extra.trim().is_empty() {
-            cmdline.push(' ');
-            cmdline.push_str(cfg.cmdline_extra.trim());
-        }
-        dbg(format!("command line: {cmdline}"));
-        if let Some((st, _)) = restore {
-            // The guest booted with the snapshot's command line; ours must say the same
-            // (devices at the same addresses), or the guest's drivers would not find them.
-            if st.cmdline != cmdline {
-                bail!(
-                    "the snapshot's VM had the command line {:?}, this one {cmdline:?}",
-                    st.cmdline
-                );
-            }
-            if st.transports.len() != mmio.len() {
-                bail!(
-                    "the snapshot has {} virtio devices, this VM {}",
-                    st.transports.len(),
-                    mmio.len()
-                );
-            }
-            for (slot, ts) in mmio.iter().zip(&st.transports) {
-                slot.transport
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .restore_state(ts)?;
-            }
-            persist::restore_vm(&vm, st)?;
-        } else {
-            let cmdline_len = boot::write_cmdline(&mem, &cmdline)?;
-            boot::write_boot_params(&mem, mem_bytes, cmdline_len, initrd)?;
-            arch::regs::write_boot_tables(&mem)?;
-            arch::mptable::setup(&mem, cfg.vcpus)?;
-        }
-
-        // vCPUs.
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .context("KVM_GET_SUPPORTED_CPUID")?;
-        let mut vcpus = Vec::new();
-        for id in 0..cfg.vcpus {
-            let vcpu = vm
-                .create_vcpu(u64::from(id))
-                .with_context(|| format!("KVM_CREATE_VCPU {id}"))?;
-            let mut entries = supported.as_slice().to_vec();
-            arch::cpuid::normalize(
-                &mut entries,
-                arch::cpuid::CpuidOptions {
-                    vcpu_id: id,
-                    vcpu_count: cfg.vcpus,
-                    pvm,
-                },
-            );
-            if let Some((st, _)) = restore {
-                st.vcpus[usize::from(id)]
-                    .restore(&vcpu)
-                    .with_context(|| format!("restoring vCPU {id}"))?;
-                vcpus.push(vcpu);
-                continue;
-            }
-            let cpuid = kvm_bindings::CpuId::from_entries(&entries)
-                .map_err(|e| anyhow::anyhow!("building CPUID: {e:?}"))?;
-            vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
-            let refused = arch::regs::setup_vcpu(&vcpu, entry)?;
-            if !refused.is_empty() && id == 0 {
-                dbg(format!("KVM refused boot MSRs {refused:x?} (harmless)"));
-            }
-            vcpus.push(vcpu);
-        }
-
-        if restore.is_some() {
-            // Interrupts the devices raise now reach the restored irqchip and LAPICs.
-            for slot in &mmio {
-                let mut t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
-                if t.is_active() {
-                    t.device_mut().after_restore();
-                }
-            }
-        }
-        let pio = Arc::new(Mutex::new(PioBus { serial, i8042 }));
-        if let Some(input) = cfg.serial_in {
-            event_loop
-                .add_subscriber(Arc::new(Mutex::new(SerialInput::new(input, pio.clone()))))
-                .context("registering serial input")?;
-        }
-        let shared = Arc::new(VcpuShared {
-            pio: pio.clone(),
-            mmio,
-            exit,
-            stopping: AtomicBool::new(false),
-            mem,
-            pvm,
-            debug,
-            pvm_fixups: AtomicU64::new(0),
-            xsave_layout: pvm::xsave::Layout::from_cpuid(
-                supported
-                    .as_slice()
-                    .iter()
-                    .filter(|e| e.function == 0xd)
-                    .map(|e| (e.index, e.eax, e.ebx)),
-            ),
-            pvm_xsave_ops: AtomicU64::new(0),
-            pvm_xsave_ns: AtomicU64::new(0),
-        });
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?);
-        event_loop
-            .add_owner_fd(shared.exit.evt.as_raw_fd(), TOKEN_EXIT)
-            .context("event loop")?;
-        event_loop
-            .add_owner_fd(stop.as_raw_fd(), TOKEN_STOP)
-            .context("event loop")?;
-        event_loop
-            .add_owner_fd(pause_evt.as_raw_fd(), TOKEN_PAUSE)
-            .context("event loop")?;
-        Ok(Vm {
-            kvm,
-            vm,
-            vcpus,
-            mem_bytes,
-            pause_evt,
-            pause_grace_ms: cfg.pause_grace_ms,
-            shared,
-            event_loop,
-            stop,
-            cmdline,
-            pvm,
-            debug,
-        })
+        builder::build(cfg, Some((&state, dir)))
     }
 
     pub fn handle(&self) -> VmHandle {
