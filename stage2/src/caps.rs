@@ -1,55 +1,21 @@
 //! Linux capabilities: names, and applying a final set the way rkt did (bounding set reduced to
 //! the set; permitted, effective, inheritable and ambient set to it, so that the set also survives
-//! exec for a non-root user).
+//! exec for a non-root user). The system calls are the `caps` crate's; rkt keeps sets as `u64`
+//! masks (bit N = capability N) because manifests, seccomp and the guest protocol pass masks.
 
-use anyhow::{bail, Context};
+use std::str::FromStr;
 
-/// Capability names indexed by number (linux/capability.h).
-pub const NAMES: [&str; 41] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
+use anyhow::{anyhow, bail, Context};
+use caps::{CapSet, Capability, CapsHashSet};
 
-pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_ADMIN: u32 = Capability::CAP_SYS_ADMIN as u32;
+
+/// Every capability name rkt knows (`CAP_CHOWN`…), in number order.
+pub fn names() -> Vec<String> {
+    let mut all: Vec<Capability> = caps::all().into_iter().collect();
+    all.sort_by_key(|c| c.index());
+    all.iter().map(|c| c.to_string()).collect()
+}
 
 /// Parses `CAP_NET_ADMIN`, `cap_net_admin` or `NET_ADMIN` to its number.
 pub fn parse(name: &str) -> anyhow::Result<u32> {
@@ -59,9 +25,9 @@ pub fn parse(name: &str) -> anyhow::Result<u32> {
     } else {
         format!("CAP_{up}")
     };
-    match NAMES.iter().position(|n| *n == full) {
-        Some(i) => Ok(i as u32),
-        None => bail!("unknown capability {name:?}"),
+    match Capability::from_str(&full) {
+        Ok(c) => Ok(c.index() as u32),
+        Err(_) => bail!("unknown capability {name:?}"),
     }
 }
 
@@ -74,145 +40,74 @@ pub fn mask_of(names: &[String]) -> anyhow::Result<u64> {
     Ok(m)
 }
 
-/// Highest capability the running kernel knows.
-pub fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(NAMES.len() as u32 - 1)
+/// The capabilities the running kernel knows (it may be older or newer than this list).
+fn supported() -> CapsHashSet {
+    caps::runtime::thread_all_supported()
 }
 
+/// Mask of every capability the running kernel knows.
 pub fn all_mask() -> u64 {
-    let last = last_cap().min(63);
-    if last == 63 {
-        u64::MAX
-    } else {
-        (1u64 << (last + 1)) - 1
-    }
+    to_mask(&supported())
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
+fn to_mask(set: &CapsHashSet) -> u64 {
+    set.iter().fold(0, |m, c| m | c.bitmask())
 }
 
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
+fn to_set(mask: u64) -> CapsHashSet {
+    caps::all()
+        .into_iter()
+        .filter(|c| mask & c.bitmask() != 0)
+        .collect()
 }
 
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-fn capset(eff: u64, perm: u64, inh: u64) -> anyhow::Result<()> {
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [
-        CapData {
-            effective: eff as u32,
-            permitted: perm as u32,
-            inheritable: inh as u32,
-        },
-        CapData {
-            effective: (eff >> 32) as u32,
-            permitted: (perm >> 32) as u32,
-            inheritable: (inh >> 32) as u32,
-        },
-    ];
-    // SAFETY: header and two data structs laid out as the v3 capset ABI wants.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("capset");
-    }
-    Ok(())
+fn caps_err(what: &str) -> impl FnOnce(caps::errors::CapsError) -> anyhow::Error + '_ {
+    move |e| anyhow!("{what}: {e}")
 }
 
-/// The calling process's permitted set (what `mask` can be at most).
+/// The calling thread's permitted set (what a mask can be at most).
 pub fn current_permitted() -> anyhow::Result<u64> {
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: header and two data structs laid out as the v3 capget ABI wants.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut hdr as *mut CapHeader,
-            data.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("capget");
-    }
-    Ok(data[0].permitted as u64 | (data[1].permitted as u64) << 32)
+    caps::read(None, CapSet::Permitted)
+        .map(|s| to_mask(&s))
+        .map_err(caps_err("capget"))
 }
 
 /// Drops every capability not in `mask` from the bounding set. Needs CAP_SETPCAP, so it runs
 /// before the uid switch.
 pub fn limit_bounding(mask: u64) -> anyhow::Result<()> {
-    for c in 0..=last_cap() {
-        if mask & (1u64 << c) == 0 {
-            // SAFETY: plain prctl with integer arguments.
-            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) };
-            if rc != 0 {
-                let e = std::io::Error::last_os_error();
-                // EINVAL: the kernel does not know this capability.
-                if e.raw_os_error() != Some(libc::EINVAL) {
-                    return Err(e).with_context(|| {
-                        format!("dropping {} from the bounding set", NAMES[c as usize])
-                    });
-                }
-            }
+    for c in supported() {
+        if mask & c.bitmask() == 0 {
+            caps::drop(None, CapSet::Bounding, c)
+                .map_err(caps_err("PR_CAPBSET_DROP"))
+                .with_context(|| format!("dropping {c} from the bounding set"))?;
         }
     }
     Ok(())
 }
 
 /// Sets the three sets exactly; the kernel drops ambient capabilities no longer permitted and
-/// inheritable (so an empty `inh` clears them all).
+/// inheritable (so an empty `inh` clears them all). Effective and inheritable go first: each
+/// capset must stay within the permitted set it replaces.
 pub fn set_process_caps_exact(eff: u64, perm: u64, inh: u64) -> anyhow::Result<()> {
-    capset(eff, perm, inh)
+    caps::set(None, CapSet::Effective, &to_set(eff & perm)).map_err(caps_err("capset"))?;
+    caps::set(None, CapSet::Inheritable, &to_set(inh)).map_err(caps_err("capset"))?;
+    caps::set(None, CapSet::Permitted, &to_set(perm)).map_err(caps_err("capset"))?;
+    if eff & !perm != 0 {
+        bail!("capset: effective set {eff:#x} is not within permitted {perm:#x}");
+    }
+    Ok(())
 }
 
 /// Sets permitted/effective/inheritable to `mask` and raises the same ambient capabilities.
 /// Runs after the uid switch (with PR_SET_KEEPCAPS set before it).
 pub fn set_process_caps(mask: u64) -> anyhow::Result<()> {
-    capset(mask, mask, mask)?;
-    // SAFETY: plain prctl calls with integer arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
-    }
-    for c in 0..=last_cap() {
-        if mask & (1u64 << c) != 0 {
-            // SAFETY: as above.
-            let rc = unsafe {
-                libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_RAISE,
-                    c as libc::c_ulong,
-                    0,
-                    0,
-                )
-            };
-            if rc != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::EINVAL) {
-                    return Err(e)
-                        .with_context(|| format!("raising ambient {}", NAMES[c as usize]));
-                }
-            }
+    set_process_caps_exact(mask, mask, mask)?;
+    caps::clear(None, CapSet::Ambient).map_err(caps_err("clearing the ambient set"))?;
+    for c in supported() {
+        if mask & c.bitmask() != 0 {
+            caps::raise(None, CapSet::Ambient, c)
+                .map_err(caps_err("PR_CAP_AMBIENT_RAISE"))
+                .with_context(|| format!("raising ambient {c}"))?;
         }
     }
     Ok(())
@@ -233,10 +128,19 @@ mod tests {
     }
 
     #[test]
-    fn masks() {
+    fn masks_and_names() {
         let m = mask_of(&["CAP_KILL".into(), "CAP_NET_RAW".into()]).unwrap();
         assert_eq!(m, (1 << 5) | (1 << 13));
         assert!(mask_of(&["nope".into()]).is_err());
-        assert_eq!(all_mask().count_ones(), last_cap() + 1);
+        let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(all_mask().count_ones(), (last + 1).min(names().len() as u32));
+        let n = names();
+        assert_eq!(n[0], "CAP_CHOWN");
+        assert_eq!(n[21], "CAP_SYS_ADMIN");
+        assert_eq!(to_set(m).len(), 2);
     }
 }

@@ -38,45 +38,16 @@ pub enum Layout {
     },
 }
 
-fn unescape_mountinfo(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let mut out = String::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
-}
-
-/// One line of /proc/self/mountinfo: (mount point, fs type, super options).
-pub fn parse_mountinfo(text: &str) -> Vec<(PathBuf, String, String)> {
-    text.lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mp = pre.split(' ').nth(4)?;
-            let mut post = post.split(' ');
-            let fstype = post.next()?.to_string();
-            let _src = post.next()?;
-            let opts = post.next().unwrap_or("").to_string();
-            Some((PathBuf::from(unescape_mountinfo(mp)), fstype, opts))
-        })
-        .collect()
-}
-
 /// Finds the cgroup layout from mountinfo text and the kernel's controller list (/proc/cgroups).
 pub fn layout_from(mountinfo: &str, known_controllers: &[String]) -> anyhow::Result<Layout> {
     let mut hierarchies = Vec::new();
     let mut unified = None;
-    for (mp, fstype, opts) in parse_mountinfo(mountinfo) {
+    for crate::mountinfo::Mount {
+        point: mp,
+        fstype,
+        super_opts: opts,
+    } in crate::mountinfo::parse(mountinfo)
+    {
         match fstype.as_str() {
             "cgroup" => {
                 let controllers: Vec<String> = opts
@@ -911,9 +882,10 @@ mod tests {
     #[test]
     fn device_program_is_enforced_by_the_kernel() {
         let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let Some((v2, _, _)) = parse_mountinfo(&mi)
+        let Some(v2) = crate::mountinfo::parse(&mi)
             .into_iter()
-            .find(|(_, t, _)| t == "cgroup2")
+            .find(|m| m.fstype == "cgroup2")
+            .map(|m| m.point)
         else {
             eprintln!("skipped: no cgroup2 mount");
             return;
@@ -1052,11 +1024,5 @@ mod tests {
             new * 4 < old,
             "join took {new:?}, a cgroup.procs write {old:?}"
         );
-    }
-
-    #[test]
-    fn unescapes_mount_points() {
-        let mi = "1 2 0:1 / /a\\040b rw - tmpfs tmpfs rw\n";
-        assert_eq!(parse_mountinfo(mi)[0].0, PathBuf::from("/a b"));
     }
 }

@@ -6,9 +6,11 @@
 //! behaves the same on both flavours.
 
 pub mod app;
+pub mod atomic;
 pub mod caps;
 pub mod cgroup;
 pub mod fs;
+pub mod mountinfo;
 pub mod passwd;
 pub mod seccomp;
 pub mod spec;

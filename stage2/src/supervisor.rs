@@ -87,12 +87,7 @@ pub fn reset_signals_in_child() {
 pub fn write_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
     let dir = path.parent().context("path without a parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    crate::atomic::write(path, content.as_bytes(), crate::atomic::Durability::Runtime)
 }
 
 /// [`write_atomic`] relative to an open directory, for a supervisor that no longer sees the host's

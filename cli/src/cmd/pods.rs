@@ -285,7 +285,12 @@ fn start_pod(
     let measure = crate::measure::PodMeasurement::begin(g, mode, debug, &pod.path, &spec, |id| {
         store.render(id)
     })?;
-    flavor.run(&pod.path, &spec, lock.fd(), measure)
+    let ctx = crate::stage1::PodContext {
+        data_dir: &g.dir,
+        pod_dir: &pod.path,
+        lock_fd: lock.fd(),
+    };
+    flavor.run(&ctx, &spec, measure)
 }
 
 fn save_uuid(path: &Path, uuid: &str) -> Result<()> {

@@ -35,7 +35,7 @@ pub const DEFAULT_CAPS: &[&str] = &[
 ];
 
 /// Every capability Linux knows, in number order (one table, shared with the stage1s).
-pub use rkt_stage2::caps::NAMES as ALL_CAPS;
+use rkt_stage2::caps::names as known_caps;
 
 /// The per-app isolator flags of one app.
 #[derive(Debug, Default)]
@@ -237,7 +237,7 @@ pub fn resolve(isolators: &[Isolator], all_caps: bool) -> Result<Resolved> {
         }
     }
     if all_caps {
-        r.capabilities = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+        r.capabilities = known_caps();
     }
     Ok(r)
 }
@@ -250,7 +250,7 @@ pub fn cap_name(s: &str) -> Result<String> {
     } else {
         format!("CAP_{up}")
     };
-    if !ALL_CAPS.contains(&full.as_str()) {
+    if !known_caps().contains(&full) {
         bail!("unknown capability {s:?}");
     }
     Ok(full)
@@ -392,7 +392,7 @@ mod tests {
         assert!(!r.capabilities.contains(&"CAP_CHOWN".to_string()));
         assert_eq!(
             resolve(&[], true).unwrap().capabilities.len(),
-            ALL_CAPS.len()
+            known_caps().len()
         );
         let f = IsolatorFlags {
             caps_retain: Some("CAP_BOGUS"),

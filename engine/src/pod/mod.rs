@@ -389,28 +389,16 @@ pub fn write_runtime(p: &Path, data: &[u8]) -> Result<()> {
 }
 
 fn write_file(p: &Path, data: &[u8], sync: bool) -> Result<()> {
-    use std::io::Write;
-    let dir = p.parent().context("path without parent")?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(data)?;
-    if sync {
-        tmp.as_file().sync_all()?;
-    }
-    // Like a plain file: readable by everybody (rkt list/status work unprivileged).
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(p)
-        .with_context(|| format!("writing {}", p.display()))?;
-    Ok(())
+    use rkt_stage2::atomic::Durability;
+    let d = if sync {
+        Durability::Fsync
+    } else {
+        Durability::Runtime
+    };
+    rkt_stage2::atomic::write(p, data, d)
 }
 
-fn sync_dir(d: &Path) {
-    if let Ok(f) = File::open(d) {
-        let _ = f.sync_all();
-    }
-}
+use rkt_stage2::atomic::sync_dir;
 
 /// Waits until nobody holds the pod (it exited) or `timeout` passes; true if it exited.
 pub fn wait_exited(path: &Path, timeout: Option<Duration>) -> bool {
@@ -438,46 +426,14 @@ pub fn ctime_age(p: &Path) -> Option<Duration> {
 
 /// Unmounts everything mounted at or below `dir` (deepest first), as left by a stage1 that died.
 pub fn unmount_all_under(dir: &Path) -> Result<()> {
-    let prefix = dir.to_string_lossy().into_owned();
-    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    let mut points: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mount)
-        .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
-        .collect();
-    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    points.dedup();
-    for m in points {
-        let c = std::ffi::CString::new(m.clone())?;
-        // SAFETY: umount2 with a valid C string.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
-                return Err(e).with_context(|| format!("unmounting {m}"));
-            }
+    let mounts = rkt_stage2::mountinfo::read_self().context("reading mountinfo")?;
+    for m in rkt_stage2::mountinfo::points_under(&mounts, dir) {
+        match nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e).with_context(|| format!("unmounting {}", m.display())),
         }
     }
     Ok(())
-}
-
-fn unescape_mount(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `rm -rf` that refuses to cross into another filesystem, so a bind mount that survived
@@ -520,13 +476,6 @@ pub fn remove_tree(p: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_unescapes_octal() {
-        assert_eq!(unescape_mount("/a\\040b"), "/a b");
-        assert_eq!(unescape_mount("/plain"), "/plain");
-        assert_eq!(unescape_mount("/end\\"), "/end\\");
-    }
 
     #[test]
     fn lock_states() {

@@ -132,6 +132,18 @@ impl Flavor {
 
 impl fmt::Display for Flavor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// What stage0 hands a flavour besides the resolved spec: where things are, and the lock that
+/// keeps the pod marked running. No flavour derives one path from another.
+#[derive(Debug, Clone, Copy)]
+pub struct PodContext<'a> {
+    /// rkt's data directory (`--dir`): caches a flavour keeps beside the store live in `cas/`.
+    pub data_dir: &'a Path,
+    /// `<data_dir>/pods/run/<uuid>`.
+    pub pod_dir: &'a Path,
+    /// The pod directory's exclusive flock.
+    pub lock_fd: i32,
+}
+
         f.write_str(match self {
             Flavor::Ns => "ns",
             Flavor::Kvm => "kvm",
@@ -151,26 +163,20 @@ impl Flavor {
     }
 
     /// Runs the pod in the foreground and returns the exit code `rkt run` exits with.
-    /// `lock_fd` is the pod directory's exclusive flock; it is inherited (not close-on-exec) and
-    /// advertised as `RKT_LOCK_FD`, so a flavour that execs a helper keeps the pod marked running.
     /// `measure` has stage0 measured; the flavour adds its stage1, then finishes it before any
     /// app runs.
-    pub fn run(
-        self,
-        pod_dir: &Path,
-        spec: &PodSpec,
-        lock_fd: i32,
-        mut measure: PodMeasurement,
-    ) -> Result<i32> {
-        keep_across_exec(lock_fd)?;
-        std::env::set_var("RKT_LOCK_FD", lock_fd.to_string());
+    pub fn run(self, ctx: &PodContext, spec: &PodSpec, mut measure: PodMeasurement) -> Result<i32> {
+        // The pod directory's exclusive flock marks the pod running for as long as any process
+        // of the pod holds it, including one that execs a helper.
+        keep_across_exec(ctx.lock_fd)?;
+        let pod_dir = ctx.pod_dir;
         match self {
             Flavor::Ns => {
                 measure.stage1_ns(spec)?;
                 measure.finish()?;
                 ns::run(pod_dir, spec)
             }
-            Flavor::Kvm => kvm::run(pod_dir, spec, measure),
+            Flavor::Kvm => kvm::run(ctx, spec, measure),
             Flavor::Fly => {
                 measure.stage1_fly(spec)?;
                 measure.finish()?;

@@ -467,16 +467,6 @@ pub fn gc(pod_dir: &Path) -> Result<()> {
             cgroup::remove_pod(&l, &uuid)?;
         }
     }
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    let mut under: Vec<PathBuf> = cgroup::parse_mountinfo(&mi)
-        .into_iter()
-        .map(|(mp, _, _)| mp)
-        .filter(|mp| mp.starts_with(pod_dir))
-        .collect();
-    // Deepest first.
-    under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for mp in under {
-        let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
-    }
+    crate::pod::unmount_all_under(pod_dir)?;
     Ok(())
 }

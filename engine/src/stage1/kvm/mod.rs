@@ -78,7 +78,8 @@ fn err_prefix(e: anyhow::Error) -> anyhow::Error {
 
 /// Runs the pod in a VM in the foreground; returns `rkt run`'s exit code. `measure` gets the
 /// VM's artefacts and final command line, and is finished before any vCPU runs.
-pub fn run(pod_dir: &Path, spec: &PodSpec, measure: PodMeasurement) -> Result<i32> {
+pub fn run(ctx: &super::PodContext, spec: &PodSpec, measure: PodMeasurement) -> Result<i32> {
+    let pod_dir = ctx.pod_dir;
     check_supported(spec)?;
     // `rkt stop` works from the moment the pod is in run/: our pid (the VMM's) is known now, and
     // a stop before the signal thread exists stays pending (blocked here, before any thread
@@ -94,8 +95,7 @@ pub fn run(pod_dir: &Path, spec: &PodSpec, measure: PodMeasurement) -> Result<i3
     }
     let kernel = find_kernel()?;
     let init = find_guest_init()?;
-    let store_dir = pod_dir.ancestors().nth(3).unwrap_or(pod_dir);
-    let initrd = initramfs(&store_dir.join("cas/stage1-kvm"), &init).map_err(err_prefix)?;
+    let initrd = initramfs(&ctx.data_dir.join("cas/stage1-kvm"), &init).map_err(err_prefix)?;
     let mut plan = plan(pod_dir, spec).map_err(err_prefix)?;
     // Known only now: whether the interactive app gets a pty (our stdin is a terminal) or a pipe.
     plan.guest.tty = spec.interactive && super::term::is_tty(0);
