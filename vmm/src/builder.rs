@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Error, Result};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
@@ -130,10 +130,11 @@ pub(crate) fn build(cfg: VmConfig, restore: Restore) -> Result<Vm> {
 /// Refuses what no VM can be made of; returns the guest memory size in bytes.
 fn check_config(cfg: &VmConfig) -> Result<u64> {
     if cfg.vcpus == 0 {
-        bail!("a VM needs at least one vCPU");
+        bail!(Config, "a VM needs at least one vCPU");
     }
     if cfg.mem_mib < 32 {
         bail!(
+            Config,
             "guest memory of {} MiB is too small (32 MiB at least)",
             cfg.mem_mib
         );
@@ -141,14 +142,12 @@ fn check_config(cfg: &VmConfig) -> Result<u64> {
     cfg.mem_mib
         .checked_mul(1 << 20)
         .filter(|b| *b <= 1 << 40)
-        .with_context(|| format!("guest memory of {} MiB is too large", cfg.mem_mib))
+        .ok_or_else(|| Error::Config(format!("guest memory of {} MiB is too large", cfg.mem_mib)))
 }
 
 /// Opens /dev/kvm; returns it and whether the host is PVM (which needs workarounds).
 fn open_kvm(vcpus: u8, debug: bool) -> Result<(Kvm, bool)> {
-    let kvm = Kvm::new().map_err(|e| {
-        anyhow::anyhow!("cannot open /dev/kvm: {e} (is KVM available and accessible?)")
-    })?;
+    let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
     let pvm = pvm::host_is_pvm();
     dbg(debug, || {
         format!(
@@ -162,7 +161,7 @@ fn open_kvm(vcpus: u8, debug: bool) -> Result<(Kvm, bool)> {
     });
     let max_vcpus = kvm.get_max_vcpus();
     if usize::from(vcpus) > max_vcpus {
-        bail!("{vcpus} vCPUs requested, KVM allows {max_vcpus}");
+        bail!(Config, "{vcpus} vCPUs requested, KVM allows {max_vcpus}");
     }
     Ok((kvm, pvm))
 }
@@ -186,6 +185,7 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd> {
 fn check_snapshot_size(st: &VmState, mem_bytes: u64, cfg: &VmConfig) -> Result<()> {
     if st.mem_bytes != mem_bytes || st.vcpus.len() != usize::from(cfg.vcpus) {
         bail!(
+            Snapshot,
             "the snapshot is of a VM with {} MiB and {} vCPUs, not {} MiB and {}",
             st.mem_bytes >> 20,
             st.vcpus.len(),
@@ -274,7 +274,7 @@ fn serial_port(
         None => vm_superio::Serial::new(irq, out),
         Some((st, _)) => {
             vm_superio::Serial::from_state(&st.serial, irq, vm_superio::serial::NoEvents, out)
-                .map_err(|e| anyhow::anyhow!("restoring the serial port: {e:?}"))?
+                .map_err(|e| Error::Snapshot(format!("restoring the serial port: {e:?}")))?
         }
     })
 }
@@ -291,7 +291,9 @@ fn virtio_devices(
 ) -> Result<Vec<MmioSlot>> {
     let mut mmio = Vec::new();
     for (i, d) in devices.into_iter().enumerate() {
-        let (base, irq) = layout::virtio_slot(i).context("too many virtio devices")?;
+        let Some((base, irq)) = layout::virtio_slot(i) else {
+            bail!(Config, "too many virtio devices");
+        };
         let device = virtio_device(d, debug)?;
         let nq = device.queue_max_sizes().len();
         let mut evts = Vec::with_capacity(nq);
@@ -337,6 +339,9 @@ fn virtio_device(d: DeviceConfig, debug: bool) -> Result<Box<dyn VirtioDevice>> 
         DeviceConfig::Fs { tag, shared_dir } => {
             Box::new(virtio::fs::Fs::new(&tag, &shared_dir, debug)?)
         }
+        DeviceConfig::Net { tap, mac, mtu } => {
+            Box::new(virtio::net::Net::new(tap, mac, mtu, debug))
+        }
     })
 }
 
@@ -360,12 +365,14 @@ fn restore_devices(vm: &VmFd, st: &VmState, cmdline: &str, mmio: &[MmioSlot]) ->
     // (devices at the same addresses), or the guest's drivers would not find them.
     if st.cmdline != cmdline {
         bail!(
+            Snapshot,
             "the snapshot's VM had the command line {:?}, this one {cmdline:?}",
             st.cmdline
         );
     }
     if st.transports.len() != mmio.len() {
         bail!(
+            Snapshot,
             "the snapshot has {} virtio devices, this VM {}",
             st.transports.len(),
             mmio.len()
@@ -402,7 +409,11 @@ fn create_vcpus(
         if let Some((st, _)) = restore {
             st.vcpus[usize::from(id)]
                 .restore(&vcpu)
-                .with_context(|| format!("restoring vCPU {id}"))?;
+                .map_err(|e| Error::Vcpu {
+                    action: "restoring",
+                    id: usize::from(id),
+                    source: Box::new(e),
+                })?;
             vcpus.push(vcpu);
             continue;
         }
@@ -415,8 +426,10 @@ fn create_vcpus(
                 pvm,
             },
         );
-        let cpuid =
-            CpuId::from_entries(&entries).map_err(|e| anyhow::anyhow!("building CPUID: {e:?}"))?;
+        let cpuid = CpuId::from_entries(&entries).map_err(|e| Error::Build {
+            what: "CPUID",
+            detail: format!("{e:?}"),
+        })?;
         vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
         let refused = arch::regs::setup_vcpu(&vcpu, entry)?;
         if !refused.is_empty() && id == 0 {

@@ -16,12 +16,13 @@
 //!     ExitReason::Reset => println!("guest rebooted"),
 //!     other => println!("{other:?}"),
 //! }
-//! # Ok::<(), anyhow::Error>(())
+//! # Ok::<(), rkt_vmm::Error>(())
 //! ```
 
 pub mod arch;
 mod builder;
 pub mod devices;
+pub mod error;
 pub mod event;
 pub mod exit;
 pub mod persist;
@@ -33,11 +34,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use arch::boot::GuestMem;
+use error::Context;
+pub use error::{Error, Result};
 use event::EventLoop;
 pub use exit::ExitReason;
 use vstate::VcpuShared;
@@ -70,6 +72,14 @@ pub enum DeviceConfig {
     Vsock { guest_cid: u64, uds_path: PathBuf },
     /// virtio-fs serving `shared_dir`; the guest mounts it with `mount -t virtiofs <tag> DIR`.
     Fs { tag: String, shared_dir: PathBuf },
+    /// virtio-net over `tap`, a non-blocking fd reading and writing one frame with its 12-byte
+    /// virtio-net header per call (`devices::virtio::net::tap::open_tap`), opened by the caller
+    /// (e.g. in the pod's network namespace); the guest sees `mac` and `mtu`.
+    Net {
+        tap: std::os::fd::OwnedFd,
+        mac: [u8; 6],
+        mtu: u16,
+    },
 }
 
 pub struct VmConfig {
@@ -213,7 +223,9 @@ impl Vm {
     /// The paused VM's state (vCPUs, in-kernel devices, serial, virtio transports).
     pub fn save_state(&self) -> Result<persist::VmState> {
         if self.vcpus.is_empty() {
-            bail!("the VM is not paused (its vCPUs are running or gone)");
+            return Err(Error::Snapshot(
+                "the VM is not paused (its vCPUs are running or gone)".into(),
+            ));
         }
         let msr_list = persist::msr_index_list(&self.kvm)?;
         let vcpus = self
@@ -221,7 +233,11 @@ impl Vm {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                persist::VcpuState::save(v, &msr_list).with_context(|| format!("saving vCPU {i}"))
+                persist::VcpuState::save(v, &msr_list).map_err(|e| Error::Vcpu {
+                    action: "saving",
+                    id: i,
+                    source: Box::new(e),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let (clock, pit, irqchips) = persist::save_vm(&self.vm)?;
@@ -259,16 +275,19 @@ impl Vm {
     /// "can this host restore a running guest" without a second VM).
     pub fn load_state(&self, st: &persist::VmState) -> Result<()> {
         if st.vcpus.len() != self.vcpus.len() {
-            bail!(
+            return Err(Error::Snapshot(format!(
                 "the state has {} vCPUs, the VM {}",
                 st.vcpus.len(),
                 self.vcpus.len()
-            );
+            )));
         }
         persist::restore_vm(&self.vm, st)?;
         for (i, (v, s)) in self.vcpus.iter().zip(&st.vcpus).enumerate() {
-            s.restore(v)
-                .with_context(|| format!("restoring vCPU {i}"))?;
+            s.restore(v).map_err(|e| Error::Vcpu {
+                action: "restoring",
+                id: i,
+                source: Box::new(e),
+            })?;
         }
         Ok(())
     }
@@ -301,7 +320,7 @@ impl Vm {
                 Ok(o) => o,
                 Err(e) => {
                     self.vcpus = vstate::stop_vcpus(&self.shared, threads);
-                    return Err(anyhow::Error::new(e).context("event loop"));
+                    return Err(e).context("event loop");
                 }
             };
             if owner.contains(&TOKEN_EXIT) {

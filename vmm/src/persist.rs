@@ -15,7 +15,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Error, Result};
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
     kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
@@ -105,7 +105,7 @@ impl<'a> Dec<'a> {
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.buf.len() - self.pos < n {
-            bail!("snapshot state is truncated");
+            bail!(Snapshot, "snapshot state is truncated");
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -132,7 +132,7 @@ impl<'a> Dec<'a> {
     pub fn count(&mut self, min_item: usize) -> Result<usize> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_item.max(1)) > self.buf.len() - self.pos {
-            bail!("snapshot state has an impossible item count {n}");
+            bail!(Snapshot, "snapshot state has an impossible item count {n}");
         }
         Ok(n)
     }
@@ -140,6 +140,7 @@ impl<'a> Dec<'a> {
         let b = self.bytes()?;
         if b.len() != std::mem::size_of::<T>() {
             bail!(
+                Snapshot,
                 "snapshot state: a {} of {} bytes, expected {}",
                 std::any::type_name::<T>(),
                 b.len(),
@@ -156,6 +157,7 @@ impl<'a> Dec<'a> {
     pub fn finish(&self) -> Result<()> {
         if self.pos != self.buf.len() {
             bail!(
+                Snapshot,
                 "snapshot state has {} trailing bytes",
                 self.buf.len() - self.pos
             );
@@ -342,7 +344,10 @@ impl VcpuState {
             xsave: {
                 let n = d.count(4)?;
                 if n != XSAVE_WORDS {
-                    bail!("snapshot XSAVE area of {n} words, expected {XSAVE_WORDS}");
+                    bail!(
+                        Snapshot,
+                        "snapshot XSAVE area of {n} words, expected {XSAVE_WORDS}"
+                    );
                 }
                 (0..n).map(|_| d.u32()).collect::<Result<_>>()?
             },
@@ -382,8 +387,10 @@ impl VcpuState {
     /// Sets the state back (Firecracker's order: CPUID first, events last so a pending
     /// exception/interrupt lands on the final register state; the TSC deadline after the TSC).
     pub fn restore(&self, vcpu: &VcpuFd) -> Result<()> {
-        let cpuid = kvm_bindings::CpuId::from_entries(&self.cpuid)
-            .map_err(|e| anyhow::anyhow!("building CPUID: {e:?}"))?;
+        let cpuid = kvm_bindings::CpuId::from_entries(&self.cpuid).map_err(|e| Error::Build {
+            what: "CPUID",
+            detail: format!("{e:?}"),
+        })?;
         vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
         if self.tsc_khz != 0 {
             if let Ok(cur) = vcpu.get_tsc_khz() {
@@ -400,7 +407,7 @@ impl VcpuState {
         vcpu.set_sregs(&self.sregs).context("KVM_SET_SREGS")?;
         let mut x = kvm_xsave::default();
         if self.xsave.len() != x.region.len() {
-            bail!("XSAVE area of {} words", self.xsave.len());
+            bail!(Snapshot, "XSAVE area of {} words", self.xsave.len());
         }
         x.region.copy_from_slice(&self.xsave);
         // SAFETY: a whole 4096-byte kvm_xsave, the size KVM_SET_XSAVE reads.
@@ -418,10 +425,14 @@ impl VcpuState {
                 ..Default::default()
             })
             .collect();
-        let m = Msrs::from_entries(&entries).map_err(|e| anyhow::anyhow!("MSR list: {e:?}"))?;
+        let m = Msrs::from_entries(&entries).map_err(|e| Error::Build {
+            what: "the MSR list",
+            detail: format!("{e:?}"),
+        })?;
         let n = vcpu.set_msrs(&m).context("KVM_SET_MSRS")?;
         if n != entries.len() {
             bail!(
+                Snapshot,
                 "KVM_SET_MSRS refused MSR {:#x} ({n} of {} set)",
                 entries[n].index,
                 entries.len()
@@ -463,7 +474,10 @@ fn read_msrs(vcpu: &VcpuFd, list: &[u32]) -> Result<Vec<(u32, u64)>> {
                 ..Default::default()
             })
             .collect();
-        let mut m = Msrs::from_entries(&entries).map_err(|e| anyhow::anyhow!("MSR list: {e:?}"))?;
+        let mut m = Msrs::from_entries(&entries).map_err(|e| Error::Build {
+            what: "the MSR list",
+            detail: format!("{e:?}"),
+        })?;
         let n = vcpu.get_msrs(&mut m).context("KVM_GET_MSRS")?;
         out.extend(m.as_slice()[..n].iter().map(|e| (e.index, e.data)));
         // The one at n was refused; go on after it.
@@ -538,11 +552,12 @@ impl VmState {
 
     pub fn decode(buf: &[u8]) -> Result<Self> {
         if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
-            bail!("not a snapshot state file of this VMM version");
+            bail!(Snapshot, "not a snapshot state file of this VMM version");
         }
         let mut d = Dec::new(&buf[MAGIC.len()..]);
         let mem_bytes = d.u64()?;
-        let cmdline = String::from_utf8(d.bytes()?.to_vec()).context("snapshot command line")?;
+        let cmdline = String::from_utf8(d.bytes()?.to_vec())
+            .map_err(|e| Error::Snapshot(format!("snapshot command line: {e}")))?;
         let clock = d.pod()?;
         let pit = d.pod()?;
         let irqchips = [d.pod()?, d.pod()?, d.pod()?];
@@ -554,7 +569,7 @@ impl VmState {
         }
         let n = d.count(4 * XSAVE_WORDS)?;
         if n == 0 {
-            bail!("snapshot state has no vCPU");
+            bail!(Snapshot, "snapshot state has no vCPU");
         }
         let mut vcpus = Vec::with_capacity(n);
         for _ in 0..n {
@@ -616,7 +631,8 @@ pub fn write_memory(mem: &GuestMem, path: &Path) -> Result<u64> {
     }
     f.set_len(off)
         .with_context(|| format!("sizing {}", path.display()))?;
-    f.flush()?;
+    f.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
     f.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
     Ok(written)
@@ -627,10 +643,14 @@ pub fn write_memory(mem: &GuestMem, path: &Path) -> Result<u64> {
 /// every other VM mapping the same file.
 pub fn map_memory(path: &Path, ranges: &[(u64, u64)]) -> Result<GuestMem> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let size = f.metadata()?.len();
+    let size = f
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     if size != total {
         bail!(
+            Snapshot,
             "{} holds {size} bytes, the VM has {total} bytes of RAM",
             path.display()
         );
@@ -638,27 +658,36 @@ pub fn map_memory(path: &Path, ranges: &[(u64, u64)]) -> Result<GuestMem> {
     let mut regions = Vec::new();
     let mut off = 0u64;
     for &(start, len) in ranges {
-        let fo = FileOffset::new(f.try_clone()?, off);
+        let fo = FileOffset::new(f.try_clone().context("duplicating a file descriptor")?, off);
         let m = MmapRegionBuilder::new(len as usize)
             .with_file_offset(fo)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
             .build()
-            .map_err(|e| anyhow::anyhow!("mapping {}: {e}", path.display()))?;
+            .map_err(|e| Error::GuestMemory {
+                what: format!("mapping {}", path.display()),
+                source: Box::new(e),
+            })?;
         regions.push(
             GuestRegionMmap::new(m, GuestAddress(start))
-                .context("guest memory region out of range")?,
+                .ok_or_else(|| Error::Snapshot("guest memory region out of range".into()))?,
         );
         off += len;
     }
-    GuestMem::from_regions(regions).map_err(|e| anyhow::anyhow!("guest memory layout: {e}"))
+    GuestMem::from_regions(regions).map_err(|e| Error::GuestMemory {
+        what: "guest memory layout".into(),
+        source: Box::new(e),
+    })
 }
 
 /// Reads and decodes `<dir>/state`.
 pub fn read_state(dir: &Path) -> Result<VmState> {
     let p = dir.join(STATE_FILE);
     let buf = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-    VmState::decode(&buf).with_context(|| format!("decoding {}", p.display()))
+    VmState::decode(&buf).map_err(|e| Error::StateFile {
+        path: p,
+        source: Box::new(e),
+    })
 }
 
 /// Writes `<dir>/state` (created, mode 0400).

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Error, Result};
 use kvm_bindings::{
     kvm_regs, kvm_xcrs, kvm_xsave, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -61,8 +61,10 @@ pub fn install_kick_handler() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut res = Ok(());
     ONCE.call_once(|| {
-        res = register_signal_handler(kick_signal(), noop_handler)
-            .map_err(|e| anyhow::anyhow!("installing the vCPU kick signal handler: {e}"));
+        res = register_signal_handler(kick_signal(), noop_handler).map_err(|e| Error::Io {
+            what: "installing the vCPU kick signal handler".into(),
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        });
     });
     res
 }

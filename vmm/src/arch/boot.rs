@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Error, Result};
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::elf::Elf;
 use linux_loader::loader::KernelLoader;
@@ -22,19 +22,23 @@ pub fn create_memory(mem_bytes: u64) -> Result<GuestMem> {
         .into_iter()
         .map(|(s, l)| (GuestAddress(s), l as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).context("allocating guest memory")
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
+        what: "allocating guest memory".into(),
+        source: Box::new(e),
+    })
 }
 
 /// Loads an uncompressed `vmlinux` ELF; returns its 64-bit entry point and the end of its
 /// image in guest memory (including .bss).
 pub fn load_kernel(mem: &GuestMem, path: &Path) -> Result<(u64, u64)> {
     let mut f = File::open(path).with_context(|| format!("opening kernel {}", path.display()))?;
-    let res = Elf::load(mem, None, &mut f, Some(GuestAddress(HIGH_MEMORY_START))).map_err(|e| {
-        anyhow::anyhow!(
-            "loading kernel {}: {e} (an uncompressed vmlinux ELF that fits in guest RAM is needed)",
-            path.display()
-        )
-    })?;
+    let res =
+        Elf::load(mem, None, &mut f, Some(GuestAddress(HIGH_MEMORY_START))).map_err(|err| {
+            Error::Kernel {
+                path: path.to_path_buf(),
+                err,
+            }
+        })?;
     Ok((res.kernel_load.raw_value(), res.kernel_end))
 }
 
@@ -58,23 +62,35 @@ pub fn load_initrd(mem: &GuestMem, path: &Path, kernel_end: u64) -> Result<(u64,
     let addr = low_end.checked_sub(size).map(|a| a & !0xfff);
     let addr = match addr {
         Some(a) if a >= kernel_end => a,
-        _ => bail!(
-            "initrd {} ({} bytes) does not fit in guest RAM above the kernel; give the VM more memory",
-            path.display(),
-            size
-        ),
+        _ => {
+            return Err(Error::Config(format!(
+                "initrd {} ({} bytes) does not fit in guest RAM above the kernel; give the VM more memory",
+                path.display(),
+                size
+            )))
+        }
     };
     let slice = mem
         .get_slice(GuestAddress(addr), size as usize)
         .context("initrd region")?;
     let mut done = 0usize;
     while done < size as usize {
-        let mut sub = slice.subslice(done, size as usize - done)?;
-        let n = f
-            .read_volatile(&mut sub)
-            .with_context(|| format!("reading initrd {}", path.display()))?;
+        let mut sub =
+            slice
+                .subslice(done, size as usize - done)
+                .map_err(|e| Error::GuestMemory {
+                    what: "initrd region".into(),
+                    source: Box::new(e),
+                })?;
+        let n = f.read_volatile(&mut sub).map_err(|e| Error::GuestMemory {
+            what: format!("reading initrd {}", path.display()),
+            source: Box::new(e),
+        })?;
         if n == 0 {
-            bail!("initrd {} shrank while being read", path.display());
+            return Err(Error::Io {
+                what: format!("reading initrd {}", path.display()),
+                source: std::io::Error::other("it shrank while being read"),
+            });
         }
         done += n;
     }
@@ -114,7 +130,7 @@ pub fn write_boot_params(
     }
     let e820 = e820_entries(mem_bytes);
     if e820.len() > bp.e820_table.len() {
-        bail!("too many e820 entries");
+        return Err(Error::Config("too many e820 entries".into()));
     }
     for (i, (addr, size, type_)) in e820.iter().enumerate() {
         bp.e820_table[i].addr = *addr;
@@ -130,14 +146,16 @@ pub fn write_boot_params(
 /// Writes the NUL-terminated command line; returns its length without the NUL.
 pub fn write_cmdline(mem: &GuestMem, cmdline: &str) -> Result<usize> {
     if cmdline.len() + 1 > CMDLINE_MAX_SIZE {
-        bail!(
+        return Err(Error::Config(format!(
             "kernel command line is {} bytes, the limit is {}",
             cmdline.len(),
             CMDLINE_MAX_SIZE - 1
-        );
+        )));
     }
     if cmdline.bytes().any(|b| b == 0) {
-        bail!("kernel command line contains a NUL byte");
+        return Err(Error::Config(
+            "kernel command line contains a NUL byte".into(),
+        ));
     }
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);

@@ -1,7 +1,7 @@
 //! Intel MultiProcessor Specification 1.4 table. Without ACPI this is how Linux learns about
 //! the application processors and the IOAPIC (and so about IRQs above 15).
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Error, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::layout::{EBDA_START, IRQ_MAX};
@@ -29,10 +29,13 @@ fn checksum(bytes: &[u8]) -> u8 {
 /// `base`.
 pub fn build(base: u64, vcpus: u8) -> Result<Vec<u8>> {
     if vcpus == 0 || vcpus > 254 {
-        bail!("MP table: {vcpus} vCPUs is out of range");
+        return Err(Error::Config(format!(
+            "MP table: {vcpus} vCPUs is out of range"
+        )));
     }
     let ioapic_id = vcpus + 1;
-    let table_addr = u32::try_from(base + 16).context("MP table above 4 GiB")?;
+    let table_addr =
+        u32::try_from(base + 16).map_err(|_| Error::Config("MP table above 4 GiB".into()))?;
     let mut entries: Vec<u8> = Vec::new();
     let mut count: u16 = 0;
     for id in 0..vcpus {
@@ -90,7 +93,9 @@ pub fn setup<M: GuestMemory>(mem: &M, vcpus: u8) -> Result<()> {
     let t = build(MPTABLE_START, vcpus)?;
     // It must fit below the BIOS area (0xa0000) which the e820 map reserves.
     if MPTABLE_START + t.len() as u64 > 0xa_0000 {
-        bail!("MP table for {vcpus} vCPUs does not fit in the EBDA");
+        return Err(Error::Config(format!(
+            "MP table for {vcpus} vCPUs does not fit in the EBDA"
+        )));
     }
     mem.write_slice(&t, GuestAddress(MPTABLE_START))
         .context("writing the MP table")

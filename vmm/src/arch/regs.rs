@@ -2,7 +2,7 @@
 //! paging, flat segments (code 0x10, data 0x18 as the Linux boot protocol expects), a TSS,
 //! boot MSRs, FPU defaults and the local APIC's LINT pins.
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Error, Result};
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
@@ -180,7 +180,10 @@ pub fn setup_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<Vec<u32>> {
             ..Default::default()
         })
         .collect();
-    let kvm_msrs = Msrs::from_entries(&entries).context("building the MSR list")?;
+    let kvm_msrs = Msrs::from_entries(&entries).map_err(|e| Error::Build {
+        what: "the MSR list",
+        detail: format!("{e:?}"),
+    })?;
     let set = vcpu.set_msrs(&kvm_msrs).context("KVM_SET_MSRS")?;
     let refused = msrs[set.min(msrs.len())..]
         .iter()
@@ -196,7 +199,10 @@ pub fn setup_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<Vec<u32>> {
             data,
             ..Default::default()
         }])
-        .context("building the MSR list")?;
+        .map_err(|e| Error::Build {
+            what: "the MSR list",
+            detail: format!("{e:?}"),
+        })?;
         if vcpu.set_msrs(&one).unwrap_or(0) != 1 {
             really_refused.push(index);
         }
@@ -227,7 +233,7 @@ fn setup_lint(vcpu: &VcpuFd) -> Result<()> {
     for (off, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
         let regs = &mut lapic.regs;
         if off + 4 > regs.len() {
-            bail!("LAPIC register page too small");
+            return Err(Error::Config("LAPIC register page too small".into()));
         }
         let mut b = [0u8; 4];
         for (i, x) in b.iter_mut().enumerate() {

@@ -173,7 +173,7 @@ fn save_template(vm: &Vm, dir: &Path) -> Result<()> {
     ));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let r = vm.snapshot(&tmp).and_then(|_| {
+    let r = vm.snapshot(&tmp).map_err(anyhow::Error::from).and_then(|_| {
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o500))?;
         // Another pod may have made the same template meanwhile: keep theirs.
         match fs::rename(&tmp, dir) {
@@ -251,7 +251,7 @@ pub fn run(mut vm: Vm, plan: Plan, uds: &Path) -> Result<ExitReason> {
     let r = vm.run();
     ended.store(true, Ordering::SeqCst);
     let _ = t.join();
-    r
+    Ok(r?)
 }
 
 /// Gives the waiting guest init its wall clock and fresh entropy; retries (the guest may not

@@ -366,10 +366,11 @@ impl MmioTransport {
     /// Puts a freshly built transport into the state `s` was saved in; an active device is
     /// activated again (with the same checks as a driver's DRIVER_OK); the caller tells it
     /// (`VirtioDevice::after_restore`) once the vCPUs and irqchip are restored. Refuses a state of another device type or queue count.
-    pub fn restore_state(&mut self, s: &crate::persist::TransportState) -> anyhow::Result<()> {
+    pub fn restore_state(&mut self, s: &crate::persist::TransportState) -> crate::Result<()> {
         let t = self.device.device_type();
         if s.device_type != t || s.queues.len() != self.queues.len() {
-            anyhow::bail!(
+            crate::error::bail!(
+                Snapshot,
                 "snapshot has virtio device type {} with {} queues where the VM has type {t} with {}",
                 s.device_type,
                 s.queues.len(),
@@ -377,11 +378,17 @@ impl MmioTransport {
             );
         }
         if s.driver_features & !self.device_features() != 0 {
-            anyhow::bail!("snapshot has virtio features this device does not offer");
+            crate::error::bail!(
+                Snapshot,
+                "snapshot has virtio features this device does not offer"
+            );
         }
         for (i, (q, qs)) in self.queues.iter_mut().zip(&s.queues).enumerate() {
             if qs.size > q.max_size() {
-                anyhow::bail!("snapshot queue {i} of virtio device type {t} is too large");
+                crate::error::bail!(
+                    Snapshot,
+                    "snapshot queue {i} of virtio device type {t} is too large"
+                );
             }
             q.set_size(qs.size);
             q.set_ready(qs.ready);
@@ -394,7 +401,10 @@ impl MmioTransport {
         self.config_generation = s.config_generation;
         if s.active {
             if !self.activate() {
-                anyhow::bail!("restoring virtio device type {t}: its queues are not valid");
+                crate::error::bail!(
+                    Snapshot,
+                    "restoring virtio device type {t}: its queues are not valid"
+                );
             }
         } else {
             // Queue addresses only reach the queues at DRIVER_OK (activate).

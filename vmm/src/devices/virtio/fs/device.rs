@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context, Result};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
@@ -23,19 +23,23 @@ pub struct Fs {
 
 impl Fs {
     /// Serves `shared_dir` under `tag`.
-    pub fn new(tag: &str, shared_dir: &Path, debug: bool) -> anyhow::Result<Self> {
+    pub fn new(tag: &str, shared_dir: &Path, debug: bool) -> Result<Self> {
         if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.bytes().any(|b| b == 0) {
-            bail!("virtio-fs tag {tag:?} must be 1 to {MAX_TAG_LEN} bytes without NUL");
+            bail!(
+                Config,
+                "virtio-fs tag {tag:?} must be 1 to {MAX_TAG_LEN} bytes without NUL"
+            );
         }
         if !shared_dir.is_dir() {
             bail!(
+                Config,
                 "virtio-fs shared directory {} is not a directory",
                 shared_dir.display()
             );
         }
-        let root = shared_dir
-            .to_str()
-            .with_context(|| format!("{} is not UTF-8", shared_dir.display()))?;
+        let Some(root) = shared_dir.to_str() else {
+            bail!(Config, "{} is not UTF-8", shared_dir.display());
+        };
         let fs = PassthroughFs::new(Config {
             root_dir: root.to_string(),
             do_import: true,
@@ -77,7 +81,7 @@ impl VirtioDevice for Fs {
 
     fn activate(&mut self, active: ActiveQueues) -> anyhow::Result<()> {
         if active.queues.len() != 2 || !active.queues[1].ready() {
-            bail!("virtio-fs needs its request queue");
+            anyhow::bail!("virtio-fs needs its request queue");
         }
         self.active = Some(active);
         Ok(())

@@ -1,4 +1,3 @@
-use anyhow::bail;
 use virtio_queue::QueueT;
 use vm_memory::Bytes;
 
@@ -70,7 +69,7 @@ impl VirtioDevice for Rng {
 
     fn activate(&mut self, active: ActiveQueues) -> anyhow::Result<()> {
         if active.queues.len() != 1 || !active.queues[0].ready() {
-            bail!("virtio-rng needs its request queue");
+            anyhow::bail!("virtio-rng needs its request queue");
         }
         self.active = Some(active);
         Ok(())

@@ -7,7 +7,7 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use crate::error::{bail, Context, Result};
 use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::EventSet;
 
@@ -106,9 +106,12 @@ fn is_would_block(e: &io::Error) -> bool {
 
 impl Vsock {
     /// Binds the host listener at `uds_path` (a stale socket file there is replaced).
-    pub fn new(guest_cid: u64, uds_path: PathBuf, debug: bool) -> anyhow::Result<Self> {
+    pub fn new(guest_cid: u64, uds_path: PathBuf, debug: bool) -> Result<Self> {
         if guest_cid <= 2 || guest_cid >= u64::from(u32::MAX) {
-            bail!("vsock guest CID {guest_cid} is reserved or out of range (use 3 or more)");
+            bail!(
+                Config,
+                "vsock guest CID {guest_cid} is reserved or out of range (use 3 or more)"
+            );
         }
         if let Ok(md) = std::fs::symlink_metadata(&uds_path) {
             if md.file_type().is_socket() {
@@ -654,7 +657,7 @@ impl VirtioDevice for Vsock {
 
     fn activate(&mut self, active: ActiveQueues) -> anyhow::Result<()> {
         if active.queues.len() != 3 || !active.queues[RXQ].ready() || !active.queues[TXQ].ready() {
-            bail!("virtio-vsock needs its rx and tx queues");
+            anyhow::bail!("virtio-vsock needs its rx and tx queues");
         }
         self.active = Some(active);
         self.rx_starved = false;
