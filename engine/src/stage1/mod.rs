@@ -130,8 +130,6 @@ impl Flavor {
     }
 }
 
-impl fmt::Display for Flavor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
 /// What stage0 hands a flavour besides the resolved spec: where things are, and the lock that
 /// keeps the pod marked running. No flavour derives one path from another.
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +142,8 @@ pub struct PodContext<'a> {
     pub lock_fd: i32,
 }
 
+impl fmt::Display for Flavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Flavor::Ns => "ns",
             Flavor::Kvm => "kvm",
