@@ -18,6 +18,9 @@ pub struct Config {
     pub tpm_tcti: Option<String>,
     /// `tpm.d`: `"pcr": N`.
     pub tpm_pcr: Option<u32>,
+    /// The directories read, lowest priority first: the store reads `auth.d` (credentials) and
+    /// `certs.d` (registry CAs) from them when it goes to the network.
+    pub dirs: Vec<PathBuf>,
 }
 
 impl Config {
@@ -25,6 +28,7 @@ impl Config {
         let mut c = Config::default();
         for dir in [Some(system), Some(local), user].into_iter().flatten() {
             c.read_dir(dir)?;
+            c.dirs.push(dir.to_path_buf());
         }
         Ok(c)
     }
@@ -91,8 +95,10 @@ impl Config {
         Ok(())
     }
 
-    /// `rkt config` output: rkt v1's shape, `stage0` entries per kind.
-    pub fn to_json(&self, data_dir: &Path, default_stage1: &str) -> Value {
+    /// `rkt config` output: rkt v1's shape, `stage0` entries per kind, the credentials rkt would
+    /// use (`auth`, `dockerAuth`, with secrets masked and the file each came from) first.
+    pub fn to_json(&self, data_dir: &Path, default_stage1: &str) -> Result<Value> {
+        let auth = rkt_store::auth::Auth::load(&self.dirs)?;
         let mut paths = json!({"rktVersion": "v1", "rktKind": "paths", "data": data_dir});
         if let Some(s) = &self.stage1_images_dir {
             paths["stage1-images"] = json!(s);
@@ -111,6 +117,8 @@ impl Config {
         if let Some(p) = self.tpm_pcr {
             tpm["pcr"] = json!(p);
         }
-        json!({ "stage0": [paths, stage1, tpm] })
+        let mut stage0 = auth.to_json();
+        stage0.extend([paths, stage1, tpm]);
+        Ok(json!({ "stage0": stage0 }))
     }
 }

@@ -1,7 +1,8 @@
 //! The store's parsers for what an image source hands it: OCI index.json / image indexes,
 //! manifests (with the layer-count and size limits), image configs (converted to an appc
 //! manifest, which must round-trip), appc manifests, docker-archive manifest.json, registry
-//! `WWW-Authenticate` headers and image references. Input: [which parser] then the bytes.
+//! `WWW-Authenticate` headers, credential files (auth.d, auth.json), appc discovery pages and
+//! names, and image references. Input: [which parser] then the bytes.
 //!   cargo +nightly fuzz run image_json   (from this directory, with cargo-fuzz installed)
 #![no_main]
 

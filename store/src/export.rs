@@ -1,5 +1,8 @@
-//! `rkt image export`: an oci-archive (OCI layout in a tar) of a stored image. Docker schema 2
-//! manifests are rewritten with OCI media types; ACI images get a layer made from their tree.
+//! `rkt image export`: an ACI (rkt's format, the default) or an oci-archive (OCI layout in a
+//! tar). An ACI-kind image is written back byte for byte (so it keeps its ID and any signature
+//! made over it); an OCI image becomes a tar of `manifest` (its appc manifest) and `rootfs/` (its
+//! rendered tree). For oci-archive, Docker schema 2 manifests are rewritten with OCI media types
+//! and ACI images get a layer made from their tree.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -44,15 +47,72 @@ fn append(
     Ok(())
 }
 
-pub fn export_oci_archive(store: &Store, rec: &Record, out: &Path) -> Result<()> {
+/// `rkt image export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Aci,
+    OciArchive,
+}
+
+impl std::str::FromStr for Format {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "aci" => Ok(Format::Aci),
+            "oci-archive" => Ok(Format::OciArchive),
+            o => anyhow::bail!("invalid export format {o:?} (allowed: aci, oci-archive)"),
+        }
+    }
+}
+
+/// A temp file beside `out` (renamed over it once complete, so a failed export leaves nothing).
+fn temp_beside(out: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(".rkt-export-")
         .tempfile_in(dir)
-        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+        .with_context(|| format!("creating a temp file in {}", dir.display()))
+}
+
+fn persist(tmp: tempfile::NamedTempFile, out: &Path) -> Result<()> {
+    tmp.as_file().sync_all()?;
+    tmp.persist(out)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+pub fn export_aci(store: &Store, rec: &Record, out: &Path) -> Result<()> {
+    let mut tmp = temp_beside(out)?;
+    if rec.kind == "aci" {
+        let digest = &rec
+            .layers
+            .first()
+            .ok_or_else(|| anyhow!("image {} has no ACI blob", rec.id))?
+            .digest;
+        let mut f = store.blobs.open(digest)?;
+        std::io::copy(&mut f, tmp.as_file_mut()).context("copying the ACI")?;
+        return persist(tmp, out);
+    }
+    let tree = crate::render::render(store, rec)?;
+    {
+        let mut b = tar::Builder::new(tmp.as_file_mut());
+        b.follow_symlinks(false);
+        let m = rec.appc_manifest.as_bytes();
+        append(&mut b, "manifest", &mut &m[..], m.len() as u64)?;
+        b.append_dir_all("rootfs", &tree.rootfs)
+            .context("archiving the image tree")?;
+        b.finish()?;
+    }
+    persist(tmp, out)
+}
+
+pub fn export_oci_archive(store: &Store, rec: &Record, out: &Path) -> Result<()> {
+    let tmp = temp_beside(out)?;
     let mut b = tar::Builder::new(tmp.as_file());
     let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
     append(&mut b, "oci-layout", &mut &layout[..], layout.len() as u64)?;
@@ -125,11 +185,7 @@ pub fn export_oci_archive(store: &Store, rec: &Record, out: &Path) -> Result<()>
     append(&mut b, "index.json", &mut &index[..], index.len() as u64)?;
     b.finish()?;
     drop(b);
-    tmp.as_file().sync_all()?;
-    tmp.persist(out)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
+    persist(tmp, out)
 }
 
 /// (manifest, config, layers) of an image being exported.

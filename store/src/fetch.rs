@@ -258,6 +258,29 @@ pub fn fetch(store: &Store, src: &Source, opts: &FetchOptions) -> Result<Fetched
         }
         Source::DockerArchive { path } => import_docker_archive(store, path, opts),
         Source::Aci { path } => import_aci(store, path, opts),
+        Source::Url(url) => {
+            if never {
+                bail!("image {url:?} not found in the store (pull policy never)");
+            }
+            let d = crate::discovery::download_url(url, opts, &store.root.join("tmp"))?;
+            import_aci_as(store, &d.aci, Some(url), None, opts)
+        }
+        Source::Discover(n) => {
+            if opts.pull_policy != PullPolicy::Update {
+                if let Some(i) = store.index.by_name(&n.name, n.version())? {
+                    return Ok(old(i));
+                }
+            }
+            if never {
+                bail!(
+                    "image \"{}:{}\" not found in the store (pull policy never)",
+                    n.name,
+                    n.version()
+                );
+            }
+            let d = crate::discovery::download_discovered(n, opts, &store.root.join("tmp"))?;
+            import_aci_as(store, &d.aci, Some(&d.location.aci), Some(&n.name), opts)
+        }
     }
 }
 
@@ -296,22 +319,6 @@ fn check_layers(layers: &[Descriptor]) -> Result<()> {
 
 fn is_index(media_type: &str, v: &Value) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_LIST || v.get("manifests").is_some()
-}
-
-/// Picks the linux/amd64 entry of an image index or manifest list.
-fn pick_platform(index: &Value, what: &str) -> Result<Descriptor> {
-    let ms: Vec<Descriptor> =
-        serde_json::from_value(index.get("manifests").cloned().unwrap_or(Value::Null))
-            .with_context(|| format!("invalid image index in {what}"))?;
-    ms.into_iter()
-        .find(|m| {
-            let p = m.platform.as_ref();
-            p.and_then(|p| p.get("os")).and_then(Value::as_str) == Some("linux")
-                && p.and_then(|p| p.get("architecture"))
-                    .and_then(Value::as_str)
-                    == Some("amd64")
-        })
-        .ok_or_else(|| anyhow!("{what} has no linux/amd64 image"))
 }
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -376,7 +383,8 @@ fn import_oci(
             (chosen.clone(), n, t)
         }
     };
-    // Follow image indexes down to the linux/amd64 manifest.
+    // Follow image indexes down to this host's platform.
+    let host = crate::platform::Platform::host();
     let mut manifest_bytes;
     let mut depth = 0;
     loop {
@@ -393,7 +401,7 @@ fn import_oci(
             if depth > 4 {
                 bail!("image index nesting too deep in {}", b.describe());
             }
-            desc = pick_platform(&v, &b.describe())?;
+            desc = host.pick(&v, &b.describe())?;
             continue;
         }
         break;
@@ -670,6 +678,18 @@ fn import_docker_archive(store: &Store, path: &Path, opts: &FetchOptions) -> Res
 // ------------------------------------------------------------------------------------------ ACI
 
 fn import_aci(store: &Store, path: &Path, opts: &FetchOptions) -> Result<Fetched> {
+    import_aci_as(store, path, None, None, opts)
+}
+
+/// An ACI file; `origin` (default `file://PATH`) is where it came from, and a discovered ACI must
+/// carry the name it was discovered for (`want_name`).
+fn import_aci_as(
+    store: &Store,
+    path: &Path,
+    origin: Option<&str>,
+    want_name: Option<&str>,
+    opts: &FetchOptions,
+) -> Result<Fetched> {
     let f = File::open(path).with_context(|| format!("opening ACI {}", path.display()))?;
     let total = f.metadata()?.len();
     let mut h = HashingReader::new(f);
@@ -723,6 +743,13 @@ fn import_aci(store: &Store, path: &Path, opts: &FetchOptions) -> Result<Fetched
             im.ac_kind
         );
     }
+    if let Some(w) = want_name.filter(|w| *w != im.name) {
+        bail!(
+            "{}: the ACI found for {w:?} is named {:?}",
+            origin.unwrap_or_default(),
+            im.name
+        );
+    }
     let pb = progress::bar(opts.progress, total, "importing ACI");
     let mut f = File::open(path)?;
     store
@@ -741,12 +768,14 @@ fn import_aci(store: &Store, path: &Path, opts: &FetchOptions) -> Result<Fetched
         size,
         import_time: now,
         last_used: now,
-        origin: format!(
-            "file://{}",
-            std::fs::canonicalize(path)
-                .unwrap_or(path.to_path_buf())
-                .display()
-        ),
+        origin: origin.map(str::to_string).unwrap_or_else(|| {
+            format!(
+                "file://{}",
+                std::fs::canonicalize(path)
+                    .unwrap_or(path.to_path_buf())
+                    .display()
+            )
+        }),
         kind: "aci".into(),
         appc_manifest: serde_json::to_string(&im)?,
         manifest_digest: None,
@@ -766,22 +795,32 @@ fn import_aci(store: &Store, path: &Path, opts: &FetchOptions) -> Result<Fetched
 
 // ------------------------------------------------------------------------------------- registry
 
+/// A Registry HTTP API v2 client for one repository. Credentials (docs/store.md) are sent only
+/// after the registry asks for them: Basic straight to the registry, or to the token server named
+/// by a `Bearer` challenge, whose token then goes to the registry.
 struct RegistryClient {
-    agent: ureq::Agent,
+    http: crate::http::Http,
     base: String,
+    /// `host[:port]` as named in the reference (`docker.io` for Docker Hub), for credentials.
+    host: String,
     repo: String,
-    token: Option<String>,
+    insecure_http: bool,
+    creds: Option<crate::auth::Entry>,
+    /// The `Authorization` header sent with every request once the registry asked for one.
+    header: Option<String>,
 }
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
-fn auth_params(h: &str) -> Option<HashMap<String, String>> {
-    let rest = h
-        .trim()
-        .strip_prefix("Bearer ")
-        .or_else(|| h.trim().strip_prefix("bearer "))?;
+/// A `WWW-Authenticate` challenge: the scheme (lowercase) and its parameters.
+fn parse_challenge(h: &str) -> Option<(String, HashMap<String, String>)> {
+    let h = h.trim();
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    if scheme.is_empty() {
+        return None;
+    }
     let mut m = HashMap::new();
-    let mut s = rest;
+    let mut s = rest.trim();
     while !s.is_empty() {
         let (k, after) = s.split_once('=')?;
         let after = after.trim_start();
@@ -797,69 +836,182 @@ fn auth_params(h: &str) -> Option<HashMap<String, String>> {
         m.insert(k.trim().to_ascii_lowercase(), v.to_string());
         s = next.trim_start_matches([',', ' ']);
     }
-    Some(m)
+    Some((scheme.to_ascii_lowercase(), m))
+}
+
+/// The parameters of a `Bearer` challenge (None for any other scheme).
+fn auth_params(h: &str) -> Option<HashMap<String, String>> {
+    parse_challenge(h).and_then(|(s, p)| (s == "bearer").then_some(p))
 }
 
 impl RegistryClient {
+    fn no_credentials(&self) -> anyhow::Error {
+        anyhow!(
+            "registry {} wants credentials for {} and none are configured: add a dockerAuth \
+             file to <local-config>/auth.d, or log in with podman, skopeo or docker \
+             ($REGISTRY_AUTH_FILE, ~/.docker/config.json)",
+            self.host,
+            self.repo
+        )
+    }
+
+    /// The error for credentials the server turned down (`by`: the registry or token server).
+    fn refused(&self, by: &str) -> anyhow::Error {
+        match &self.creds {
+            Some(c) => anyhow!(
+                "{by} refused the credentials of {} (from {}) for {}",
+                c.who(),
+                c.source.display(),
+                self.repo
+            ),
+            None => self.no_credentials(),
+        }
+    }
+
     fn get(&mut self, path: &str, accept: &str) -> Result<ureq::Response> {
         let url = format!("{}/v2/{}/{}", self.base, self.repo, path);
-        for attempt in 0..2 {
-            let mut req = self.agent.get(&url).set("Accept", accept);
-            if let Some(t) = &self.token {
-                req = req.set("Authorization", &format!("Bearer {t}"));
+        let mut authenticated = false;
+        loop {
+            let mut req = self.http.agent(&url)?.get(&url).set("Accept", accept);
+            if let Some(h) = &self.header {
+                req = req.set("Authorization", h);
             }
             match req.call() {
                 Ok(r) => return Ok(r),
-                Err(ureq::Error::Status(401, r)) if attempt == 0 => {
+                Err(ureq::Error::Status(401, r)) => {
+                    if authenticated {
+                        return Err(self.refused(&format!("registry {}", self.host)));
+                    }
                     let h = r.header("www-authenticate").unwrap_or("").to_string();
-                    let p = auth_params(&h)
-                        .ok_or_else(|| anyhow!("registry {url} wants authentication ({h:?}); only anonymous bearer tokens are supported"))?;
-                    self.token = Some(self.fetch_token(&p)?);
+                    self.authenticate(&h)?;
+                    authenticated = true;
+                }
+                Err(ureq::Error::Status(403, r)) => {
+                    let who = self
+                        .creds
+                        .as_ref()
+                        .map(|c| format!(" to {}", c.who()))
+                        .unwrap_or_default();
+                    bail!(
+                        "registry {} denied access to {}{who}: HTTP 403 {}",
+                        self.host,
+                        self.repo,
+                        crate::http::body_excerpt(r)
+                    );
                 }
                 Err(ureq::Error::Status(code, r)) => {
-                    let body = r.into_string().unwrap_or_default();
-                    let body: String = body
-                        .chars()
-                        .take(200)
-                        .collect::<String>()
-                        .replace('\n', " ");
-                    bail!("registry GET {url}: HTTP {code} {}", body.trim());
+                    bail!(
+                        "registry GET {url}: HTTP {code} {}",
+                        crate::http::body_excerpt(r)
+                    );
                 }
                 Err(ureq::Error::Transport(t)) => {
-                    let hint = if self.base.starts_with("https://") {
-                        " (for a plain-HTTP registry use --insecure-options=http, to skip certificate checks --insecure-options=tls)"
-                    } else {
-                        ""
-                    };
-                    let msg = t.to_string().replacen(&format!("{url}: "), "", 1);
-                    bail!("registry GET {url}: {msg}{hint}");
+                    return Err(crate::http::transport_error("registry GET", &url, &t))
                 }
             }
         }
-        bail!("registry GET {url}: still unauthorized after getting a token")
     }
 
-    fn fetch_token(&self, p: &HashMap<String, String>) -> Result<String> {
+    /// Answers a 401's challenge: sets the header to send from now on.
+    fn authenticate(&mut self, challenge: &str) -> Result<()> {
+        let Some((scheme, params)) = parse_challenge(challenge) else {
+            return Err(self.no_credentials());
+        };
+        match scheme.as_str() {
+            "basic" => {
+                let h = self
+                    .creds
+                    .as_ref()
+                    .and_then(|c| match c.secret {
+                        crate::auth::Secret::Basic { .. } => c.header(),
+                        _ => None,
+                    })
+                    .ok_or_else(|| self.no_credentials())?;
+                self.header = Some(h);
+            }
+            "bearer" => {
+                let t = self.fetch_token(&params)?;
+                self.header = Some(format!("Bearer {t}"));
+            }
+            o => bail!(
+                "registry {} asks for {o:?} authentication; rkt speaks Basic and Bearer",
+                self.host
+            ),
+        }
+        Ok(())
+    }
+
+    /// The Docker token flow: GET the realm with service and scope (Basic credentials if we have
+    /// them, anonymous otherwise), or POST an OAuth2 refresh token for an `identitytoken`.
+    fn fetch_token(&mut self, p: &HashMap<String, String>) -> Result<String> {
+        use crate::auth::Secret;
         let realm = p
             .get("realm")
-            .ok_or_else(|| anyhow!("WWW-Authenticate without realm"))?;
-        let mut req = self.agent.get(realm);
-        if let Some(s) = p.get("service") {
-            req = req.query("service", s);
+            .ok_or_else(|| anyhow!("registry {}: WWW-Authenticate without realm", self.host))?
+            .clone();
+        if !realm.starts_with("https://") && !realm.starts_with("http://") {
+            bail!(
+                "registry {}: token realm {realm:?} is not an http(s) URL",
+                self.host
+            );
+        }
+        if self.creds.is_some() && realm.starts_with("http://") && !self.insecure_http {
+            bail!(
+                "registry {}: token server {realm} is plain HTTP; not sending credentials there without --insecure-options=http",
+                self.host
+            );
         }
         let scope = p
             .get("scope")
             .cloned()
             .unwrap_or_else(|| format!("repository:{}:pull", self.repo));
-        req = req.query("scope", &scope);
-        let v: Value = req
-            .call()
-            .map_err(|e| anyhow!("getting a registry token from {realm}: {e}"))?
-            .into_json()
-            .context("registry token response")?;
+        let service = p.get("service").cloned();
+        let agent = self.http.agent(&realm)?;
+        let resp = match self.creds.as_ref().map(|c| &c.secret) {
+            Some(Secret::IdentityToken(t)) => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", t.as_str()),
+                    ("client_id", "rkt"),
+                    ("scope", scope.as_str()),
+                ];
+                if let Some(s) = &service {
+                    form.push(("service", s));
+                }
+                agent.post(&realm).send_form(&form)
+            }
+            other => {
+                let mut req = agent.get(&realm).query("scope", &scope);
+                if let Some(s) = &service {
+                    req = req.query("service", s);
+                }
+                if let Some(Secret::Basic { user, password }) = other {
+                    req = req.set("Authorization", &crate::auth::basic_header(user, password));
+                }
+                req.call()
+            }
+        };
+        let v: Value = match resp {
+            Ok(r) => r.into_json().context("registry token response")?,
+            Err(ureq::Error::Status(401 | 403, _)) => {
+                return Err(self.refused(&format!("token server {realm}")))
+            }
+            Err(ureq::Error::Status(code, r)) => bail!(
+                "getting a registry token from {realm}: HTTP {code} {}",
+                crate::http::body_excerpt(r)
+            ),
+            Err(ureq::Error::Transport(t)) => {
+                return Err(crate::http::transport_error(
+                    "getting a registry token from",
+                    &realm,
+                    &t,
+                ))
+            }
+        };
         v.get("token")
             .or_else(|| v.get("access_token"))
             .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
             .map(str::to_string)
             .ok_or_else(|| anyhow!("token response from {realm} has no token"))
     }
@@ -897,19 +1049,15 @@ impl Blobs for RegistryBlobs<'_> {
 
 fn fetch_registry(store: &Store, r: &DockerRef, opts: &FetchOptions) -> Result<Fetched> {
     let scheme = if opts.insecure_http { "http" } else { "https" };
-    let mut agent = ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(30))
-        .timeout_read(std::time::Duration::from_secs(300))
-        .redirects(5);
-    if opts.insecure_tls {
-        agent = agent.tls_config(insecure_tls_config());
-    }
-    let agent = agent.build();
+    let auth = crate::auth::Auth::load(&opts.config_dirs)?;
     let mut c = RegistryClient {
-        agent,
+        http: crate::http::Http::new(opts.insecure_tls, &opts.config_dirs),
         base: format!("{scheme}://{}", r.api_host()),
+        host: r.registry.clone(),
         repo: r.repo.clone(),
-        token: None,
+        insecure_http: opts.insecure_http,
+        creds: auth.registry(&r.registry, &r.repo).cloned(),
+        header: None,
     };
     let reference = r.digest.clone().unwrap_or_else(|| r.tag.clone());
     let resp = c.get(&format!("manifests/{reference}"), MANIFEST_ACCEPT)?;
@@ -945,7 +1093,11 @@ fn fetch_registry(store: &Store, r: &DockerRef, opts: &FetchOptions) -> Result<F
         annotations: None,
         platform: None,
     };
-    let what = format!("docker://{}:{}", r.name(), r.tag);
+    // By digest, the origin says so: the signature check then wants the repository only.
+    let what = match &r.digest {
+        Some(d) => format!("docker://{}@{d}", r.name()),
+        None => format!("docker://{}:{}", r.name(), r.tag),
+    };
     let mut cache = HashMap::new();
     cache.insert(digest, body);
     let mut b = RegistryBlobs {
@@ -964,67 +1116,6 @@ fn fetch_registry(store: &Store, r: &DockerRef, opts: &FetchOptions) -> Result<F
     )
 }
 
-/// `--insecure-options=tls`: a TLS client that accepts any server certificate (signatures in the
-/// handshake are still checked, so the connection is encrypted, just not authenticated).
-fn insecure_tls_config() -> std::sync::Arc<rustls::ClientConfig> {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-    use std::sync::Arc;
-
-    #[derive(Debug)]
-    struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-    impl ServerCertVerifier for AcceptAny {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp: &[u8],
-            _now: UnixTime,
-        ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    Arc::new(cfg)
-}
-
 /// The JSON and reference parsers an image source reaches, for the fuzz target `image_json`
 /// (fuzz/): each must return an error, never panic, on any input.
 pub(crate) fn fuzz_parsers(kind: u8, data: &[u8]) {
@@ -1038,7 +1129,7 @@ pub(crate) fn fuzz_parsers(kind: u8, data: &[u8]) {
                 );
                 let mt = v.get("mediaType").and_then(Value::as_str).unwrap_or("");
                 if is_index(mt, &v) {
-                    if let Ok(d) = pick_platform(&v, "fuzz") {
+                    if let Ok(d) = crate::platform::Platform::host().pick(&v, "fuzz") {
                         let _ = crate::blob::digest_hex(&d.digest);
                     }
                 }
@@ -1067,7 +1158,11 @@ pub(crate) fn fuzz_parsers(kind: u8, data: &[u8]) {
             let _ = serde_json::from_slice::<Vec<DockerArchiveEntry>>(data);
         }
         5 => {
+            // Registry challenges and credential files (auth.d, auth.json, docker config.json).
+            let _ = parse_challenge(&text);
             let _ = auth_params(&text);
+            crate::auth::fuzz_parse(data);
+            crate::discovery::fuzz_parse(data);
         }
         _ => {
             if let Ok(s) = Source::parse(&text) {

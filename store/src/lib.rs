@@ -12,13 +12,17 @@
 //! Layout: `cas/blobs/sha256/<hex>` (immutable blobs), `cas/db/index.sqlite` (image index),
 //! `cas/tree/<id>/{rootfs,tree_digest}` (rendered trees), `cas/locks/` (flock files), `cas/tmp/`.
 
+pub mod auth;
 mod blob;
 mod convert;
+pub mod discovery;
 mod export;
 pub mod extract;
 mod fetch;
+mod http;
 mod index;
 pub mod limits;
+pub mod platform;
 mod progress;
 mod render;
 mod source;
@@ -31,6 +35,7 @@ use anyhow::{anyhow, bail, Context};
 use rkt_flock::{Flock, Mode};
 
 pub use blob::BlobStore;
+pub use export::Format as ExportFormat;
 pub use render::tree_digest;
 pub use rkt_schema::ImageManifest;
 pub use source::Source;
@@ -67,6 +72,9 @@ pub struct FetchOptions {
     pub insecure_tls: bool,
     /// Show progress bars (stderr is a terminal).
     pub progress: bool,
+    /// rkt's configuration directories, lowest priority first (system, local, user): their
+    /// `auth.d` holds credentials, `certs.d/HOST[:PORT]/` CA certificates (docs/store.md).
+    pub config_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -277,12 +285,15 @@ impl Store {
         render::copy_tree(&t.rootfs, outdir)
     }
 
-    /// Writes the image as an oci-archive at `out`.
-    pub fn export(&self, id: &str, out: &Path) -> Result<()> {
+    /// Writes the image at `out` as an ACI or an oci-archive.
+    pub fn export(&self, id: &str, out: &Path, format: ExportFormat) -> Result<()> {
         let rec = self.index.record(id)?;
         // Shared gc.lock: gc must not clear the temp layer an ACI export writes to cas/tmp.
         let _g = self.lock("gc.lock", Mode::Shared)?;
-        export::export_oci_archive(self, &rec, out)
+        match format {
+            ExportFormat::Aci => export::export_aci(self, &rec, out),
+            ExportFormat::OciArchive => export::export_oci_archive(self, &rec, out),
+        }
     }
 
     /// Removes an image: index entry, rendered tree and blobs no other image uses.

@@ -1,5 +1,7 @@
 //! Image arguments: `oci:PATH[:REFERENCE]` (PATH ends at the first colon), `oci-archive:FILE`,
-//! `docker-archive:FILE`, a local `.aci` file, `docker://[HOST[:PORT]/]NAME[:TAG|@DIGEST]`, or a name/ID already in the store.
+//! `docker-archive:FILE`, a local `.aci` file, `docker://[HOST[:PORT]/]NAME[:TAG|@DIGEST]`, an
+//! `https://` URL of an ACI, an appc name to discover (`example.com/app:v1.0`), or a name/ID
+//! already in the store.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +26,10 @@ pub enum Source {
         path: PathBuf,
     },
     Docker(DockerRef),
+    /// An ACI at an http(s) URL (its signature at URL.asc).
+    Url(String),
+    /// An appc name with a host (`example.com/app:v1.0`): the store, else appc discovery.
+    Discover(crate::discovery::AppcName),
     /// A name[:tag] or image ID: only looked up in the store.
     Stored(String),
 }
@@ -135,14 +141,20 @@ impl Source {
             let (path, _) = split_tag(r);
             return Ok(Source::DockerArchive { path });
         }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            if crate::http::authority(s).is_empty() {
+                bail!("invalid URL {s:?}: no host");
+            }
+            return Ok(Source::Url(s.to_string()));
+        }
         let file = s.strip_prefix("file://").unwrap_or(s);
         if file.ends_with(".aci") || (file.contains('/') && Path::new(file).is_file()) {
             return Ok(Source::Aci {
                 path: PathBuf::from(file),
             });
         }
-        if s.starts_with("http://") || s.starts_with("https://") {
-            bail!("fetching ACIs over {s:?} is not supported: use docker:// for registries");
+        if let Some(n) = crate::discovery::AppcName::parse(s) {
+            return Ok(Source::Discover(n?));
         }
         Ok(Source::Stored(s.to_string()))
     }
@@ -213,5 +225,14 @@ mod tests {
             Source::parse("busybox:1").unwrap(),
             Source::Stored("busybox:1".into())
         );
+        assert_eq!(
+            Source::parse("https://h:8443/x.aci").unwrap(),
+            Source::Url("https://h:8443/x.aci".into())
+        );
+        assert!(matches!(
+            Source::parse("example.com/app:v1").unwrap(),
+            Source::Discover(n) if n.name == "example.com/app"
+        ));
+        assert!(Source::parse("https:///x.aci").is_err());
     }
 }

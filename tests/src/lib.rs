@@ -30,10 +30,12 @@
 //! ```
 
 pub mod hostile_images;
+mod https;
 mod images;
 mod proc;
 mod registry;
 
+pub use https::{HttpsServer, Seen, TestCa};
 pub use images::{big_image, images, TestImages};
 pub use proc::{run_command, run_command_with_stdin, RktChild, RktOutput};
 pub use registry::{Registry, RegistryOptions};

@@ -1,5 +1,5 @@
 //! A real Docker registry (Debian's docker-registry, i.e. distribution v2) on 127.0.0.1, optionally
-//! with HTTPS (self-signed certificate) and basic auth.
+//! with HTTPS (a certificate from a fresh test CA) and basic auth (htpasswd, bcrypt).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,7 +12,7 @@ const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 /// How to run the registry. `Default` is plain HTTP without auth.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
-    /// Serve HTTPS with a fresh self-signed certificate for 127.0.0.1 (see [`Registry::ca_cert`]).
+    /// Serve HTTPS with a certificate for 127.0.0.1 from a fresh test CA (see [`Registry::ca_cert`]).
     pub tls: bool,
     /// Require HTTP basic auth with this user and password (htpasswd, bcrypt).
     pub basic_auth: Option<(String, String)>,
@@ -65,11 +65,12 @@ impl Registry {
             storage.display()
         );
         if opts.tls {
-            make_cert(dir)?;
+            let ca = crate::https::TestCa::new(&dir.join("ca"));
+            let (cert, key) = ca.issue("registry");
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
-                dir.join("cert.pem").display(),
-                dir.join("key.pem").display()
+                cert.display(),
+                key.display()
             ));
         }
         if let Some((user, pass)) = &opts.basic_auth {
@@ -154,9 +155,18 @@ impl Registry {
         format!("docker://{}/{repo_tag}", self.addr)
     }
 
-    /// PEM certificate of an HTTPS registry (self-signed, CN and SAN 127.0.0.1).
+    /// The PEM CA certificate that issued an HTTPS registry's certificate (SAN 127.0.0.1).
     pub fn ca_cert(&self) -> Option<PathBuf> {
-        self.opts.tls.then(|| self.tmp.path().join("cert.pem"))
+        self.opts.tls.then(|| self.tmp.path().join("ca/ca.pem"))
+    }
+
+    /// Installs the CA of an HTTPS registry where rkt looks for it:
+    /// `<config_dir>/certs.d/<addr>/ca.crt`.
+    pub fn trust_ca_in(&self, config_dir: &Path) {
+        let ca = self.ca_cert().expect("an HTTPS registry");
+        let d = config_dir.join("certs.d").join(&self.addr);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(ca, d.join("ca.crt")).unwrap();
     }
 
     /// The basic-auth user and password, if any.
@@ -194,35 +204,6 @@ impl Registry {
             );
         }
     }
-}
-
-/// A self-signed EC certificate for 127.0.0.1/localhost in `dir`/{cert,key}.pem.
-fn make_cert(dir: &Path) -> Result<(), String> {
-    let mut c = Command::new("openssl");
-    c.args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "7",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        "-keyout",
-    ])
-    .arg(dir.join("key.pem"))
-    .arg("-out")
-    .arg(dir.join("cert.pem"));
-    let out = crate::run_command(c, 60);
-    if out.code != 0 {
-        return Err(format!("making a certificate with openssl failed\n{out}"));
-    }
-    Ok(())
 }
 
 impl Drop for Registry {

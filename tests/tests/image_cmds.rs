@@ -206,8 +206,14 @@ fn extract_render_and_export() {
 
     // Export: skopeo reads it back with the same layers and config.
     let out = env.scratch.join("out.tar");
-    env.rkt(&["image", "export", &id, out.to_str().unwrap()])
-        .assert_ok();
+    env.rkt(&[
+        "image",
+        "export",
+        "--format=oci-archive",
+        &id,
+        out.to_str().unwrap(),
+    ])
+    .assert_ok();
     let mut c = Command::new("skopeo");
     c.args(["--insecure-policy", "inspect"])
         .arg(format!("oci-archive:{}", out.display()));
@@ -220,11 +226,24 @@ fn extract_render_and_export() {
         "OCI manifest exported unchanged\n{ins}"
     );
     assert_eq!(v["Labels"]["org.example.test"], "multilayer");
-    env.rkt(&["image", "export", &id, out.to_str().unwrap()])
-        .assert_code(254)
-        .assert_stderr_contains("--overwrite");
-    env.rkt(&["image", "export", "--overwrite", &id, out.to_str().unwrap()])
-        .assert_ok();
+    env.rkt(&[
+        "image",
+        "export",
+        "--format=oci-archive",
+        &id,
+        out.to_str().unwrap(),
+    ])
+    .assert_code(254)
+    .assert_stderr_contains("--overwrite");
+    env.rkt(&[
+        "image",
+        "export",
+        "--format=oci-archive",
+        "--overwrite",
+        &id,
+        out.to_str().unwrap(),
+    ])
+    .assert_ok();
 
     // An exported image can be fetched again and gives the same tree.
     let env2 = RktEnv::new();
@@ -234,8 +253,14 @@ fn extract_render_and_export() {
     // ACI export: skopeo accepts it and rkt re-imports it to the same tree digest.
     let aci = fetch(&env, im.busybox_aci.to_str().unwrap());
     let out2 = env.scratch.join("aci-out.tar");
-    env.rkt(&["image", "export", &aci, out2.to_str().unwrap()])
-        .assert_ok();
+    env.rkt(&[
+        "image",
+        "export",
+        "--format=oci-archive",
+        &aci,
+        out2.to_str().unwrap(),
+    ])
+    .assert_ok();
     let mut c = Command::new("skopeo");
     c.args(["--insecure-policy", "inspect"])
         .arg(format!("oci-archive:{}", out2.display()));

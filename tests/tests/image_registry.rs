@@ -366,8 +366,14 @@ fn docker_schema2_is_accepted_and_exported_as_oci() {
 
     // Export rewrites Docker media types to OCI; skopeo reads the result.
     let out = env.scratch.join("exported.tar");
-    env.rkt(&["image", "export", &id, out.to_str().unwrap()])
-        .assert_ok();
+    env.rkt(&[
+        "image",
+        "export",
+        "--format=oci-archive",
+        &id,
+        out.to_str().unwrap(),
+    ])
+    .assert_ok();
     let mut c = std::process::Command::new("skopeo");
     c.args(["--insecure-policy", "inspect", "--raw"])
         .arg(format!("oci-archive:{}", out.display()));
@@ -395,6 +401,6 @@ fn registry_requiring_credentials_is_a_clear_error() {
         &reg.docker_ref("busybox"),
     ]);
     out.assert_code(254)
-        .assert_stderr_contains("wants authentication");
+        .assert_stderr_contains("wants credentials");
     assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
 }

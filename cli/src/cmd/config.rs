@@ -12,7 +12,7 @@ pub struct ConfigArgs {
 }
 
 pub fn run(g: &Globals, a: ConfigArgs) -> anyhow::Result<i32> {
-    let v = g.config.to_json(&g.dir, super::DEFAULT_STAGE1);
+    let v = g.config.to_json(&g.dir, super::DEFAULT_STAGE1)?;
     if a.pretty_print {
         crate::outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {

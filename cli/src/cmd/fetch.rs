@@ -37,6 +37,7 @@ pub fn fetch_options(g: &Globals, policy: PullPolicy) -> FetchOptions {
         insecure_http: g.insecure.http,
         insecure_tls: g.insecure.tls,
         progress: std::io::stderr().is_terminal(),
+        config_dirs: g.config.dirs.clone(),
     }
 }
 

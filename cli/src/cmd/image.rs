@@ -27,7 +27,7 @@ pub enum ImageCmd {
     Extract(OutDirArgs),
     /// Render an image from the tree store to a directory
     Render(OutDirArgs),
-    /// Export a stored image as an oci-archive
+    /// Export a stored image as an ACI (or, with --format=oci-archive, an OCI archive)
     Export(ExportArgs),
     /// Garbage collect unused trees and images
     Gc(GcArgs),
@@ -101,6 +101,9 @@ pub struct ExportArgs {
     /// Replace OUT if it exists
     #[arg(long)]
     pub overwrite: bool,
+    /// aci (rkt's image format: manifest + rootfs/) or oci-archive (an OCI layout in a tar)
+    #[arg(long, default_value = "aci", value_name = "FORMAT")]
+    pub format: String,
 }
 
 #[derive(Args, Debug)]
@@ -335,12 +338,13 @@ fn to_dir(g: &Globals, a: OutDirArgs, render: bool) -> anyhow::Result<i32> {
 }
 
 fn export(g: &Globals, a: ExportArgs) -> anyhow::Result<i32> {
+    let format: rkt_store::ExportFormat = a.format.parse()?;
     let store = Store::open(&g.dir)?;
     let info = store.resolve(&a.image)?;
     if std::fs::symlink_metadata(&a.out).is_ok() && !a.overwrite {
         bail!("{} already exists (use --overwrite)", a.out.display());
     }
-    store.export(&info.id, &a.out)?;
+    store.export(&info.id, &a.out, format)?;
     Ok(0)
 }
 

@@ -168,7 +168,7 @@ fn prepare_pod(
 ) -> Result<(Pods, Pod, Lock, crate::global::Insecure)> {
     let insecure = build::insecure(g.insecure, &p.pod)?;
     let flavor = build::flavor(&p.pod, g.config.stage1_name.as_deref())?;
-    let fetch = build::fetch_options(&p.pod, insecure)?;
+    let fetch = build::fetch_options(&p.pod, insecure, &g.config)?;
     let pods = Pods::new(&g.dir);
     pods.ensure_dirs()?;
     // Shared during prepare, exclusive for image gc: trees we are about to use stay put.

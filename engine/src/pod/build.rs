@@ -60,7 +60,11 @@ pub fn insecure(global: Insecure, pf: &PodFlags) -> Result<Insecure> {
     Ok(i)
 }
 
-pub fn fetch_options(pf: &PodFlags, insecure: Insecure) -> Result<FetchOptions> {
+pub fn fetch_options(
+    pf: &PodFlags,
+    insecure: Insecure,
+    config: &crate::config::Config,
+) -> Result<FetchOptions> {
     let pull_policy = match pf.pull_policy.as_deref() {
         None | Some("new") => PullPolicy::New,
         Some("never") => PullPolicy::Never,
@@ -72,6 +76,7 @@ pub fn fetch_options(pf: &PodFlags, insecure: Insecure) -> Result<FetchOptions> 
         insecure_http: insecure.http,
         insecure_tls: insecure.tls,
         progress: !pf.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        config_dirs: config.dirs.clone(),
     })
 }
 
