@@ -2,4 +2,5 @@
 //! host (`engine/src/stage1/kvm.rs`) and the guest init both use it, so it has no dependencies.
 
 pub mod initramfs;
+pub mod net;
 pub mod proto;

@@ -129,7 +129,10 @@ pub(crate) fn connect_host(debug: bool) -> Option<File> {
     }
 }
 
+/// Hostname, `lo`, and the pod's network cards (stage1 kvm with CNI networks: the host copied
+/// each CNI interface's MAC, MTU, addresses and routes into the spec), before any app starts.
 pub(crate) fn set_hostname_and_lo(pod: &PodSpec) -> anyhow::Result<()> {
     nix::unistd::sethostname(&pod.hostname).context("sethostname")?;
-    rkt_stage2::loopback_up()
+    rkt_stage2::loopback_up()?;
+    rkt_guest_init::net::configure(&pod.interfaces).context("pod network")
 }

@@ -45,6 +45,43 @@ pub struct PodSpec {
     pub insecure: InsecureRun,
     pub debug: bool,
     pub apps: Vec<AppSpec>,
+    /// stage1 kvm: the guest's network cards, in device order (eth0, eth1…), each a copy of
+    /// what the CNI plugins configured on that interface in the pod's network namespace. Empty
+    /// on ns (the apps use the namespace itself) and without CNI networks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<NetInterface>,
+}
+
+/// One network card of a kvm guest (the guest init configures it before any app starts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetInterface {
+    /// The interface name in the guest, the CNI `CNI_IFNAME` (`eth0`…).
+    pub name: String,
+    /// The CNI interface's MAC, which the guest card takes (traffic is redirected between the
+    /// two unchanged, so peers keep seeing the address the plugin set up).
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub addresses: Vec<IfAddress>,
+    /// Main-table routes through this interface, in the order to add them.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IfAddress {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Destination network (`0.0.0.0`/0 or `::`/0: the default route).
+    pub dst: std::net::IpAddr,
+    pub prefix: u8,
+    pub gateway: Option<std::net::IpAddr>,
+    /// rtnetlink scope (0 universe, 253 link).
+    pub scope: u8,
+    pub metric: Option<u32>,
+    pub src: Option<std::net::IpAddr>,
 }
 
 /// How an app's root filesystem is assembled. Paths are absolute host paths.

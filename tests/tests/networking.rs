@@ -1,15 +1,18 @@
 //! Pod networking with the real CNI plugins (Debian's containernetworking-plugins in /usr/lib/cni):
 //! the default network (ptp + host-local, masquerade), default-restricted, a named bridge network
-//! from a test `net.d`, CNI args, teardown on exit and on gc after SIGKILL, `list`/`status`, and
-//! hostile `--net` values and `net.d` files. Real traffic: the pod's `/inspect --connect` reaches a
-//! listener this test runs on the host.
+//! from a test `net.d`, CNI args, `--port`, teardown on exit and on gc after SIGKILL,
+//! `list`/`status`, and hostile `--net` values and `net.d` files. Real traffic both ways: the
+//! pod's `/inspect --connect` reaches a listener this test runs on the host, the host and other
+//! pods reach a pod's `/inspect --serve-tcp`. The matrix tests (`::ns`, `::kvm`) run on both
+//! flavours: on kvm the traffic goes through the guest's virtio-net card, its tap and the tc
+//! redirects to the CNI veth; each kvm half boots as few VMs as it can (several checks per pod).
 
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rkt_tests::{images, Flavor, RktEnv, RktOutput};
+use rkt_tests::{flavours, images, Flavor, RktEnv, RktOutput};
 
 const HOST_LOCAL: &str = "/var/lib/cni/networks";
 
@@ -129,64 +132,6 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// The default network: an address in 172.16.28.0/24, a default route, the host reachable at
-/// the gateway; list and status show `default:ip4=…`; everything released when the pod exits.
-#[test]
-fn ns_default_network_reaches_the_host_and_is_released() {
-    let f = Flavor::Ns;
-    let env = f.env();
-    let port = host_server("hello-from-host");
-    let out = rkt(
-        &env,
-        &run_args(
-            f,
-            &[format!("--uuid-file-save={}", uuid_file(&env).display())],
-            &[
-                "--print-net".into(),
-                "--read-file=/proc/net/route".into(),
-                format!("--connect=172.16.28.1:{port}"),
-            ],
-        ),
-    );
-    out.assert_ok();
-    let addrs = v4_addrs(&out, "eth0");
-    assert_eq!(addrs.len(), 1, "{out}");
-    assert!(
-        addrs[0].starts_with("172.16.28.") && addrs[0].ends_with("/24"),
-        "{out}"
-    );
-    assert_eq!(default_routes(&out).len(), 1, "{out}");
-    assert_eq!(out.expect_value("RECEIVED"), "hello-from-host");
-    let ip = addrs[0].split('/').next().unwrap().to_string();
-
-    let id = uuid(&env);
-    let st = env.rkt(&["status", &id]);
-    st.assert_ok();
-    assert_eq!(st.expect_value("networks"), format!("default:ip4={ip}"));
-    let ls = env.rkt(&["list", "--no-legend"]);
-    ls.assert_ok()
-        .assert_stdout_contains(&format!("default:ip4={ip}"));
-    let js = env.rkt(&["status", "--format=json", &id]);
-    let v: serde_json::Value = serde_json::from_str(&js.stdout).unwrap();
-    assert_eq!(v["networks"][0]["netName"], "default");
-    assert_eq!(v["networks"][0]["ip"], ip.as_str());
-    assert_eq!(v["networks"][0]["ifName"], "eth0");
-
-    // DEL ran when the pod ended: no namespace, no veth, no address reservation.
-    let pod = pod_dir(&env, &id);
-    let veths = host_ifaces(&pod);
-    assert_eq!(veths.len(), 1, "{veths:?}");
-    let links = host_links();
-    assert!(!links.contains(&format!(" {}@", veths[0])), "{links}");
-    assert!(!Path::new(&format!("/run/netns/rkt-{id}")).exists());
-    assert!(reservations("default", &id).is_empty());
-    let ipt = std::process::Command::new("iptables-save")
-        .output()
-        .unwrap();
-    let ipt = String::from_utf8_lossy(&ipt.stdout);
-    assert!(!ipt.contains(&id), "{ipt}");
-}
-
 /// default-restricted: 172.31.0.0/16, no default route, no masquerading; the host is still
 /// reachable on the link.
 #[test]
@@ -225,102 +170,6 @@ fn ns_net_none_is_loopback_only() {
     );
     out.assert_ok();
     assert_eq!(out.values("IFACE"), ["lo"], "{out}");
-}
-
-/// A named network from `<local-config>/net.d` (the real bridge plugin) with CNI args picking the
-/// address; default-restricted is added as rkt v1 does; both are released at exit.
-#[test]
-fn ns_named_bridge_network_from_net_d_with_cni_args() {
-    let f = Flavor::Ns;
-    let env = f.env();
-    let netd = env.local_config.join("net.d");
-    std::fs::create_dir_all(&netd).unwrap();
-    // Unique per test process, so parallel runs do not share the bridge or the address pool.
-    let br = format!("rktbr{}", std::process::id() % 100000);
-    let net = format!("rkt-test-{}", std::process::id());
-    std::fs::write(
-        netd.join("10-test.conf"),
-        format!(
-            r#"{{"cniVersion":"0.4.0","name":"{net}","type":"bridge","bridge":"{br}","isGateway":true,
-               "ipam":{{"type":"host-local","subnet":"10.99.77.0/24"}}}}"#
-        ),
-    )
-    .unwrap();
-    let port = host_server("over-the-bridge");
-    let mut flags: Vec<String> = env.config_flags().to_vec();
-    flags.extend(run_args(
-        f,
-        &[
-            format!("--net={net}:IgnoreUnknown=1;IP=10.99.77.42"),
-            format!("--uuid-file-save={}", uuid_file(&env).display()),
-        ],
-        &["--print-net".into(), format!("--connect=10.99.77.1:{port}")],
-    ));
-    let out = rkt(&env, &flags);
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", &br])
-        .status();
-    out.assert_ok();
-    assert_eq!(v4_addrs(&out, "eth0"), ["10.99.77.42/24"], "{out}");
-    let eth1 = v4_addrs(&out, "eth1");
-    assert!(eth1.len() == 1 && eth1[0].starts_with("172.31."), "{out}");
-    assert_eq!(out.expect_value("RECEIVED"), "over-the-bridge");
-    let id = uuid(&env);
-    let st = env.rkt(&["status", &id]);
-    let nets = st.expect_value("networks");
-    assert!(
-        nets.starts_with(&format!(
-            "{net}:ip4=10.99.77.42, default-restricted:ip4=172.31."
-        )),
-        "{nets}"
-    );
-    assert!(reservations(&net, &id).is_empty());
-    assert!(reservations("default-restricted", &id).is_empty());
-    let _ = std::fs::remove_dir_all(Path::new(HOST_LOCAL).join(&net));
-}
-
-/// `rkt run` and its pod SIGKILLed: nothing ran DEL, so gc does (namespace, veth, reservation).
-#[test]
-fn ns_gc_after_sigkill_releases_the_network() {
-    let f = Flavor::Ns;
-    let env = f.env();
-    let args = run_args(
-        f,
-        &[format!("--uuid-file-save={}", uuid_file(&env).display())],
-        &["--echo=started".into(), "--sleep=120".into()],
-    );
-    let mut child = env.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(
-        child.wait_for_stdout("started", f.start_secs()),
-        "{}",
-        child.output_so_far()
-    );
-    let id = uuid(&env);
-    let pod = pod_dir(&env, &id);
-    let veths = host_ifaces(&pod);
-    assert_eq!(veths.len(), 1);
-    assert!(host_links().contains(&format!(" {}@", veths[0])));
-    assert_eq!(reservations("default", &id).len(), 1);
-    let sup: i32 = std::fs::read_to_string(pod.join("pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: kill(2).
-    unsafe {
-        libc::kill(child.pid() as i32, libc::SIGKILL);
-        libc::kill(sup, libc::SIGKILL);
-    }
-    child.wait_timeout(30);
-    wait_for("the supervisor to die", 10, || {
-        !Path::new(&format!("/proc/{sup}")).exists()
-    });
-    // Still held: only gc can release it now.
-    assert!(Path::new(&format!("/run/netns/rkt-{id}")).exists());
-    env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
-    assert!(!Path::new(&format!("/run/netns/rkt-{id}")).exists());
-    assert!(!host_links().contains(&format!(" {}@", veths[0])));
-    assert!(reservations("default", &id).is_empty());
 }
 
 /// Bad input is one line, exit 254, and no pod or namespace left behind.
@@ -427,46 +276,6 @@ fn fetch_line(addr: &str) -> std::io::Result<String> {
     let mut b = String::new();
     s.read_to_string(&mut b)?;
     Ok(b.trim().to_string())
-}
-
-/// `--port` (here through the pod manifest's `ports`, as `rkt prepare --port` records them):
-/// the CNI portmap plugin forwards the host port from 127.0.0.1 and from the host's own address
-/// to the app's listener; its rules go when the pod stops.
-#[test]
-fn ns_port_forward_reaches_the_app_from_the_host() {
-    let f = Flavor::Ns;
-    let env = f.env();
-    let hp = free_port();
-    let pm = port_pod_manifest(&env, "http", hp);
-    let uf = uuid_file(&env);
-    let mut child = env.spawn(&[
-        "run",
-        f.flag(),
-        &format!("--uuid-file-save={}", uf.display()),
-        &format!("--pod-manifest={}", pm.display()),
-    ]);
-    assert!(
-        child.wait_for_stdout("LISTENING=8000", f.start_secs()),
-        "{}",
-        child.output_so_far()
-    );
-    let id = uuid(&env);
-    let want = format!("inspect rkt-{id}");
-    for a in ["127.0.0.1".to_string(), host_address()] {
-        let got = fetch_line(&format!("{a}:{hp}"));
-        assert_eq!(got.as_deref().ok(), Some(want.as_str()), "via {a}: {got:?}");
-    }
-    let ipt = std::process::Command::new("iptables-save")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&ipt.stdout).contains(&id));
-    env.rkt(&["stop", &id]).assert_ok();
-    child.wait_timeout(30);
-    let ipt = std::process::Command::new("iptables-save")
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&ipt.stdout).contains(&id));
-    assert!(fetch_line(&format!("127.0.0.1:{hp}")).is_err());
 }
 
 /// An unknown port name, a host port already taken, `--port` without the default network: one
@@ -606,4 +415,233 @@ fn ns_concurrent_pods_get_distinct_addresses() {
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), n, "{ips:?}");
+}
+
+flavours!(
+    default_network_host_pods_port_and_gc,
+    named_bridge_and_default_restricted
+);
+
+/// Everything a pod's networks left on the host, for one pod: its host-side interfaces (read
+/// from its net-info.json while the pod directory exists), its
+/// namespace, its iptables rules, its host-local reservations.
+fn leftovers(veths: &[String], id: &str, nets: &[&str]) -> Vec<String> {
+    let mut left = Vec::new();
+    let links = host_links();
+    for v in veths {
+        if links.contains(&format!(" {v}@")) || links.contains(&format!(" {v}:")) {
+            left.push(format!("link {v}"));
+        }
+    }
+    let ns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&ns.stdout).contains(&format!("rkt-{id}")) {
+        left.push("ip netns".into());
+    }
+    if Path::new(&format!("/run/netns/rkt-{id}")).exists() {
+        left.push("/run/netns file".into());
+    }
+    let ipt = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap();
+    for l in String::from_utf8_lossy(&ipt.stdout).lines() {
+        if l.contains(id) {
+            left.push(format!("iptables {l}"));
+        }
+    }
+    for n in nets {
+        for r in reservations(n, id) {
+            left.push(format!("reservation {}", r.display()));
+        }
+    }
+    left
+}
+
+/// The default network, both ways: pod A serves TCP and is reached from the host at its CNI
+/// address and through `--port` at 127.0.0.1 and the host's own address; pod B gets an address
+/// in 172.16.28.0/24 and a default route, reaches the host at the gateway and reaches pod A;
+/// list/status show B's network; B's network is gone once it exited; A's `rkt run` is
+/// SIGKILLed and `rkt gc` releases its network (no link, namespace, rule or reservation left).
+/// kvm: two VMs (the second restored from the template the first left, NIC included).
+fn default_network_host_pods_port_and_gc(f: Flavor) {
+    let env = f.env();
+    let hp = free_port();
+    let pm = port_pod_manifest(&env, "http", hp);
+    let uf_a = env.scratch.join("uuid-a");
+    let mut a = env.spawn(&[
+        "run",
+        f.flag(),
+        &format!("--uuid-file-save={}", uf_a.display()),
+        &format!("--pod-manifest={}", pm.display()),
+    ]);
+    assert!(
+        a.wait_for_stdout("LISTENING=8000", f.start_secs()),
+        "{}",
+        a.output_so_far()
+    );
+    let id_a = std::fs::read_to_string(&uf_a).unwrap().trim().to_string();
+    let st = env.rkt(&["status", &id_a]);
+    let nets = st.expect_value("networks");
+    let ip_a = nets
+        .strip_prefix("default:ip4=")
+        .unwrap_or_else(|| panic!("{st}"))
+        .to_string();
+    let want = format!("inspect rkt-{id_a}");
+    for addr in [
+        format!("{ip_a}:8000"),
+        format!("127.0.0.1:{hp}"),
+        format!("{}:{hp}", host_address()),
+    ] {
+        let got = fetch_line(&addr);
+        assert_eq!(
+            got.as_deref().ok(),
+            Some(want.as_str()),
+            "via {addr}: {got:?}"
+        );
+    }
+
+    let port = host_server("hello-from-host");
+    let out = rkt(
+        &env,
+        &run_args(
+            f,
+            &[format!("--uuid-file-save={}", uuid_file(&env).display())],
+            &[
+                "--print-net".into(),
+                "--read-file=/proc/net/route".into(),
+                format!("--connect=172.16.28.1:{port}"),
+                format!("--connect={ip_a}:8000"),
+            ],
+        ),
+    );
+    out.assert_ok();
+    let addrs = v4_addrs(&out, "eth0");
+    assert_eq!(addrs.len(), 1, "{out}");
+    assert!(
+        addrs[0].starts_with("172.16.28.") && addrs[0].ends_with("/24"),
+        "{out}"
+    );
+    assert_eq!(default_routes(&out).len(), 1, "{out}");
+    assert_eq!(
+        out.values("RECEIVED"),
+        ["hello-from-host", want.as_str()],
+        "{out}"
+    );
+    let ip_b = addrs[0].split('/').next().unwrap().to_string();
+    assert_ne!(ip_a, ip_b);
+    let id_b = uuid(&env);
+    let st = env.rkt(&["status", &id_b]);
+    st.assert_ok();
+    assert_eq!(st.expect_value("networks"), format!("default:ip4={ip_b}"));
+    env.rkt(&["list", "--no-legend"])
+        .assert_ok()
+        .assert_stdout_contains(&format!("default:ip4={ip_b}"));
+    let js = env.rkt(&["status", "--format=json", &id_b]);
+    let v: serde_json::Value = serde_json::from_str(&js.stdout).unwrap();
+    assert_eq!(v["networks"][0]["netName"], "default");
+    assert_eq!(v["networks"][0]["ip"], ip_b.as_str());
+    assert_eq!(v["networks"][0]["ifName"], "eth0");
+    let pod_b = pod_dir(&env, &id_b);
+    let veths = host_ifaces(&pod_b);
+    assert_eq!(veths.len(), 1);
+    let left = leftovers(&veths, &id_b, &["default"]);
+    assert!(left.is_empty(), "after B exited: {left:?}");
+
+    // A: `rkt run` (and on ns its supervisor; on kvm they are the same process) SIGKILLed.
+    let pod_a = pod_dir(&env, &id_a);
+    let veths = host_ifaces(&pod_a);
+    let pid: i32 = std::fs::read_to_string(pod_a.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2).
+    unsafe {
+        libc::kill(a.pid() as i32, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
+    }
+    a.wait_timeout(30);
+    wait_for("pod A's processes to die", 10, || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    assert!(
+        !leftovers(&veths, &id_a, &["default"]).is_empty(),
+        "nothing was held before gc"
+    );
+    env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
+    let left = leftovers(&veths, &id_a, &["default"]);
+    assert!(left.is_empty(), "after gc: {left:?}");
+    assert!(fetch_line(&format!("127.0.0.1:{hp}")).is_err());
+}
+
+/// A named network from `<local-config>/net.d` (the real bridge plugin) with CNI args picking the
+/// address, and default-restricted added as rkt v1 does: two cards (on kvm two virtio-net
+/// devices), the host reached over each, no default route; both released at exit.
+fn named_bridge_and_default_restricted(f: Flavor) {
+    let env = f.env();
+    let netd = env.local_config.join("net.d");
+    std::fs::create_dir_all(&netd).unwrap();
+    // Unique per test process and flavour, so parallel runs share no bridge or address pool.
+    let tag = std::process::id() % 10000;
+    let br = format!("rktbr{}{tag}", f.name());
+    let net = format!("rkt-test-{}-{tag}", f.name());
+    let subnet = if f == Flavor::Ns { 77 } else { 79 };
+    std::fs::write(
+        netd.join("10-test.conf"),
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"{net}","type":"bridge","bridge":"{br}","isGateway":true,
+               "ipam":{{"type":"host-local","subnet":"10.99.{subnet}.0/24"}}}}"#
+        ),
+    )
+    .unwrap();
+    let port = host_server("over-the-bridge");
+    let port2 = host_server("restricted");
+    let mut flags: Vec<String> = env.config_flags().to_vec();
+    flags.extend(run_args(
+        f,
+        &[
+            format!("--net={net}:IgnoreUnknown=1;IP=10.99.{subnet}.42"),
+            format!("--uuid-file-save={}", uuid_file(&env).display()),
+        ],
+        &[
+            "--print-net".into(),
+            "--read-file=/proc/net/route".into(),
+            format!("--connect=10.99.{subnet}.1:{port}"),
+            format!("--connect=172.31.0.1:{port2}"),
+        ],
+    ));
+    let out = rkt(&env, &flags);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &br])
+        .status();
+    out.assert_ok();
+    assert_eq!(
+        v4_addrs(&out, "eth0"),
+        [format!("10.99.{subnet}.42/24")],
+        "{out}"
+    );
+    let eth1 = v4_addrs(&out, "eth1");
+    assert!(eth1.len() == 1 && eth1[0].starts_with("172.31."), "{out}");
+    assert!(eth1[0].ends_with("/16"), "{out}");
+    assert!(default_routes(&out).is_empty(), "{out}");
+    assert_eq!(
+        out.values("RECEIVED"),
+        ["over-the-bridge", "restricted"],
+        "{out}"
+    );
+    let id = uuid(&env);
+    let st = env.rkt(&["status", &id]);
+    let nets = st.expect_value("networks");
+    assert!(
+        nets.starts_with(&format!(
+            "{net}:ip4=10.99.{subnet}.42, default-restricted:ip4=172.31."
+        )),
+        "{nets}"
+    );
+    let veths = host_ifaces(&pod_dir(&env, &id));
+    let left = leftovers(&veths, &id, &[&net, "default-restricted"]);
+    assert!(left.is_empty(), "{left:?}");
+    let _ = std::fs::remove_dir_all(Path::new(HOST_LOCAL).join(&net));
 }

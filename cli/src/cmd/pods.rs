@@ -48,7 +48,7 @@ pub fn run(g: &Globals, a: RunArgs) -> Result<i32> {
     fly_defaults_to_host_net(flavor, &p.pod.start, &mut start);
     // Flavour/flag conflicts are refused before anything of the pod exists.
     flavor.check(&start.net)?;
-    crate::net::check_flavor(flavor == Flavor::Ns, &start.net_arg)?;
+    crate::net::check_flavor(flavor != Flavor::Fly, &start.net_arg)?;
     // Prepared and started at once: after a host crash this pod is garbage whatever its files
     // hold, so they are written atomically but not fsynced (docs/pods.md, "Durability").
     crate::pod::set_ephemeral();
@@ -136,7 +136,7 @@ pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
     let flavor = Flavor::of_pod(&pod.path)?;
     fly_defaults_to_host_net(flavor, &p.pod.start, &mut start);
     flavor.check(&start.net)?;
-    crate::net::check_flavor(flavor == Flavor::Ns, &start.net_arg)?;
+    crate::net::check_flavor(flavor != Flavor::Fly, &start.net_arg)?;
     let mut pod = pod;
     start_pod(
         g,
@@ -249,12 +249,12 @@ fn start_pod(
     let pm = pod.manifest()?;
     // Networks are resolved (net.d read, plugins found) before the pod is moved to run/.
     let net_plan = match (flavor, &start.net) {
-        (Flavor::Ns, rkt_stage2::NetMode::Default) => {
+        (Flavor::Ns | Flavor::Kvm, rkt_stage2::NetMode::Default) => {
             let ports = crate::net::ports::mappings(&pm)?;
             crate::net::plan(&start.net_arg, &g.local_config, ports, !start.dns_given)?
         }
         _ if !pm.ports.is_empty() => {
-            bail!("--port needs the default network on stage1 ns (--net=default)")
+            bail!("--port needs the default network on stage1 ns or kvm (--net=default)")
         }
         _ => None,
     };

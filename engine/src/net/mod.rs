@@ -7,6 +7,7 @@
 
 pub mod cni;
 pub mod conf;
+pub mod kvm;
 pub mod ports;
 
 use std::os::fd::OwnedFd;
@@ -37,22 +38,22 @@ pub fn plugin_path(local_config: &Path) -> Vec<PathBuf> {
     ]
 }
 
-/// Named networks (and `all`) are set up by stage1 ns only so far: refused elsewhere, before
-/// anything of the pod exists.
-pub fn check_flavor(is_ns: bool, arg: &conf::NetArg) -> Result<()> {
+/// Named networks (and `all`) are set up by stage1 ns and kvm (`cni`); refused elsewhere (fly,
+/// which shares the host's network), before anything of the pod exists.
+pub fn check_flavor(cni: bool, arg: &conf::NetArg) -> Result<()> {
     if let conf::NetArg::Cni { nets, all } = arg {
         let named = *all
             || nets
                 .iter()
                 .any(|n| n.name != conf::DEFAULT || !n.args.is_empty());
-        if named && !is_ns {
+        if named && !cni {
             let names: Vec<&str> = nets.iter().map(|n| n.name.as_str()).collect();
             let what = if *all {
                 "all".to_string()
             } else {
                 names.join(",")
             };
-            bail!("--net={what}: named networks and CNI arguments need --stage1=ns (not implemented on this stage1 yet)");
+            bail!("--net={what}: named networks and CNI arguments need --stage1=ns or kvm (not implemented on this stage1)");
         }
     }
     Ok(())

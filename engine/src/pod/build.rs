@@ -1002,6 +1002,7 @@ mod tests {
 
     #[test]
     fn dns_and_hosts() {
+        interfaces: Vec::new(),
         let s = StartFlags {
             dns: vec!["8.8.8.8".into(), "4.2.2.2".into()],
             dns_search: vec!["example.com".into()],

@@ -8,6 +8,7 @@ pub(super) fn boot(
     kernel: &Path,
     initrd: &Path,
     mut measure: PodMeasurement,
+    nics: &[crate::net::kvm::VmNic],
 ) -> Result<i32> {
     let uds = pod_dir.join(VSOCK_UDS);
     let ctl_path = PathBuf::from(format!("{}_{}", uds.display(), proto::CONTROL_PORT));
@@ -32,7 +33,7 @@ pub(super) fn boot(
 
     let (vcpus, mem_mib) = vm_size(spec);
     let (vm, plan) = template_build(
-        spec, pod_dir, kernel, initrd, &uds, vcpus, mem_mib, &measure,
+        spec, pod_dir, kernel, initrd, &uds, vcpus, mem_mib, &measure, nics,
     )?;
     // The command line is final only now: measure the VMM (rkt itself), kernel, initramfs and
     // command line, then the pod manifest and apps, before any vCPU runs.
@@ -177,14 +178,21 @@ pub(super) fn template_build(
     mem_mib: u64,
     measure: &PodMeasurement,
 ) -> Result<(rkt_vmm::Vm, super::template::Plan)> {
-    super::template::build(
-        || vmm::config(spec, pod_dir, kernel, initrd, uds, vcpus, mem_mib),
+    // A card is part of the template (its tap is not: a restored VM gets this pod's).
+    let devices = format!(
+        "{}{}",
         vmm::DEVICES,
         measure.active(),
+    nics: &[crate::net::kvm::VmNic],
     )
 }
 
 /// Sends our terminal's size for channel `chan` to the guest, if connected.
+        crate::net::kvm::template_devices(nics)
+    );
+    super::template::build(
+        || vmm::config(spec, pod_dir, kernel, initrd, uds, vcpus, mem_mib, nics),
+        &devices,
 pub(super) fn send_size<S: Write>(writer: &Mutex<Option<S>>, chan: u32) {
     if let Some((rows, cols)) = crate::stage1::term::size(0) {
         if let Some(w) = writer.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
@@ -234,6 +242,7 @@ pub(super) mod vmm {
         pod_dir: &Path,
         kernel: &Path,
         initrd: &Path,
+    #[allow(clippy::too_many_arguments)]
         uds: &Path,
         vcpus: u8,
         mem_mib: u64,
@@ -242,6 +251,7 @@ pub(super) mod vmm {
         cfg.initrd = Some(initrd.to_path_buf());
         cfg.vcpus = vcpus;
         cfg.mem_mib = mem_mib;
+        nics: &[crate::net::kvm::VmNic],
         cfg.debug = spec.debug;
         // Debugging aid (e.g. `loglevel=7` to see the guest kernel's segfault reports in the
         // console log); measured with the rest of the command line like any other setting.
@@ -271,6 +281,14 @@ pub(super) mod vmm {
         Ok(cfg)
     }
 
-    /// The device list above, for the VM template key (template.rs).
+    /// The device list above (without the cards), for the VM template key (template.rs).
     pub const DEVICES: &str = "fs,vsock,rng";
+        // Last, so a pod without networks has the same device slots as before.
+        for n in nics {
+            cfg.devices.push(rkt_vmm::DeviceConfig::Net {
+                tap: n.tap.try_clone().context("duplicating the tap fd")?,
+                mac: n.mac,
+                mtu: n.mtu,
+            });
+        }
 }

@@ -96,16 +96,46 @@ pub fn run(ctx: &super::PodContext, spec: &PodSpec, measure: PodMeasurement) -> 
     let kernel = find_kernel()?;
     let init = find_guest_init()?;
     let initrd = initramfs(&ctx.data_dir.join("cas/stage1-kvm"), &init).map_err(err_prefix)?;
+    // CNI networks as on ns (docs/networking.md), while we are still in the host's mount
+    // namespace: the pod's network namespace is bound under /run/netns, where gc and `ip netns`
+    // must see it. Torn down once the VM has ended (gc does it for a killed `rkt run`).
+    let netns = crate::net::setup(pod_dir, &spec.uuid, spec.debug)?;
+    let code = run_vm(pod_dir, spec, &kernel, &initrd, measure, netns.as_ref());
+    drop(netns);
+    if let Err(e) = crate::net::teardown(pod_dir) {
+        crate::print_error(&format!("network teardown: {}", crate::one_line(&e)));
+    }
+    code
+}
+
+/// The part of `run` between the networks' set-up and teardown.
+fn run_vm(
+    pod_dir: &Path,
+    spec: &PodSpec,
+    kernel: &Path,
+    initrd: &Path,
+    measure: PodMeasurement,
+    netns: Option<&std::os::fd::OwnedFd>,
+) -> Result<i32> {
+    let (nics, interfaces) = match netns {
+        Some(ns) => crate::net::kvm::wire_vm(pod_dir, ns).map_err(err_prefix)?,
+        None => Default::default(),
+    };
     let mut plan = plan(pod_dir, spec).map_err(err_prefix)?;
     // Known only now: whether the interactive app gets a pty (our stdin is a terminal) or a pipe.
     plan.guest.tty = spec.interactive && super::term::is_tty(0);
+    plan.guest.interfaces = interfaces;
+    // Without --dns, the DNS settings of a CNI result become the pod's resolv.conf (rkt v1).
+    if let Some(r) = crate::net::resolv_conf(pod_dir) {
+        plan.guest.resolv_conf = Some(r);
+    }
     enter_private_mount_ns().map_err(err_prefix)?;
     plan.apply().map_err(err_prefix)?;
     std::fs::create_dir_all(share_dir(pod_dir))?;
     let guest_spec = share_dir(pod_dir).join(proto::GUEST_SPEC_FILE);
     rkt_stage2::supervisor::write_atomic(&guest_spec, &serde_json::to_string_pretty(&plan.guest)?)?;
     let layout = confine_devices(pod_dir, &spec.uuid).map_err(err_prefix)?;
-    let code = boot(pod_dir, spec, &kernel, &initrd, measure);
+    let code = boot(pod_dir, spec, kernel, initrd, measure, &nics);
     // Back to the caller's cgroups so the pod's can go (gc removes them if we die first).
     if cgroup::join(&layout, Path::new(""), 0).is_ok() {
         let _ = cgroup::remove_pod(&layout, &spec.uuid);
@@ -181,6 +211,7 @@ pub fn gc(pod_dir: &Path) -> Result<()> {
     if let (Some(l), Ok(spec)) = (layout, PodSpec::load(pod_dir)) {
         cgroup::remove_pod(&l, &spec.uuid)?;
     }
+    crate::net::teardown(pod_dir).context("releasing the pod's networks")?;
     let uds = pod_dir.join(VSOCK_UDS);
     for p in [
         uds.clone(),
@@ -230,6 +261,7 @@ mod tests {
             insecure: InsecureRun::default(),
             debug: false,
             apps,
+            interfaces: vec![],
         }
     }
 
