@@ -9,6 +9,7 @@ pub mod app;
 pub mod atomic;
 pub mod caps;
 pub mod cgroup;
+pub mod control;
 pub mod fs;
 pub mod mountinfo;
 pub mod passwd;

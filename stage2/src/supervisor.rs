@@ -221,6 +221,53 @@ pub fn supervise(
     relay: Option<&Relay>,
     stop_timeout: Duration,
 ) -> i32 {
+    supervise_with(
+        spec,
+        sfd,
+        launch,
+        on_exit,
+        on_started,
+        relay,
+        stop_timeout,
+        None,
+    )
+}
+
+/// The apps a mutable pod's supervisor watches, and the stops its control channel asked for.
+struct Watched {
+    live: BTreeMap<i32, String>,
+    stops: Vec<i32>,
+}
+
+impl crate::control::Apps for Watched {
+    fn running(&self, name: &str) -> Option<i32> {
+        self.live.running(name)
+    }
+    fn add(&mut self, name: &str, pid: i32) {
+        self.live.insert(pid, name.to_string());
+    }
+    fn stop(&mut self, pid: i32) {
+        self.stops.push(pid);
+    }
+}
+
+/// [`supervise`], and with `control` a mutable pod (`rkt app`): it runs, with or without apps,
+/// until it is stopped; apps come and go through the control channel, and one app's failure
+/// does not stop the others. A mutable pod exits with 0.
+#[allow(clippy::too_many_arguments)]
+pub fn supervise_with(
+    spec: &PodSpec,
+    sfd: &SignalFd,
+    launch: &mut dyn FnMut(&AppSpec) -> anyhow::Result<Pid>,
+    on_exit: &mut dyn FnMut(&str, i32),
+    on_started: &mut dyn FnMut(),
+    relay: Option<&Relay>,
+    stop_timeout: Duration,
+    control: Option<&crate::control::Control>,
+) -> i32 {
+    let mutable = control.is_some();
+    // Apps stopped one by one (`rkt app stop`): pid and when SIGKILL follows.
+    let mut app_deadlines: BTreeMap<i32, Instant> = BTreeMap::new();
     let mut live: BTreeMap<i32, String> = BTreeMap::new();
     let mut first_failure: Option<i32> = None;
     let mut deadline: Option<Instant> = None;
@@ -247,7 +294,7 @@ pub fn supervise(
     };
     on_started();
     let relay: Option<OwnedFd> = relay.and_then(|r| r.master.borrow_mut().take());
-    if first_failure.is_some() {
+    if first_failure.is_some() && !mutable {
         stop(&live, &mut deadline);
     }
     // SAFETY: fd 0 stays open for the whole life of the supervisor.
@@ -258,14 +305,21 @@ pub fn supervise(
     if let Some(m) = &relay {
         copy_winsize(0, m.as_raw_fd());
     }
-    while !live.is_empty() {
-        let timeout = match deadline {
-            Some(d) if !killed => {
+    while !live.is_empty() || (mutable && deadline.is_none()) {
+        let next = match deadline {
+            Some(d) if !killed => Some(d),
+            _ => None,
+        }
+        .into_iter()
+        .chain(app_deadlines.values().copied())
+        .min();
+        let timeout = match next {
+            Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 PollTimeout::try_from(left.as_millis().min(60_000) as i32)
                     .unwrap_or(PollTimeout::MAX)
             }
-            _ => PollTimeout::NONE,
+            None => PollTimeout::NONE,
         };
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         if let Some(m) = &relay {
@@ -275,6 +329,9 @@ pub fn supervise(
             if stdin_open {
                 fds.push(PollFd::new(stdin_fd, PollFlags::POLLIN));
             }
+        }
+        if let Some(c) = control {
+            fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
         }
         let _ = poll(&mut fds, timeout);
         let ready: Vec<bool> = fds
@@ -303,6 +360,20 @@ pub fn supervise(
                 }
             }
         }
+        if let (Some(c), Some(true)) = (control, ready.last()) {
+            let mut w = Watched {
+                live: std::mem::take(&mut live),
+                stops: Vec::new(),
+            };
+            c.serve(&mut w);
+            live = w.live;
+            for pid in w.stops {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                app_deadlines
+                    .entry(pid)
+                    .or_insert_with(|| Instant::now() + stop_timeout);
+            }
+        }
         if ready[0] {
             while let Ok(Some(si)) = sfd.read_signal() {
                 match Signal::try_from(si.ssi_signo as i32) {
@@ -326,9 +397,10 @@ pub fn supervise(
                     let (Some(pid), Some(code)) = (st.pid(), exit_code(&st)) else {
                         continue;
                     };
+                    app_deadlines.remove(&pid.as_raw());
                     if let Some(name) = live.remove(&pid.as_raw()) {
                         on_exit(&name, code);
-                        if code != 0 && first_failure.is_none() {
+                        if code != 0 && first_failure.is_none() && !mutable {
                             first_failure = Some(code);
                             stop(&live, &mut deadline);
                         }
@@ -336,6 +408,11 @@ pub fn supervise(
                 }
             }
         }
+        let now = Instant::now();
+        for (pid, _) in app_deadlines.iter().filter(|(_, d)| now >= **d) {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        app_deadlines.retain(|_, d| now < *d);
         if let Some(d) = deadline {
             if !killed && Instant::now() >= d && !live.is_empty() {
                 for pid in live.keys() {
@@ -357,6 +434,9 @@ pub fn supervise(
             }
             write_all(1, &buf[..n]);
         }
+    }
+    if mutable {
+        return 0;
     }
     first_failure.unwrap_or(0)
 }

@@ -40,7 +40,7 @@ pub fn check(pm: &PodManifest) -> Result<()> {
     let mut seen: Vec<(u64, String)> = Vec::new();
     for p in &pm.ports {
         let name = p["name"].as_str().unwrap_or_default();
-        let app_port = find(pm, name)?;
+        let app_port = pod_port(pm, p)?;
         let hp = p["hostPort"].as_u64().unwrap_or_default();
         if !(1..=65535).contains(&hp) {
             bail!("--port {name:?}: bad host port {}", p["hostPort"]);
@@ -51,6 +51,15 @@ pub fn check(pm: &PodManifest) -> Result<()> {
         seen.push((hp, app_port.protocol));
     }
     Ok(())
+}
+
+/// The pod-side port a `ports` entry forwards to: the one `rkt app sandbox --port` spelled out
+/// (`podPort`: no app exists yet to name it), else the app port of that name.
+fn pod_port(pm: &PodManifest, p: &Value) -> Result<rkt_schema::Port> {
+    match p.get("podPort") {
+        Some(pp) => serde_json::from_value(pp.clone()).context("bad podPort in the pod manifest"),
+        None => find(pm, p["name"].as_str().unwrap_or_default()),
+    }
 }
 
 fn find(pm: &PodManifest, name: &str) -> Result<rkt_schema::Port> {
@@ -82,7 +91,7 @@ pub fn mappings(pm: &PodManifest) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for p in &pm.ports {
         let name = p["name"].as_str().unwrap_or_default();
-        let ap = find(pm, name)?;
+        let ap = pod_port(pm, p)?;
         let hp = p["hostPort"].as_u64().unwrap_or_default() as u16;
         let ip = p.get("hostIP").and_then(Value::as_str);
         let bind_ip: IpAddr = ip

@@ -643,53 +643,76 @@ pub fn populate(pod: &Path, plan: &Plan) -> Result<()> {
     )?;
     write_atomic(&pod.join(super::TPM_FILE), plan.tpm.as_bytes())?;
     for (ra, (im, lower)) in plan.manifest.apps.iter().zip(&plan.images) {
-        let info = pod.join("appsinfo").join(&ra.name);
-        std::fs::create_dir_all(&info)?;
-        write_atomic(&info.join("treeStoreID"), ra.image.id.as_bytes())?;
-        write_atomic(&info.join("manifest"), &serde_json::to_vec(im)?)?;
-        if plan.no_overlay {
-            let dest = rkt_stage2::app_root_path(pod, &ra.name);
-            std::fs::create_dir_all(dest.parent().unwrap())?;
-            let st = std::process::Command::new("cp")
-                .arg("-a")
-                .arg("--reflink=auto")
-                .arg(lower)
-                .arg(&dest)
-                .stderr(std::process::Stdio::piped())
-                .output()
-                .context("running cp")?;
-            if !st.status.success() {
-                bail!(
-                    "copying the image tree for app {:?}: {}",
-                    ra.name,
-                    String::from_utf8_lossy(&st.stderr).trim()
-                );
-            }
-        } else {
-            let (upper, work) = overlay_dirs(pod, &ra.image.id, &ra.name);
-            std::fs::create_dir_all(&upper)?;
-            std::fs::create_dir_all(&work)?;
-            // The merged root takes the upper root's owner and mode: match the image's root.
-            let m = std::fs::metadata(lower)
-                .with_context(|| format!("image tree {}", lower.display()))?;
-            std::os::unix::fs::chown(&upper, Some(m.uid()), Some(m.gid()))?;
-            std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
-        }
+        populate_app(pod, ra, im, lower, plan.no_overlay)?;
     }
-    for v in plan.manifest.volumes.iter().filter(|v| v.kind == "empty") {
-        let d = pod.join("sharedVolumes").join(&v.name);
-        std::fs::create_dir_all(&d)?;
-        let mode = v
-            .mode
-            .as_deref()
-            .and_then(|m| u32::from_str_radix(m, 8).ok())
-            .unwrap_or(0o755);
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))?;
-        std::os::unix::fs::chown(&d, Some(v.uid.unwrap_or(0)), Some(v.gid.unwrap_or(0)))?;
+    for v in &plan.manifest.volumes {
+        populate_volume(pod, v)?;
     }
     if !plan.no_overlay {
         write_atomic(&pod.join(super::OVERLAY_MARKER), b"")?;
     }
+    Ok(())
+}
+
+/// One app's files in a pod directory: `appsinfo/<app>`, and its overlay's upper/work (or, with
+/// `no_overlay`, its copy of the image tree). `rkt prepare` and `rkt app add`.
+pub fn populate_app(
+    pod: &Path,
+    ra: &RuntimeApp,
+    im: &ImageManifest,
+    lower: &Path,
+    no_overlay: bool,
+) -> Result<()> {
+    use super::write_atomic;
+    let info = pod.join("appsinfo").join(&ra.name);
+    std::fs::create_dir_all(&info)?;
+    write_atomic(&info.join("treeStoreID"), ra.image.id.as_bytes())?;
+    write_atomic(&info.join("manifest"), &serde_json::to_vec(im)?)?;
+    if no_overlay {
+        let dest = rkt_stage2::app_root_path(pod, &ra.name);
+        std::fs::create_dir_all(dest.parent().unwrap())?;
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg("--reflink=auto")
+            .arg(lower)
+            .arg(&dest)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .context("running cp")?;
+        if !st.status.success() {
+            bail!(
+                "copying the image tree for app {:?}: {}",
+                ra.name,
+                String::from_utf8_lossy(&st.stderr).trim()
+            );
+        }
+    } else {
+        let (upper, work) = overlay_dirs(pod, &ra.image.id, &ra.name);
+        std::fs::create_dir_all(&upper)?;
+        std::fs::create_dir_all(&work)?;
+        // The merged root takes the upper root's owner and mode: match the image's root.
+        let m =
+            std::fs::metadata(lower).with_context(|| format!("image tree {}", lower.display()))?;
+        std::os::unix::fs::chown(&upper, Some(m.uid()), Some(m.gid()))?;
+        std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    }
+    Ok(())
+}
+
+/// A `kind=empty` volume's directory, `sharedVolumes/<name>`, with its mode and owner.
+pub fn populate_volume(pod: &Path, v: &Volume) -> Result<()> {
+    if v.kind != "empty" {
+        return Ok(());
+    }
+    let d = pod.join("sharedVolumes").join(&v.name);
+    std::fs::create_dir_all(&d)?;
+    let mode = v
+        .mode
+        .as_deref()
+        .and_then(|m| u32::from_str_radix(m, 8).ok())
+        .unwrap_or(0o755);
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))?;
+    std::os::unix::fs::chown(&d, Some(v.uid.unwrap_or(0)), Some(v.gid.unwrap_or(0)))?;
     Ok(())
 }
 

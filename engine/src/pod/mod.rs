@@ -2,6 +2,7 @@
 //! `flock` on the pod directory held by the process that owns the pod (exclusive while preparing,
 //! running or deleting; a shared lock that can be taken means nobody owns it any more).
 
+pub mod app;
 pub mod build;
 pub mod isolators;
 pub mod request;

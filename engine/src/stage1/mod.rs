@@ -8,6 +8,7 @@ pub mod fly;
 pub mod kvm;
 
 pub mod ns;
+pub mod ns_app;
 mod term;
 
 use std::fmt;

@@ -25,7 +25,7 @@ pub fn cgroups_record(pod_dir: &Path) -> PathBuf {
 }
 
 /// The layout `run` recorded for the pod, else the host's (pods started before the record).
-fn pod_layout(pod_dir: &Path) -> Result<Layout> {
+pub(crate) fn pod_layout(pod_dir: &Path) -> Result<Layout> {
     match std::fs::read(cgroups_record(pod_dir)) {
         Ok(b) => serde_json::from_slice(&b).context("reading the pod's cgroup record"),
         Err(_) => cgroup::detect(),
@@ -35,7 +35,8 @@ fn pod_layout(pod_dir: &Path) -> Result<Layout> {
 /// Runs the pod described by `spec` (already written to `<pod_dir>/stage1-spec.json`) in the
 /// foreground; returns the exit code for `rkt run`.
 pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
-    if spec.apps.is_empty() {
+    // A mutable pod (`rkt app sandbox`) starts empty; apps are added while it runs.
+    if spec.apps.is_empty() && !crate::pod::app::is_mutable(pod_dir) {
         bail!("the pod has no apps");
     }
     // Overlay roots are mounted here, in the host's mount namespace, so that their teardown (and
@@ -245,7 +246,14 @@ fn supervisor_main(
             let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
         }
     };
-    Ok(supervisor::supervise(
+    // `rkt app`'s channel, bound while we still see the pod directory.
+    let control = match crate::pod::app::is_mutable(pod_dir) {
+        true => Some(rkt_stage2::control::Control::new(
+            rkt_stage2::control::bind(pod_dir)?,
+        )),
+        false => None,
+    };
+    Ok(supervisor::supervise_with(
         spec,
         &sfd,
         &mut launch,
@@ -253,6 +261,7 @@ fn supervisor_main(
         &mut on_started,
         relay,
         supervisor::STOP_TIMEOUT,
+        control.as_ref(),
     ))
 }
 
