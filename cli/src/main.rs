@@ -49,6 +49,8 @@ pub enum Command {
     List(cmd::pods::ListArgs),
     /// Check the status of a pod
     Status(cmd::pods::StatusArgs),
+    /// Create and drive pods whose apps come and go (rkt v1's app API, as rktlet uses it)
+    App(cmd::app::AppArgs),
     /// Enter the namespaces of an app within a pod
     Enter(cmd::pods::EnterArgs),
     /// Stop pods
@@ -168,6 +170,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::RunPrepared(a) => cmd::pods::run_prepared(&g, a),
         Command::List(a) => cmd::pods::list(&g, a),
         Command::Status(a) => cmd::pods::status(&g, a),
+        Command::App(a) => cmd::app::run(&g, a),
         Command::Enter(a) => cmd::pods::enter(&g, a),
         Command::Stop(a) => cmd::pods::stop(&g, a),
         Command::Rm(a) => cmd::pods::rm(&g, a),

@@ -1,6 +1,7 @@
 //! One module per command group. Each exposes clap `Args` types and `run`-style functions that
 //! return the process exit code.
 
+pub mod app;
 pub mod completion;
 pub mod config;
 pub mod fetch;

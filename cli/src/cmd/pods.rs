@@ -17,7 +17,7 @@ use rkt_store::Store;
 /// Exit code for rkt's own failures.
 const FAIL: i32 = crate::EXIT_RKT_ERROR;
 
-fn ensure_root() -> Result<()> {
+pub(crate) fn ensure_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("cannot run as unprivileged user");
@@ -72,7 +72,7 @@ pub fn run(g: &Globals, a: RunArgs) -> Result<i32> {
 /// A `rkt run` that failed before its pod started leaves nothing behind (not a prepared or
 /// "exited" pod that gc would keep for a day). A pod whose stage1 got as far as recording a pid
 /// ran, and stays for `rkt status` and gc.
-fn discard_unstarted(pods: &Pods, mut pod: Pod, lock: Lock) {
+pub(crate) fn discard_unstarted(pods: &Pods, mut pod: Pod, lock: Lock) {
     if rkt_stage2::pod_pid_path(&pod.path).exists() {
         return;
     }
@@ -154,14 +154,14 @@ pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
 /// `rkt run`, one still in `prepare/` that goes straight to `run/` (as rkt v1 does): a host crash
 /// can then leave only an aborted prepare or an exited pod, never an unsynced "prepared" one.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Keep {
+pub(crate) enum Keep {
     Prepared,
     StartNow,
 }
 
 /// Fetches, validates and writes a pod (see [`Keep`]). Nothing is created on disk until every
 /// image and flag checked out; a failure while populating removes the half-made pod.
-fn prepare_pod(
+pub(crate) fn prepare_pod(
     g: &Globals,
     p: &Parsed,
     keep: Keep,
@@ -234,7 +234,7 @@ pub(crate) fn prepare_lock(dir: &Path, mode: rkt_flock::Mode) -> Result<rkt_floc
 /// `uuid_file` (`--uuid-file-save`) is written once the pod is in `run/`: from then on
 /// `rkt stop`, `status` and `enter` act on it.
 #[allow(clippy::too_many_arguments)]
-fn start_pod(
+pub(crate) fn start_pod(
     g: &Globals,
     pods: &Pods,
     pod: &mut Pod,
@@ -421,6 +421,7 @@ fn pod_json(p: &Pod) -> Value {
     let m = p.manifest().ok();
     let apps = m.as_ref().map(|m| m.apps.clone()).unwrap_or_default();
     let codes = p.app_statuses();
+    let app_fields = crate::cmd::app::app_fields(p);
     let mut annotations = serde_json::Map::new();
     let mut labels = serde_json::Map::new();
     for ra in &apps {
@@ -450,6 +451,12 @@ fn pod_json(p: &Pod) -> Value {
             let mut o = json!({"name": a.name, "image_name": a.image.name, "image_id": a.image.id});
             if let Some((_, c)) = codes.iter().find(|(n, _)| *n == a.name) {
                 o["exit_code"] = json!(c);
+            }
+            // rkt v1's per-app state, times and mounts (`rkt app status`'s fields).
+            if let Some(Value::Object(f)) = app_fields.iter().find(|f| f["name"] == a.name.as_str()) {
+                for (k, v) in f {
+                    o[k.as_str()] = v.clone();
+                }
             }
             o
         }).collect::<Vec<_>>(),
