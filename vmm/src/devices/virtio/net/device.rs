@@ -77,6 +77,9 @@ impl Net {
                         dropped += 1;
                         return 0;
                     }
+                    // No offload is negotiated, so the header must be all zeroes; the tap
+                    // would act on a guest's GSO or checksum request, so it never sees one.
+                    buf[..HDR_LEN].fill(0);
                     // SAFETY: write(2) of our buffer to our fd.
                     let w = unsafe { libc::write(fd, buf.as_ptr().cast(), n) };
                     // A full backend drops the frame, as a NIC would.
@@ -372,6 +375,21 @@ mod tests {
         for i in 0..4 {
             assert_eq!(r.txq.used_elem(&r.mem, i).1, 0);
         }
+    }
+
+    #[test]
+    fn tx_clears_offload_requests_in_the_header() {
+        let mut r = rig();
+        // flags NEEDS_CSUM, gso_type TCPV4, hdr_len, gso_size, csum_start, csum_offset set.
+        let mut f = vec![1, 1, 54, 0, 0xa8, 5, 34, 0, 16, 0, 0, 0];
+        f.extend_from_slice(&[0x55; 100]);
+        r.mem.write_slice(&f, GuestAddress(0x8000)).unwrap();
+        r.txq.desc(&r.mem, 0, 0x8000, f.len() as u32, 0, 0);
+        r.txq.push(&r.mem, 0);
+        r.net.process_queue(TX, &mut EventOps::new(&r.epoll, 0));
+        let got = recv(&r.peer).unwrap();
+        assert_eq!(&got[..HDR_LEN], &[0u8; HDR_LEN]);
+        assert_eq!(&got[HDR_LEN..], &f[HDR_LEN..]);
     }
 
     #[test]
