@@ -9,7 +9,7 @@ mod run_args;
 pub use rkt_engine::{limits, one_line, print_error, read_limited, read_limited_string, sanitize};
 use rkt_engine::{measure, net, pod, stage1};
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use global::GlobalOpts;
 
 pub use rkt_engine::EXIT_RKT_ERROR;
@@ -18,7 +18,8 @@ pub use rkt_engine::EXIT_RKT_ERROR;
 #[command(
     name = "rkt",
     about = "rkt, the pod-native container engine",
-    disable_version_flag = true
+    disable_version_flag = true,
+    disable_help_subcommand = true
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -40,10 +41,13 @@ pub enum Command {
     /// Operate on image(s) in the local store
     Image(cmd::image::ImageArgs),
     /// Run image(s) in a pod
+    #[command(disable_help_flag = true)]
     Run(cmd::pods::RunArgs),
     /// Prepare a pod to run image(s)
+    #[command(disable_help_flag = true)]
     Prepare(cmd::pods::PrepareArgs),
     /// Run a prepared pod
+    #[command(disable_help_flag = true)]
     RunPrepared(cmd::pods::RunPreparedArgs),
     /// List pods
     List(cmd::pods::ListArgs),
@@ -63,11 +67,99 @@ pub enum Command {
     CatManifest(cmd::pods::CatManifestArgs),
     /// TPM measurement: event log, verification and quotes
     Tpm(cmd::tpm::TpmArgs),
+    /// Print the logs of a pod's apps
+    Logs(cmd::logs::LogsArgs),
+    /// Help about any command
+    Help(cmd::help::HelpArgs),
+    /// Write man pages for rkt and its commands into a directory
+    #[command(hide = true)]
+    Man(cmd::help::ManArgs),
+}
+
+/// The command line clap parses: the derived one, with pflag's booleans (see [`pflag_bools`]).
+/// `run`, `prepare` and `run-prepared` take their arguments raw (`run_args.rs`).
+pub fn parse_command() -> clap::Command {
+    pflag_bools(Cli::command())
+}
+
+/// The command line as `--help`, completions and man pages show it: [`parse_command`] plus the
+/// flags of `run`, `prepare` and `run-prepared` from the table their parser reads.
+pub fn display_command() -> clap::Command {
+    use run_args::{clap_args, Mode};
+    let mut cmd = parse_command();
+    // Globals the table also has (--debug, --insecure-options) are shown once, as globals.
+    let globals: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .filter_map(|a| a.get_long().map(String::from))
+        .collect();
+    for (name, mode) in [
+        ("run", Mode::Run),
+        ("prepare", Mode::Prepare),
+        ("run-prepared", Mode::RunPrepared),
+    ] {
+        cmd = cmd.mut_subcommand(name, |c| {
+            // The raw argument list stays: it documents the layout.
+            let mut c = c.disable_help_flag(false);
+            for a in clap_args(mode) {
+                if !globals.iter().any(|g| Some(g.as_str()) == a.get_long()) {
+                    c = c.arg(a);
+                }
+            }
+            c
+        });
+    }
+    cmd
+}
+
+/// pflag's booleans, on every command: `--flag`, `--flag=true|false` (and `1|0|t|f|T|F|TRUE|
+/// FALSE|True|False`), never `--flag false` (the next word stays an argument), as rkt v1's
+/// scripts (Nomad's `--debug=false`, `stop --force=true`) pass them.
+pub fn pflag_bools(cmd: clap::Command) -> clap::Command {
+    use clap::ArgAction;
+    let cmd = cmd.mut_args(|a| {
+        let defaults: Vec<String> = a
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        match a.get_action() {
+            ArgAction::SetTrue => a
+                .action(ArgAction::Set)
+                .num_args(0..=1)
+                .require_equals(true)
+                .value_name("BOOL")
+                .default_value("false")
+                .default_missing_value("true")
+                .value_parser(parse_pflag_bool),
+            // Booleans that default to true (`--pretty-print`): same spellings.
+            ArgAction::Set if defaults == ["true"] || defaults == ["false"] => a
+                .num_args(0..=1)
+                .require_equals(true)
+                .value_name("BOOL")
+                .default_missing_value("true")
+                .value_parser(parse_pflag_bool),
+            _ => a,
+        }
+    });
+    cmd.mut_subcommands(pflag_bools)
+}
+
+/// pflag's `strconv.ParseBool` spellings.
+pub fn parse_pflag_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{v:?} is not a boolean (true or false)")),
+    }
 }
 
 fn main() {
     install_panic_hook();
-    let code = match Cli::try_parse() {
+    let parsed = parse_command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let code = match parsed {
         Ok(cli) => match dispatch(cli) {
             Ok(code) => code,
             Err(e) if is_broken_pipe(&e) => exit_on_broken_pipe(),
@@ -162,7 +254,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Version => cmd::version::run(),
         Command::Config(a) => cmd::config::run(&g, a),
-        Command::Completion(a) => cmd::completion::run(a, Cli::command()),
+        Command::Completion(a) => cmd::completion::run(a, display_command()),
         Command::Fetch(a) => cmd::fetch::run(&g, a),
         Command::Image(a) => cmd::image::run(&g, a),
         Command::Run(a) => cmd::pods::run(&g, a),
@@ -177,6 +269,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Gc(a) => cmd::pods::gc(&g, a),
         Command::CatManifest(a) => cmd::pods::cat_manifest(&g, a),
         Command::Tpm(a) => cmd::tpm::run(&g, a),
+        Command::Logs(a) => cmd::logs::run(&g, a),
+        Command::Help(a) => cmd::help::help(a),
+        Command::Man(a) => cmd::help::man(a),
     }
 }
 
@@ -196,14 +291,102 @@ fn usage_error(e: clap::Error) -> i32 {
             }
         }
         _ => {
-            let text = e.render().to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid command line")
-                .trim_start_matches("error: ");
-            print_error(&sanitize(first));
+            print_error(&sanitize(&usage_line(&e.render().to_string())));
             EXIT_RKT_ERROR
         }
+    }
+}
+
+/// clap's error as one line: its first paragraph, whose continuation lines (the missing
+/// arguments, the possible values) are joined to it; the usage and "try --help" are dropped.
+fn usage_line(text: &str) -> String {
+    let mut paragraph = text
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim);
+    let first = paragraph
+        .next()
+        .unwrap_or("invalid command line")
+        .trim_start_matches("error: ")
+        .to_string();
+    let rest: Vec<&str> = paragraph.collect();
+    if rest.is_empty() {
+        first
+    } else if first.ends_with(':') {
+        format!("{first} {}", rest.join(", "))
+    } else {
+        format!("{first} ({})", rest.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let argv = std::iter::once("rkt").chain(args.iter().copied());
+        parse_command()
+            .try_get_matches_from(argv)
+            .and_then(|m| Cli::from_arg_matches(&m))
+    }
+
+    #[test]
+    fn every_boolean_takes_pflag_values() {
+        let c = parse(&["--debug=false", "list", "--no-legend=true"]).unwrap();
+        assert!(!c.global.debug);
+        let Command::List(l) = c.command else {
+            panic!()
+        };
+        assert!(l.no_legend && !l.full);
+        let c = parse(&["stop", "--force=1", "abc"]).unwrap();
+        let Command::Stop(s) = c.command else {
+            panic!()
+        };
+        assert!(s.force);
+        assert_eq!(s.uuids, vec!["abc"]);
+        // A bare boolean never takes the next word: "abc" stays the UUID.
+        let c = parse(&["--debug", "stop", "--force", "abc"]).unwrap();
+        assert!(c.global.debug);
+        let Command::Stop(s) = c.command else {
+            panic!()
+        };
+        assert!(s.force && s.uuids == vec!["abc"]);
+        let e = parse(&["stop", "--force=maybe", "abc"]).unwrap_err();
+        assert!(usage_line(&e.render().to_string()).contains("maybe"));
+        // Every SetTrue flag of every command was converted.
+        fn walk(c: &clap::Command) {
+            for a in c.get_arguments() {
+                assert!(
+                    !matches!(a.get_action(), clap::ArgAction::SetTrue),
+                    "{} --{}",
+                    c.get_name(),
+                    a.get_id()
+                );
+            }
+            c.get_subcommands().for_each(walk);
+        }
+        walk(&parse_command());
+    }
+
+    #[test]
+    fn usage_errors_name_what_is_missing() {
+        let e = parse(&["enter"]).unwrap_err();
+        let l = usage_line(&e.render().to_string());
+        assert!(l.contains("not provided:") && l.contains("<UUID>"), "{l}");
+        assert!(!l.contains('\n'));
+    }
+
+    #[test]
+    fn the_displayed_command_lists_the_run_flags() {
+        let mut c = display_command();
+        c.build();
+        let run = c.find_subcommand("run").unwrap();
+        for f in ["exec", "mount", "net", "uuid-file-save", "memory"] {
+            assert!(run.get_arguments().any(|a| a.get_id() == f), "--{f}");
+        }
+        let prepare = c.find_subcommand("prepare").unwrap();
+        assert!(prepare.get_arguments().any(|a| a.get_id() == "quiet"));
+        assert!(!prepare.get_arguments().any(|a| a.get_id() == "hostname"));
     }
 }

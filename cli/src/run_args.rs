@@ -34,19 +34,23 @@ const RUN: u8 = 1;
 const PREPARE: u8 = 2;
 const RUN_PREPARED: u8 = 4;
 
+/// One flag of rkt's run family: the parser, `--help`, completions and man pages all read this.
 struct FlagDef {
     name: &'static str,
     kind: Kind,
     scope: Scope,
     modes: u8,
+    /// One line for `--help`.
+    help: &'static str,
 }
 
-const fn f(name: &'static str, kind: Kind, scope: Scope, modes: u8) -> FlagDef {
+const fn f(name: &'static str, kind: Kind, scope: Scope, modes: u8, help: &'static str) -> FlagDef {
     FlagDef {
         name,
         kind,
         scope,
         modes,
+        help,
     }
 }
 
@@ -55,62 +59,380 @@ use Scope::*;
 
 const FLAGS: &[FlagDef] = &[
     // pod flags, run and prepare
-    f("stage1", Value, Pod, RUN | PREPARE),
-    f("stage1-name", Value, Pod, RUN | PREPARE),
-    f("stage1-path", Value, Pod, RUN | PREPARE),
-    f("stage1-url", Value, Pod, RUN | PREPARE),
-    f("stage1-hash", Value, Pod, RUN | PREPARE),
-    f("stage1-from-dir", Value, Pod, RUN | PREPARE),
-    f("volume", Value, Pod, RUN | PREPARE),
-    f("inherit-env", Bool, Pod, RUN | PREPARE),
-    f("set-env", Value, Pod, RUN | PREPARE),
-    f("set-env-file", Value, Pod, RUN | PREPARE),
-    f("no-overlay", Bool, Pod, RUN | PREPARE),
-    f("private-users", Bool, Pod, RUN | PREPARE),
-    f("pull-policy", Value, Pod, RUN | PREPARE),
-    f("store-only", Bool, Pod, RUN | PREPARE),
-    f("no-store", Bool, Pod, RUN | PREPARE),
-    f("pod-manifest", Value, Pod, RUN | PREPARE),
-    f("tpm", Value, Pod, RUN | PREPARE),
-    f("port", Value, Pod, RUN | PREPARE),
-    f("insecure-options", Value, Pod, RUN | PREPARE | RUN_PREPARED),
-    f("debug", Bool, Pod, RUN | PREPARE | RUN_PREPARED),
+    f(
+        "stage1",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "stage1 flavour to run the pod with: ns, kvm or fly",
+    ),
+    f(
+        "stage1-name",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "stage1 by image name (coreos.com/rkt/stage1-<flavour>[:VERSION]) or flavour name",
+    ),
+    f(
+        "stage1-path",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "stage1 by image file path (stage1-<flavour>.aci names the flavour)",
+    ),
+    f(
+        "stage1-url",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "stage1 by URL (file://, http(s)://, docker://) of a stage1-<flavour>.aci",
+    ),
+    f(
+        "stage1-hash",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "stage1 by image hash (refused: our stage1s are built in)",
+    ),
+    f(
+        "stage1-from-dir",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "stage1 by image file name in the stage1 images directory",
+    ),
+    f(
+        "volume",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "volume for the pod: NAME,kind=host|empty,source=PATH[,readOnly=BOOL,recursive=BOOL]",
+    ),
+    f(
+        "inherit-env",
+        Bool,
+        Pod,
+        RUN | PREPARE,
+        "apps inherit rkt's environment",
+    ),
+    f(
+        "set-env",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "environment variable NAME=VALUE for every app (repeatable)",
+    ),
+    f(
+        "set-env-file",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "file of NAME=VALUE lines, the environment for every app",
+    ),
+    f(
+        "no-overlay",
+        Bool,
+        Pod,
+        RUN | PREPARE,
+        "copy each image instead of an overlayfs over the store's tree",
+    ),
+    f(
+        "private-users",
+        Bool,
+        Pod,
+        RUN | PREPARE,
+        "run the pod in a user namespace of its own (refused: not implemented)",
+    ),
+    f(
+        "pull-policy",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "when to fetch images: never, new (default) or update",
+    ),
+    f(
+        "store-only",
+        Bool,
+        Pod,
+        RUN | PREPARE,
+        "use only images already in the store (deprecated: --pull-policy=never)",
+    ),
+    f(
+        "no-store",
+        Bool,
+        Pod,
+        RUN | PREPARE,
+        "always fetch images (deprecated: --pull-policy=update)",
+    ),
+    f(
+        "pod-manifest",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "path to a pod manifest to run instead of images and flags",
+    ),
+    f(
+        "tpm",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "TPM measurement of the pod: auto, required or off",
+    ),
+    f(
+        "port",
+        Value,
+        Pod,
+        RUN | PREPARE,
+        "expose a port: NAME:[HOSTIP:]HOSTPORT",
+    ),
+    f(
+        "insecure-options",
+        Value,
+        Pod,
+        RUN | PREPARE | RUN_PREPARED,
+        "security features to disable (see rkt --help)",
+    ),
+    f(
+        "debug",
+        Bool,
+        Pod,
+        RUN | PREPARE | RUN_PREPARED,
+        "print out more debug information to stderr",
+    ),
     // pod flags applied when the pod starts
-    f("net", OptValue("default"), Pod, RUN | RUN_PREPARED),
-    f("dns", Value, Pod, RUN | RUN_PREPARED),
-    f("dns-search", Value, Pod, RUN | RUN_PREPARED),
-    f("dns-opt", Value, Pod, RUN | RUN_PREPARED),
-    f("dns-domain", Value, Pod, RUN | RUN_PREPARED),
-    f("hosts-entry", Value, Pod, RUN | RUN_PREPARED),
-    f("hostname", Value, Pod, RUN | RUN_PREPARED),
-    f("interactive", Bool, Pod, RUN | RUN_PREPARED),
-    f("mds-register", Bool, Pod, RUN | RUN_PREPARED),
-    f("ipc", Value, Pod, RUN | RUN_PREPARED),
-    f("uuid-file-save", Value, Pod, RUN),
-    f("quiet", Bool, Pod, PREPARE),
+    f(
+        "net",
+        OptValue("default"),
+        Pod,
+        RUN | RUN_PREPARED,
+        "networks to join: default, none, host or named CNI networks (alone: default)",
+    ),
+    f(
+        "dns",
+        Value,
+        Pod,
+        RUN | RUN_PREPARED,
+        "name servers for the pod's resolv.conf, or host or none",
+    ),
+    f(
+        "dns-search",
+        Value,
+        Pod,
+        RUN | RUN_PREPARED,
+        "DNS search domains for the pod's resolv.conf",
+    ),
+    f(
+        "dns-opt",
+        Value,
+        Pod,
+        RUN | RUN_PREPARED,
+        "DNS options for the pod's resolv.conf",
+    ),
+    f(
+        "dns-domain",
+        Value,
+        Pod,
+        RUN | RUN_PREPARED,
+        "DNS domain for the pod's resolv.conf",
+    ),
+    f(
+        "hosts-entry",
+        Value,
+        Pod,
+        RUN | RUN_PREPARED,
+        "/etc/hosts entry IP=HOSTNAME, or host to copy the host's",
+    ),
+    f(
+        "hostname",
+        Value,
+        Pod,
+        RUN | RUN_PREPARED,
+        "the pod's hostname (default rkt-UUID)",
+    ),
+    f(
+        "interactive",
+        Bool,
+        Pod,
+        RUN | RUN_PREPARED,
+        "give the only app the terminal (stdin, tty); its output is not logged",
+    ),
+    f(
+        "mds-register",
+        Bool,
+        Pod,
+        RUN | RUN_PREPARED,
+        "register the pod with the metadata service (refused: not supported)",
+    ),
+    f(
+        "ipc",
+        Value,
+        Pod,
+        RUN | RUN_PREPARED,
+        "IPC namespace: auto or private",
+    ),
+    f(
+        "uuid-file-save",
+        Value,
+        Pod,
+        RUN,
+        "write the pod's UUID to this file once it runs",
+    ),
+    f("quiet", Bool, Pod, PREPARE, "print only the pod's UUID"),
     // per-app flags
-    f("signature", Value, App, RUN | PREPARE),
-    f("exec", Value, App, RUN | PREPARE),
-    f("working-dir", Value, App, RUN | PREPARE),
-    f("readonly-rootfs", Bool, App, RUN | PREPARE),
-    f("mount", Value, App, RUN | PREPARE),
-    f("user", Value, App, RUN | PREPARE),
-    f("group", Value, App, RUN | PREPARE),
-    f("supplementary-gids", Value, App, RUN | PREPARE),
-    f("name", Value, App, RUN | PREPARE),
-    f("annotation", Value, App, RUN | PREPARE),
-    f("user-annotation", Value, App, RUN | PREPARE),
-    f("user-label", Value, App, RUN | PREPARE),
-    f("environment", Value, App, RUN | PREPARE),
-    f("memory", Value, App, RUN | PREPARE),
-    f("cpu", Value, App, RUN | PREPARE),
-    f("cpu-shares", Value, App, RUN | PREPARE),
-    f("caps-retain", Value, App, RUN | PREPARE),
-    f("caps-remove", Value, App, RUN | PREPARE),
-    f("cap-retain", Value, App, RUN | PREPARE),
-    f("cap-remove", Value, App, RUN | PREPARE),
-    f("seccomp", Value, App, RUN | PREPARE),
-    f("oom-score-adj", Value, App, RUN | PREPARE),
+    f(
+        "signature",
+        Value,
+        App,
+        RUN | PREPARE,
+        "signature file of the preceding image (per app)",
+    ),
+    f(
+        "exec",
+        Value,
+        App,
+        RUN | PREPARE,
+        "command to run instead of the image's (per app)",
+    ),
+    f(
+        "working-dir",
+        Value,
+        App,
+        RUN | PREPARE,
+        "working directory of the app (per app)",
+    ),
+    f(
+        "readonly-rootfs",
+        Bool,
+        App,
+        RUN | PREPARE,
+        "mount the app's root read-only (per app)",
+    ),
+    f(
+        "mount",
+        Value,
+        App,
+        RUN | PREPARE,
+        "mount volume=NAME,target=PATH in the preceding app; before the first image, in every app",
+    ),
+    f(
+        "user",
+        Value,
+        App,
+        RUN | PREPARE,
+        "user to run the app as, name or UID (per app)",
+    ),
+    f(
+        "group",
+        Value,
+        App,
+        RUN | PREPARE,
+        "group to run the app as, name or GID (per app)",
+    ),
+    f(
+        "supplementary-gids",
+        Value,
+        App,
+        RUN | PREPARE,
+        "supplementary group IDs, comma-separated (per app)",
+    ),
+    f(
+        "name",
+        Value,
+        App,
+        RUN | PREPARE,
+        "the app's name (per app)",
+    ),
+    f(
+        "annotation",
+        Value,
+        App,
+        RUN | PREPARE,
+        "app annotation NAME=VALUE (per app)",
+    ),
+    f(
+        "user-annotation",
+        Value,
+        App,
+        RUN | PREPARE,
+        "user annotation NAME=VALUE (per app)",
+    ),
+    f(
+        "user-label",
+        Value,
+        App,
+        RUN | PREPARE,
+        "user label NAME=VALUE (per app)",
+    ),
+    f(
+        "environment",
+        Value,
+        App,
+        RUN | PREPARE,
+        "environment variable NAME=VALUE for the app (per app)",
+    ),
+    f(
+        "memory",
+        Value,
+        App,
+        RUN | PREPARE,
+        "memory limit, e.g. 512M or bytes (per app)",
+    ),
+    f(
+        "cpu",
+        Value,
+        App,
+        RUN | PREPARE,
+        "CPU limit in millicores or cores, e.g. 500m or 2 (per app)",
+    ),
+    f(
+        "cpu-shares",
+        Value,
+        App,
+        RUN | PREPARE,
+        "CPU shares (relative weight) (per app)",
+    ),
+    f(
+        "caps-retain",
+        Value,
+        App,
+        RUN | PREPARE,
+        "capabilities the app keeps, comma-separated (per app)",
+    ),
+    f(
+        "caps-remove",
+        Value,
+        App,
+        RUN | PREPARE,
+        "capabilities the app loses, comma-separated (per app)",
+    ),
+    f(
+        "cap-retain",
+        Value,
+        App,
+        RUN | PREPARE,
+        "deprecated spelling of --caps-retain (per app)",
+    ),
+    f(
+        "cap-remove",
+        Value,
+        App,
+        RUN | PREPARE,
+        "deprecated spelling of --caps-remove (per app)",
+    ),
+    f(
+        "seccomp",
+        Value,
+        App,
+        RUN | PREPARE,
+        "seccomp filter: mode=retain|remove[,errno=E],SYSCALL... (per app)",
+    ),
+    f(
+        "oom-score-adj",
+        Value,
+        App,
+        RUN | PREPARE,
+        "OOM score adjustment, -1000 to 1000 (per app)",
+    ),
 ];
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -119,6 +441,8 @@ pub struct Parsed {
     pub apps: Vec<AppFlags>,
     /// `run-prepared`'s UUID.
     pub uuid: Option<String>,
+    /// `--help` or `-h` came before any `--`: print the command's help instead.
+    pub help: bool,
 }
 
 fn parse_bool(flag: &str, v: &str) -> Result<bool> {
@@ -130,11 +454,7 @@ fn parse_bool(flag: &str, v: &str) -> Result<bool> {
 }
 
 pub fn parse(mode: Mode, args: &[String]) -> Result<Parsed> {
-    let bit = match mode {
-        Mode::Run => RUN,
-        Mode::Prepare => PREPARE,
-        Mode::RunPrepared => RUN_PREPARED,
-    };
+    let bit = mode_bit(mode);
     let mut out = Parsed::default();
     let mut i = 0;
     while i < args.len() {
@@ -155,6 +475,10 @@ pub fn parse(mode: Mode, args: &[String]) -> Result<Parsed> {
         }
         if a == "---" {
             continue;
+        }
+        if a == "--help" || a == "-h" {
+            out.help = true;
+            return Ok(out);
         }
         let Some(body) = a.strip_prefix("--") else {
             if a.starts_with('-') && a.len() > 1 {
@@ -208,16 +532,58 @@ pub fn parse(mode: Mode, args: &[String]) -> Result<Parsed> {
         };
         match def.scope {
             Scope::Pod => set_pod(&mut out.pod, name, value),
-            Scope::App => {
-                let Some(app) = out.apps.last_mut() else {
-                    bail!("--{name} must follow an image");
-                };
-                set_app(app, name, value);
-            }
+            Scope::App => match out.apps.last_mut() {
+                Some(app) => set_app(app, name, value),
+                // rkt v1: a --mount before the first image is mounted in every app.
+                None if name == "mount" => out.pod.mounts.push(value),
+                None => bail!("--{name} must follow an image"),
+            },
         }
     }
     validate(mode, &out)?;
     Ok(out)
+}
+
+/// The flags of `mode` as clap arguments, for `--help`, completions and man pages only: the
+/// command line itself is parsed by [`parse`] (clap cannot express per-image flags).
+pub fn clap_args(mode: Mode) -> Vec<clap::Arg> {
+    use clap::{Arg, ArgAction};
+    let bit = mode_bit(mode);
+    FLAGS
+        .iter()
+        .filter(|d| d.modes & bit != 0)
+        .map(|d| {
+            let a = Arg::new(d.name)
+                .long(d.name)
+                .help(d.help)
+                .help_heading(match d.scope {
+                    Scope::Pod => "Pod flags",
+                    Scope::App => "App flags (after their image)",
+                });
+            match d.kind {
+                Bool => a
+                    .action(ArgAction::Set)
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .value_name("BOOL")
+                    .default_missing_value("true"),
+                OptValue(default) => a
+                    .action(ArgAction::Set)
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .default_missing_value(default),
+                Value => a.action(ArgAction::Append).value_name("VALUE"),
+            }
+        })
+        .collect()
+}
+
+fn mode_bit(mode: Mode) -> u8 {
+    match mode {
+        Mode::Run => RUN,
+        Mode::Prepare => PREPARE,
+        Mode::RunPrepared => RUN_PREPARED,
+    }
 }
 
 fn set_pod(p: &mut PodFlags, name: &str, v: String) {
@@ -277,7 +643,7 @@ fn set_app(a: &mut AppFlags, name: &str, v: String) {
         "caps-remove" | "cap-remove" => a.caps_remove = Some(v),
         "seccomp" => a.seccomp = Some(v),
         "oom-score-adj" => a.oom_score_adj = Some(v),
-        _ => {} // --signature: signatures are not verified for OCI images
+        _ => {}
     }
 }
 
@@ -302,6 +668,7 @@ fn validate(mode: Mode, p: &Parsed) -> Result<()> {
             if pf.pod_manifest.is_some() {
                 if !p.apps.is_empty()
                     || !pf.volumes.is_empty()
+                    || !pf.mounts.is_empty()
                     || !pf.ports.is_empty()
                     || pf.inherit_env
                     || !pf.set_env.is_empty()
@@ -370,6 +737,49 @@ mod tests {
         let p = parse(Mode::Run, &v(&["img", "--net", "--dns", "8.8.8.8,1.1.1.1"])).unwrap();
         assert_eq!(p.pod.start.net.as_deref(), Some("default"));
         assert_eq!(p.pod.start.dns, v(&["8.8.8.8", "1.1.1.1"]));
+    }
+
+    #[test]
+    fn mount_before_the_first_image_is_for_every_app() {
+        let p = parse(
+            Mode::Prepare,
+            &v(&[
+                "--mount",
+                "volume=a,target=/a",
+                "img1",
+                "--mount=volume=b,target=/b",
+                "img2",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.pod.mounts, v(&["volume=a,target=/a"]));
+        assert_eq!(p.apps[0].mounts, v(&["volume=b,target=/b"]));
+        assert!(p.apps[1].mounts.is_empty());
+    }
+
+    #[test]
+    fn help_anywhere_before_the_app_args() {
+        assert!(
+            parse(Mode::Run, &v(&["--net=host", "--help"]))
+                .unwrap()
+                .help
+        );
+        assert!(parse(Mode::RunPrepared, &v(&["-h"])).unwrap().help);
+        let p = parse(Mode::Run, &v(&["img", "--", "--help"])).unwrap();
+        assert!(!p.help);
+        assert_eq!(p.apps[0].args, Some(v(&["--help"])));
+    }
+
+    #[test]
+    fn every_flag_has_one_line_of_help() {
+        for d in FLAGS {
+            assert!(!d.help.is_empty() && !d.help.contains('\n'), "--{}", d.name);
+        }
+        let names: Vec<String> = clap_args(Mode::Run)
+            .iter()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(names.contains(&"exec".to_string()) && !names.contains(&"quiet".to_string()));
     }
 
     #[test]

@@ -41,8 +41,11 @@ fn fly_defaults_to_host_net(flavor: Flavor, flags: &args::StartFlags, start: &mu
 }
 
 pub fn run(g: &Globals, a: RunArgs) -> Result<i32> {
-    ensure_root()?;
     let p = args::parse(Mode::Run, &a.args)?;
+    if p.help {
+        return crate::cmd::help::print_help(&["run"]);
+    }
+    ensure_root()?;
     let mut start = build::start_options(&p.pod.start)?;
     let flavor = build::flavor(&p.pod, g.config.stage1_name.as_deref())?;
     fly_defaults_to_host_net(flavor, &p.pod.start, &mut start);
@@ -97,8 +100,11 @@ pub struct PrepareArgs {
 }
 
 pub fn prepare(g: &Globals, a: PrepareArgs) -> Result<i32> {
-    ensure_root()?;
     let p = args::parse(Mode::Prepare, &a.args)?;
+    if p.help {
+        return crate::cmd::help::print_help(&["prepare"]);
+    }
+    ensure_root()?;
     let (_pods, pod, _lock, _) = prepare_pod(g, &p, Keep::Prepared)?;
     crate::outln!("{}", pod.uuid);
     Ok(0)
@@ -112,8 +118,11 @@ pub struct RunPreparedArgs {
 }
 
 pub fn run_prepared(g: &Globals, a: RunPreparedArgs) -> Result<i32> {
-    ensure_root()?;
     let p = args::parse(Mode::RunPrepared, &a.args)?;
+    if p.help {
+        return crate::cmd::help::print_help(&["run-prepared"]);
+    }
+    ensure_root()?;
     let mut start = build::start_options(&p.pod.start)?;
     let insecure = build::insecure(g.insecure, &p.pod)?;
     let pods = Pods::new(&g.dir);
@@ -895,7 +904,7 @@ pub struct CatManifestArgs {
     #[arg(long, value_name = "FILE")]
     pub uuid_file: Option<PathBuf>,
     /// Apply indent to format the output
-    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = crate::parse_pflag_bool, value_name = "BOOL")]
     pub pretty_print: bool,
 }
 

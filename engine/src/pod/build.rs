@@ -150,6 +150,12 @@ fn from_flags(
         pm.volumes.push(vol);
     }
     let pod_env = pod_env(pf)?;
+    // `--mount` before the first image: in every app, unless the app mounts that path itself.
+    let pod_mounts = pf
+        .mounts
+        .iter()
+        .map(|m| parse_mount(m))
+        .collect::<Result<Vec<_>>>()?;
     // Check every per-app flag before fetching anything: a typo should not cost a download.
     for a in apps {
         if let Some(n) = &a.name {
@@ -203,6 +209,11 @@ fn from_flags(
         };
         for m in &a.mounts {
             ra.mounts.push(parse_mount(m)?);
+        }
+        for m in &pod_mounts {
+            if !ra.mounts.iter().any(|x| x.path == m.path) {
+                ra.mounts.push(m.clone());
+            }
         }
         for (flag, list, prefix) in [
             ("annotation", &a.annotations, ""),

@@ -10,6 +10,8 @@ pub struct PodFlags {
     /// The stage1 flag given last (`stage1`, `stage1-name`, `stage1-path`...) and its value.
     pub stage1: Option<(String, String)>,
     pub volumes: Vec<String>,
+    /// `--mount` given before the first image: mounted in every app (rkt v1).
+    pub mounts: Vec<String>,
     pub inherit_env: bool,
     pub set_env: Vec<String>,
     pub set_env_file: Vec<String>,

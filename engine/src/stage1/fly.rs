@@ -49,7 +49,9 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     if spec.apps.is_empty() {
         bail!("the pod has no apps");
     }
-    let fly = privileged(spec);
+    let mut fly = privileged(spec);
+    // Output pipes and systemd notification, made before the supervisor (it inherits them).
+    let io = super::output::HostIo::new(pod_dir, &mut fly)?;
     let tty = spec.interactive && super::term::is_tty(0);
     let saved = tty.then(|| super::term::RawTerminal::new(0)).transpose()?;
     // Blocked before the supervisor exists, so no stop request is lost (it inherits the mask).
@@ -60,14 +62,26 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     // SAFETY: the child runs the supervisor and leaves with _exit, never returning into our frames.
     let status = match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
-            let code = supervisor_main(pod_dir, &fly, tty).unwrap_or_else(|e| {
+            io.supervisor_side();
+            let code = supervisor_main(pod_dir, &fly, tty, &io).unwrap_or_else(|e| {
                 crate::print_error(&format!("stage1: {}", crate::one_line(&e)));
                 crate::EXIT_RKT_ERROR
             });
             // SAFETY: leaving the forked child without running the parent's destructors.
             unsafe { libc::_exit(code) }
         }
-        Ok(ForkResult::Parent { child }) => wait_forwarding(child, &fwd),
+        Ok(ForkResult::Parent { child }) => {
+            // Started with our stop signals blocked, as they must stay for wait_forwarding.
+            let relay = io.start(pod_dir, &fly);
+            let st = wait_forwarding(child, &fwd);
+            super::notify::stopping();
+            match relay {
+                Ok(Some(r)) => r.finish(),
+                Ok(None) => {}
+                Err(e) => crate::print_error(&format!("app output: {}", crate::one_line(&e))),
+            }
+            st
+        }
         Err(e) => Err(e).context("forking the pod's supervisor"),
     };
     let _ = old_mask.thread_set_mask();
@@ -79,7 +93,12 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     }
 }
 
-fn supervisor_main(pod_dir: &Path, fly: &PodSpec, tty: bool) -> Result<i32> {
+fn supervisor_main(
+    pod_dir: &Path,
+    fly: &PodSpec,
+    tty: bool,
+    io: &super::output::HostIo,
+) -> Result<i32> {
     let sfd = supervisor::take_signals()?;
     // Not PID 1 of anything: become the reaper of what the apps leave behind.
     // SAFETY: plain prctl with integer arguments.
@@ -88,13 +107,14 @@ fn supervisor_main(pod_dir: &Path, fly: &PodSpec, tty: bool) -> Result<i32> {
     }
     let relay = Relay::default();
     let relay = tty.then_some(&relay);
-    let mut launch = |app: &AppSpec| launch_app(pod_dir, fly, app, relay);
+    let mut launch = |app: &AppSpec| launch_app(pod_dir, fly, app, relay, io);
     let mut on_exit = |name: &str, code: i32| {
         if let Err(e) = write_atomic(&app_status_path(pod_dir, name), &format!("{code}\n")) {
             eprintln!("rkt: {e:#}");
         }
     };
     let mut on_started = || {
+        io.all_launched();
         let me = std::process::id();
         if let Err(e) = write_atomic(&pod_pid_path(pod_dir), &format!("{me}\n")) {
             // Nobody could stop the pod: give up on it.
@@ -115,7 +135,13 @@ fn supervisor_main(pod_dir: &Path, fly: &PodSpec, tty: bool) -> Result<i32> {
 
 /// Starts one app and returns once it exec'd (or died): its root is in place by then, so
 /// `apps/<app>/pid` (what `rkt enter` joins) is written only for a set-up app.
-fn launch_app(pod_dir: &Path, fly: &PodSpec, app: &AppSpec, relay: Option<&Relay>) -> Result<Pid> {
+fn launch_app(
+    pod_dir: &Path,
+    fly: &PodSpec,
+    app: &AppSpec,
+    relay: Option<&Relay>,
+    io: &super::output::HostIo,
+) -> Result<Pid> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let pair = relay
         .map(|_| {
@@ -152,8 +178,11 @@ fn launch_app(pod_dir: &Path, fly: &PodSpec, app: &AppSpec, relay: Option<&Relay
             // The kernel clears this when the app's uid changes: a non-root app would outlive it.
             // SAFETY: plain prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            let index = fly.apps.iter().position(|a| a.name == app.name);
             let err = if nix::unistd::getppid() != me {
                 anyhow::anyhow!("the pod's supervisor is gone")
+            } else if let Err(e) = io.attach(index.unwrap_or(usize::MAX)) {
+                e
             } else {
                 let sock = pair.map(|(_, theirs)| theirs);
                 app_child(

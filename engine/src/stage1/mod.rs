@@ -7,8 +7,10 @@
 pub mod fly;
 pub mod kvm;
 
+pub mod notify;
 pub mod ns;
 pub mod ns_app;
+pub mod output;
 mod term;
 
 use std::fmt;

@@ -49,6 +49,8 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
         )
         .with_context(|| format!("app {:?}: root file system", app.name))?;
     }
+    // Output pipes and systemd notification, made before the supervisor (it inherits them).
+    let io = super::output::HostIo::new(pod_dir, &mut spec)?;
     let spec = &spec;
     // Without cgroups nothing restricts the apps' device access: refuse rather than run open.
     let host = cgroup::detect().context(
@@ -69,14 +71,19 @@ pub fn run(pod_dir: &Path, spec: &PodSpec) -> Result<i32> {
     let result = serde_json::to_string(&layout)
         .map_err(anyhow::Error::from)
         .and_then(|j| write_atomic(&cgroups_record(pod_dir), &j))
-        .and_then(|()| run_with_networks(pod_dir, spec, &layout));
+        .and_then(|()| run_with_networks(pod_dir, spec, &layout, io));
     let _ = cgroup::remove_pod(&layout, &spec.uuid);
     result
 }
 
 /// The pod's CNI networks (if any) are set up in a namespace of their own before the supervisor
 /// starts, and torn down once it has exited (gc does it for a killed `rkt run`).
-fn run_with_networks(pod_dir: &Path, spec: &PodSpec, layout: &Layout) -> Result<i32> {
+fn run_with_networks(
+    pod_dir: &Path,
+    spec: &PodSpec,
+    layout: &Layout,
+    io: super::output::HostIo,
+) -> Result<i32> {
     let netns = crate::net::setup(pod_dir, &spec.uuid, spec.debug)?;
     // Without --dns, the DNS settings of a CNI result become the pod's resolv.conf (rkt v1).
     let with_dns;
@@ -90,7 +97,7 @@ fn run_with_networks(pod_dir: &Path, spec: &PodSpec, layout: &Layout) -> Result<
         }
         None => spec,
     };
-    let r = run_supervisor(pod_dir, spec, Some(layout), netns.as_ref());
+    let r = run_supervisor(pod_dir, spec, Some(layout), netns.as_ref(), io);
     if let Err(e) = crate::net::teardown(pod_dir) {
         crate::print_error(&format!("network teardown: {}", crate::one_line(&e)));
     }
@@ -112,6 +119,7 @@ fn run_supervisor(
     spec: &PodSpec,
     layout: Option<&Layout>,
     netns: Option<&OwnedFd>,
+    io: super::output::HostIo,
 ) -> Result<i32> {
     // The terminal goes raw while an interactive app owns it through our pty relay; whatever
     // happens to the supervisor, the caller's terminal is restored here.
@@ -140,7 +148,8 @@ fn run_supervisor(
                 .context("joining the pod's network namespace"),
             None => Ok(()),
         };
-        match joined.and_then(|()| supervisor_main(pod_dir, spec, layout, tty)) {
+        io.supervisor_side();
+        match joined.and_then(|()| supervisor_main(pod_dir, spec, layout, tty, &io)) {
             Ok(code) => code as isize,
             Err(e) => {
                 crate::print_error(&format!("stage1: {}", crate::one_line(&e)));
@@ -159,9 +168,17 @@ fn run_supervisor(
             return Err(e).context("creating the pod's namespaces");
         }
     };
+    // Started with our stop signals blocked, as they must stay for wait_forwarding.
+    let relay = io.start(pod_dir, spec);
     let status = wait_forwarding(child, &fwd);
+    super::notify::stopping();
     let _ = old_mask.thread_set_mask();
     drop(saved);
+    match relay {
+        Ok(Some(r)) => r.finish(),
+        Ok(None) => {}
+        Err(e) => crate::print_error(&format!("app output: {}", crate::one_line(&e))),
+    }
     match status? {
         WaitStatus::Exited(_, c) => Ok(c),
         WaitStatus::Signaled(_, s, _) => Ok(128 + s as i32),
@@ -179,6 +196,7 @@ pub(crate) fn wait_forwarding(child: Pid, set: &SigSet) -> Result<WaitStatus> {
         }
         match set.wait()? {
             Signal::SIGTERM | Signal::SIGHUP | Signal::SIGINT => {
+                super::notify::stopping();
                 let _ = nix::sys::signal::kill(child, Signal::SIGTERM);
             }
             _ => {}
@@ -192,6 +210,7 @@ fn supervisor_main(
     spec: &PodSpec,
     layout: Option<&Layout>,
     tty: bool,
+    io: &super::output::HostIo,
 ) -> Result<i32> {
     use nix::mount::{mount, MsFlags};
     // First: as PID 1 of a namespace we would drop a SIGTERM whose disposition is still default.
@@ -223,7 +242,7 @@ fn supervisor_main(
     let relay = tty.then_some(&relay);
     let gate = Gate::new()?;
     let mut launch =
-        |app: &AppSpec| -> Result<Pid> { launch_app(pod_dir, spec, app, layout, relay, &gate) };
+        |app: &AppSpec| -> Result<Pid> { launch_app(pod_dir, spec, app, layout, relay, &gate, io) };
     let mut on_exit = |name: &str, code: i32| {
         if let Err(e) = supervisor::write_atomic_at(&status_fd, name, &format!("{code}\n")) {
             eprintln!("rkt: {e:#}");
@@ -232,6 +251,7 @@ fn supervisor_main(
     // The supervisor's host pid, through the host's /proc still mounted here.
     let host_pid = std::fs::read_link("/proc/self").context("reading /proc/self")?;
     let mut on_started = || {
+        io.all_launched();
         let p = pod_pid_path(pod_dir);
         let r = write_atomic(&p, &format!("{}\n", host_pid.display()))
             .and_then(|()| leave_host_fs(pod_dir))
@@ -339,6 +359,7 @@ fn launch_app(
     layout: Option<&Layout>,
     relay: Option<&Relay>,
     gate: &Gate,
+    io: &super::output::HostIo,
 ) -> Result<Pid> {
     let root = rkt_stage2::app_root_path(pod_dir, &app.name);
     // Interactive: the app allocates its terminal in its own devpts and hands us the master.
@@ -371,7 +392,11 @@ fn launch_app(
                 drop(ours);
                 theirs
             });
-            let err = match app_child(pod_dir, spec, app, layout, sock, &root, gate) {
+            let index = spec.apps.iter().position(|a| a.name == app.name);
+            let attached = io.attach(index.unwrap_or(usize::MAX));
+            let err = match attached
+                .and_then(|()| app_child(pod_dir, spec, app, layout, sock, &root, gate))
+            {
                 Ok(never) => match never {},
                 Err(e) => e,
             };

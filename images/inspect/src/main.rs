@@ -17,7 +17,10 @@ enum Action {
     PrintCgroupLimits,
     PrintMounts,
     ReadFile(String),
-    WriteFile { path: String, content: String },
+    WriteFile {
+        path: String,
+        content: String,
+    },
     Stat(String),
     PrintCwd,
     PrintNoNewPrivs,
@@ -29,6 +32,8 @@ enum Action {
     PrintArgs,
     Echo(String),
     EchoStderr(String),
+    /// Sends the text (`\n` for a newline) to `$NOTIFY_SOCKET`, as sd_notify(3) does.
+    SdNotify(String),
     TrapSignals,
     IgnoreSignals,
     ReadStdin,
@@ -53,7 +58,7 @@ const USAGE: &str = "usage: inspect [--print-env=VAR] [--print-all-env] [--print
 [--print-hostname] [--print-caps] [--print-cgroup-limits] [--print-mounts] [--read-file=PATH] \
 [--write-file=PATH --content=X] [--stat=PATH] [--print-cwd] [--print-no-new-privs] [--print-seccomp] \
 [--check-syscall=NAME] [--sleep=SECS] [--print-pid] [--print-oom-score-adj] [--print-args] \
-[--echo=TEXT] [--echo-stderr=TEXT] [--trap-signals] [--ignore-signals] [--read-stdin] [--print-ns] \
+[--echo=TEXT] [--echo-stderr=TEXT] [--sd-notify=MSG] [--trap-signals] [--ignore-signals] [--read-stdin] [--print-ns] \
 [--print-net] [--serve-tcp=PORT] [--connect=HOST:PORT] [--print-tty] [--wait-file=PATH] \
 [--open-dev=PATH] [--mknod=PATH:b|c:MAJOR:MINOR] [--try-userns] [--exit-code=N]";
 
@@ -145,6 +150,7 @@ fn parse(args: &[String]) -> Result<Plan, String> {
             "--print-args" => none(&val).map(|_| Action::PrintArgs)?,
             "--echo" => Action::Echo(need(val)?),
             "--echo-stderr" => Action::EchoStderr(need(val)?),
+            "--sd-notify" => Action::SdNotify(need(val)?),
             "--trap-signals" => none(&val).map(|_| Action::TrapSignals)?,
             "--ignore-signals" => none(&val).map(|_| Action::IgnoreSignals)?,
             "--read-stdin" => none(&val).map(|_| Action::ReadStdin)?,
@@ -881,6 +887,23 @@ fn run(action: &Action, argv: &[String]) -> (Vec<String>, bool) {
         Action::EchoStderr(t) => {
             eprintln!("{t}");
         }
+        Action::SdNotify(t) => match std::env::var_os("NOTIFY_SOCKET") {
+            None => {
+                out.push("SD_NOTIFY=no NOTIFY_SOCKET".into());
+                failed = true;
+            }
+            Some(path) => {
+                let msg = t.replace("\\n", "\n");
+                let s = std::os::unix::net::UnixDatagram::unbound();
+                match s.and_then(|s| s.send_to(msg.as_bytes(), &path)) {
+                    Ok(_) => out.push("SD_NOTIFY=sent".into()),
+                    Err(e) => {
+                        out.push(format!("SD_NOTIFY={}", io_errno(&e)));
+                        failed = true;
+                    }
+                }
+            }
+        },
         Action::TrapSignals => {
             for sig in TRAPPED {
                 // SAFETY: the handler only calls async-signal-safe functions (write, _exit).

@@ -69,6 +69,7 @@ pub(super) fn boot(
                 continue;
             }
             stopped.store(true, Ordering::SeqCst);
+            crate::stage1::notify::stopping();
             let sent = writer
                 .lock()
                 .ok()

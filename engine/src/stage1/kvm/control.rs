@@ -29,6 +29,13 @@ pub fn serve_control<S: Read + Write>(
     }
     on_hello();
     let n = spec.apps.len();
+    // Kept in the pod directory too, as ns and fly keep theirs (not an interactive pod's tty).
+    let names: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
+    let mut logs = (!spec.interactive).then(|| crate::pod::logs::PodLogs::open(pod_dir, &names));
+    let log_stream = |s: Stream| match s {
+        Stream::Stderr => crate::pod::logs::Stream::Stderr,
+        _ => crate::pod::logs::Stream::Stdout,
+    };
     let name = |i: u32| spec.apps.get(i as usize).map(|a| a.name.as_str());
     loop {
         let m = match proto::read_msg(conn) {
@@ -44,13 +51,21 @@ pub fn serve_control<S: Read + Write>(
                 let w: &mut dyn Write = if stream == Stream::Stderr { err } else { out };
                 let _ = w.write_all(&data);
                 let _ = w.flush();
+                if let Some(l) = logs.as_mut() {
+                    l.write(chan as usize, log_stream(stream), &data);
+                }
             }
-            Msg::Eof { chan, .. } if (chan as usize) < n => {}
+            Msg::Eof { chan, stream } if (chan as usize) < n => {
+                if let Some(l) = logs.as_mut() {
+                    l.finish(chan as usize, log_stream(stream));
+                }
+            }
             Msg::AppStarted { app, .. } if (app as usize) < n => {
                 // The guest reports an app once it exec'd (its root is in place): enter works.
                 o.started += 1;
                 if o.started == n {
                     let _ = rkt_stage2::supervisor::write_atomic(&pod_dir.join(READY_FILE), "");
+                    crate::stage1::notify::send("READY=1");
                 }
             }
             Msg::AppExited { app, code } if (app as usize) < n => {
