@@ -18,6 +18,9 @@ cargo build --release --workspace
 # The kvm guest init must be static; --target keeps these RUSTFLAGS off host build scripts.
 RUSTFLAGS="-C target-feature=+crt-static -C strip=debuginfo" cargo build --release -p rkt-guest-init --target x86_64-unknown-linux-gnu
 images/build.sh target/demo-images >/dev/null
+# Man pages for rkt and every command (rkt-run.1 lists each run flag), from the same clap command
+# line --help shows.
+target/release/rkt man --dir=/usr/local/share/man/man1 >/dev/null
 
 rkt=target/release/rkt
 img=oci:target/demo-images/busybox-oci:latest
