@@ -27,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
     mem.write_slice(image, GuestAddress(0)).unwrap();
 
     let dir = tempfile_dir();
-    // virtio-net's backend: a socketpair whose other end holds a frame for the RX path.
+    // virtio-net's backend: a socketpair whose other end holds frames for the RX path: a
+    // header-only one, then one whose length (from the device byte: up to ~2.3 KiB, past the
+    // 1514-byte frames a 1500 MTU allows) the guest's RX buffers may or may not fit.
     let mut peer: Option<std::os::fd::OwnedFd> = None;
     let device: Box<dyn VirtioDevice> = match which % 4 {
         0 => Box::new(rkt_vmm::devices::virtio::rng::Rng::new(false)),
@@ -37,15 +39,17 @@ fuzz_target!(|data: &[u8]| {
         2 => Box::new(rkt_vmm::devices::virtio::fs::Fs::new("rkt", &dir, false).unwrap()),
         _ => {
             let (ours, theirs) = seqpacket_pair();
-            let frame = [0u8; 60];
-            // SAFETY: write(2) of a local buffer.
-            unsafe {
-                libc::write(
-                    std::os::fd::AsRawFd::as_raw_fd(&theirs),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                )
-            };
+            let frame = vec![0xa5u8; 12 + usize::from(which >> 2) * 37];
+            for f in [&frame[..12], &frame[..]] {
+                // SAFETY: write(2) of a local buffer.
+                unsafe {
+                    libc::write(
+                        std::os::fd::AsRawFd::as_raw_fd(&theirs),
+                        f.as_ptr().cast(),
+                        f.len(),
+                    )
+                };
+            }
             peer = Some(theirs);
             Box::new(rkt_vmm::devices::virtio::net::Net::new(
                 ours,
