@@ -307,4 +307,61 @@ mod tests {
             0o600
         );
     }
+
+    /// Even a caller that can reach the socket (here: made world-writable on purpose) is
+    /// refused unless it is root: the peer's credentials decide, not the file's mode.
+    #[test]
+    fn other_users_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root to switch users"
+        );
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c = Control::new(bind(d.path()).unwrap());
+        std::fs::set_permissions(
+            socket_path(d.path()),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        // SAFETY: the child only switches users, makes one request and exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = nix::unistd::setgid(65534.into()).is_ok()
+                    && nix::unistd::setuid(65534.into()).is_ok()
+                    && request(d.path(), &Request::Stdio)
+                        .is_err_and(|e| e.to_string().contains("permission denied"));
+                // SAFETY: leaving the forked child.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let mut apps: BTreeMap<i32, String> = BTreeMap::new();
+                let start = std::time::Instant::now();
+                let st = loop {
+                    c.serve(&mut apps);
+                    match nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                        .unwrap()
+                    {
+                        nix::sys::wait::WaitStatus::StillAlive => {}
+                        st => break st,
+                    }
+                    assert!(start.elapsed() < Duration::from_secs(10));
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+
+    #[test]
+    fn socket_is_private() {
+        let d = tempfile::tempdir().unwrap();
+        let _l = bind(d.path()).unwrap();
+        let mode = std::fs::metadata(socket_path(d.path())).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
+    }
 }
