@@ -113,8 +113,16 @@ fn wants_help(raw: &[String]) -> bool {
         .any(|a| a == "--help" || a == "-h")
 }
 
-fn print_help(_what: &'static str, _scope_heading: &str, usage: &'static str) -> Result<i32> {
-    crate::outln!("Usage: {usage}");
+fn print_help(what: &'static str, scope_heading: &str, usage: &'static str) -> Result<i32> {
+    let mut c = clap::Command::new(what)
+        .bin_name(format!("rkt app {what}"))
+        .override_usage(usage);
+    for a in args::clap_args(Mode::Run) {
+        if a.get_help_heading() == Some(scope_heading) {
+            c = c.arg(a);
+        }
+    }
+    crate::out!("{}", c.render_help());
     Ok(0)
 }
 
