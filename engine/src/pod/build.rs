@@ -989,6 +989,7 @@ pub fn pod_spec(
         },
         debug,
         apps,
+        interfaces: Vec::new(),
     })
 }
 
@@ -1036,7 +1037,6 @@ mod tests {
 
     #[test]
     fn dns_and_hosts() {
-        interfaces: Vec::new(),
         let s = StartFlags {
             dns: vec!["8.8.8.8".into(), "4.2.2.2".into()],
             dns_search: vec!["example.com".into()],

@@ -178,22 +178,22 @@ pub(super) fn template_build(
     vcpus: u8,
     mem_mib: u64,
     measure: &PodMeasurement,
+    nics: &[crate::net::kvm::VmNic],
 ) -> Result<(rkt_vmm::Vm, super::template::Plan)> {
     // A card is part of the template (its tap is not: a restored VM gets this pod's).
     let devices = format!(
         "{}{}",
         vmm::DEVICES,
-        measure.active(),
-    nics: &[crate::net::kvm::VmNic],
-    )
-}
-
-/// Sends our terminal's size for channel `chan` to the guest, if connected.
         crate::net::kvm::template_devices(nics)
     );
     super::template::build(
         || vmm::config(spec, pod_dir, kernel, initrd, uds, vcpus, mem_mib, nics),
         &devices,
+        measure.active(),
+    )
+}
+
+/// Sends our terminal's size for channel `chan` to the guest, if connected.
 pub(super) fn send_size<S: Write>(writer: &Mutex<Option<S>>, chan: u32) {
     if let Some((rows, cols)) = crate::stage1::term::size(0) {
         if let Some(w) = writer.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
@@ -238,21 +238,21 @@ pub(super) fn relay_stdin<S: Write>(mut input: impl Read, chan: u32, writer: &Mu
 pub(super) mod vmm {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     pub fn config(
         spec: &PodSpec,
         pod_dir: &Path,
         kernel: &Path,
         initrd: &Path,
-    #[allow(clippy::too_many_arguments)]
         uds: &Path,
         vcpus: u8,
         mem_mib: u64,
+        nics: &[crate::net::kvm::VmNic],
     ) -> Result<rkt_vmm::VmConfig> {
         let mut cfg = rkt_vmm::VmConfig::new(kernel);
         cfg.initrd = Some(initrd.to_path_buf());
         cfg.vcpus = vcpus;
         cfg.mem_mib = mem_mib;
-        nics: &[crate::net::kvm::VmNic],
         cfg.debug = spec.debug;
         // Debugging aid (e.g. `loglevel=7` to see the guest kernel's segfault reports in the
         // console log); measured with the rest of the command line like any other setting.
@@ -279,11 +279,6 @@ pub(super) mod vmm {
             uds_path: uds.to_path_buf(),
         });
         cfg.devices.push(rkt_vmm::DeviceConfig::Rng);
-        Ok(cfg)
-    }
-
-    /// The device list above (without the cards), for the VM template key (template.rs).
-    pub const DEVICES: &str = "fs,vsock,rng";
         // Last, so a pod without networks has the same device slots as before.
         for n in nics {
             cfg.devices.push(rkt_vmm::DeviceConfig::Net {
@@ -292,4 +287,9 @@ pub(super) mod vmm {
                 mtu: n.mtu,
             });
         }
+        Ok(cfg)
+    }
+
+    /// The device list above (without the cards), for the VM template key (template.rs).
+    pub const DEVICES: &str = "fs,vsock,rng";
 }
