@@ -113,12 +113,18 @@ fn wants_help(raw: &[String]) -> bool {
         .any(|a| a == "--help" || a == "-h")
 }
 
-fn print_help(what: &'static str, scope_heading: &str, usage: &'static str) -> Result<i32> {
+fn print_help(
+    what: &'static str,
+    scope_heading: &str,
+    usage: &'static str,
+    refused: &[&str],
+) -> Result<i32> {
     let mut c = clap::Command::new(what)
         .bin_name(format!("rkt app {what}"))
         .override_usage(usage);
     for a in args::clap_args(Mode::Run) {
-        if a.get_help_heading() == Some(scope_heading) {
+        let name = a.get_long().unwrap_or_default();
+        if a.get_help_heading() == Some(scope_heading) && !refused.contains(&name) {
             c = c.arg(a);
         }
     }
@@ -129,22 +135,35 @@ fn print_help(what: &'static str, scope_heading: &str, usage: &'static str) -> R
 /// The pod flags `rkt app sandbox` takes (rkt v1's, and `--hosts-entry`); the rest of
 /// `rkt run`'s are refused.
 fn check_sandbox_flags(pf: &PodFlags) -> Result<()> {
-    let refused = [
-        ("volume", !pf.volumes.is_empty()),
-        ("mount", !pf.mounts.is_empty()),
-        ("inherit-env", pf.inherit_env),
-        ("set-env", !pf.set_env.is_empty()),
-        ("set-env-file", !pf.set_env_file.is_empty()),
-        ("pod-manifest", pf.pod_manifest.is_some()),
-        ("private-users", pf.private_users),
-        ("interactive", pf.start.interactive),
-        ("mds-register", pf.start.mds_register),
+    let given = [
+        !pf.volumes.is_empty(),
+        !pf.mounts.is_empty(),
+        pf.inherit_env,
+        !pf.set_env.is_empty(),
+        !pf.set_env_file.is_empty(),
+        pf.pod_manifest.is_some(),
+        pf.private_users,
+        pf.start.interactive,
+        pf.start.mds_register,
     ];
-    if let Some((f, _)) = refused.iter().find(|(_, given)| *given) {
+    if let Some((f, _)) = SANDBOX_REFUSED.iter().zip(given).find(|(_, g)| *g) {
         bail!("--{f} is not accepted by rkt app sandbox");
     }
     Ok(())
 }
+
+/// `rkt run`'s pod flags that a sandbox refuses (apps and their environment come with `add`).
+const SANDBOX_REFUSED: [&str; 9] = [
+    "volume",
+    "mount",
+    "inherit-env",
+    "set-env",
+    "set-env-file",
+    "pod-manifest",
+    "private-users",
+    "interactive",
+    "mds-register",
+];
 
 /// Stands in for an image while `rkt run`'s parser reads the sandbox's flags: the per-app
 /// `--user-annotation`/`--user-label` then attach to it and become the pod's.
@@ -152,7 +171,12 @@ const PLACEHOLDER: &str = "\u{0}sandbox";
 
 fn sandbox(g: &Globals, r: RawArgs) -> Result<i32> {
     if wants_help(&r.args) {
-        return print_help("sandbox", "Pod flags", "rkt app sandbox [pod flags]");
+        return print_help(
+            "sandbox",
+            "Pod flags",
+            "rkt app sandbox [pod flags]",
+            &SANDBOX_REFUSED,
+        );
     }
     let argv: Vec<String> = std::iter::once(PLACEHOLDER.to_string())
         .chain(r.args)
@@ -212,6 +236,7 @@ fn add(g: &Globals, r: RawArgs) -> Result<i32> {
             "add",
             "App flags (after their image)",
             "rkt app add UUID IMAGE [app flags] [-- app args]",
+            &["mount"],
         );
     }
     pods::ensure_root()?;
