@@ -137,7 +137,10 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        assert_eq!(all_mask().count_ones(), (last + 1).min(names().len() as u32));
+        assert_eq!(
+            all_mask().count_ones(),
+            (last + 1).min(names().len() as u32)
+        );
         let n = names();
         assert_eq!(n[0], "CAP_CHOWN");
         assert_eq!(n[21], "CAP_SYS_ADMIN");

@@ -124,12 +124,20 @@ impl BlobStore {
         let (digest, size) = hr.digest();
         if let Some(want) = expected {
             if want != digest {
-                bail!("digest mismatch: expected {want}, content hashes to {digest}");
+                return Err(crate::Error::new(
+                    crate::ErrorKind::Refused,
+                    format!("digest mismatch: expected {want}, content hashes to {digest}"),
+                )
+                .into());
             }
         }
         if let Some(want) = expected_size {
             if want != size {
-                bail!("size mismatch for {digest}: descriptor says {want} bytes, got {size}");
+                return Err(crate::Error::new(
+                    crate::ErrorKind::Refused,
+                    format!("size mismatch for {digest}: descriptor says {want} bytes, got {size}"),
+                )
+                .into());
             }
         }
         let dest = self.path(&digest)?;

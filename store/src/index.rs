@@ -182,8 +182,13 @@ impl Index {
     }
 
     pub fn record(&self, id: &str) -> Result<Record> {
-        self.get_record(id)?
-            .ok_or_else(|| anyhow!("image {id:?} not found in the store"))
+        self.get_record(id)?.ok_or_else(|| {
+            crate::Error::new(
+                crate::ErrorKind::NotFound,
+                format!("image {id:?} not found in the store"),
+            )
+            .into()
+        })
     }
 
     pub fn get_record(&self, id: &str) -> Result<Option<Record>> {

@@ -16,6 +16,7 @@ pub mod auth;
 mod blob;
 mod convert;
 pub mod discovery;
+mod error;
 mod export;
 pub mod extract;
 mod fetch;
@@ -35,12 +36,15 @@ use anyhow::{anyhow, bail, Context};
 use rkt_flock::{Flock, Mode};
 
 pub use blob::BlobStore;
+pub use error::{Error, ErrorKind};
 pub use export::Format as ExportFormat;
 pub use render::tree_digest;
 pub use rkt_schema::ImageManifest;
 pub use source::Source;
 
-pub type Result<T> = anyhow::Result<T>;
+/// Inside the crate: anyhow with context. The public API returns [`error::Result`] (a kind
+/// callers can act on, and the same one-line message).
+pub(crate) type Result<T> = anyhow::Result<T>;
 
 /// `--pull-policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -170,7 +174,7 @@ pub fn split_name_tag(s: &str) -> (String, String) {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<Store> {
+    pub fn open(dir: &Path) -> error::Result<Store> {
         private_dir(dir)?;
         let root = dir.join("cas");
         private_dir(&root)?;
@@ -202,8 +206,8 @@ impl Store {
     }
 
     /// Fetches (or finds, per the pull policy) an image and leaves it rendered, ready to run.
-    pub fn fetch(&self, image: &str, opts: &FetchOptions) -> Result<ImageInfo> {
-        let src = Source::parse(image)?;
+    pub fn fetch(&self, image: &str, opts: &FetchOptions) -> error::Result<ImageInfo> {
+        let src = Source::parse(image).map_err(|e| Error::wrap(ErrorKind::InvalidReference, e))?;
         let f = fetch::fetch(self, &src, opts)?;
         if let Err(e) = self.render(&f.info.id) {
             if f.new {
@@ -212,55 +216,73 @@ impl Store {
             }
             return Err(e);
         }
-        self.index
-            .get(&f.info.id)?
-            .ok_or_else(|| anyhow!("image {} vanished from the store", f.info.id))
+        self.index.get(&f.info.id)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("image {} vanished from the store", f.info.id),
+            )
+        })
     }
 
     /// An image already in the store, by id (full or ≥ 12-hex prefix) or name[:tag].
-    pub fn resolve(&self, name_or_id: &str) -> Result<ImageInfo> {
+    pub fn resolve(&self, name_or_id: &str) -> error::Result<ImageInfo> {
         let s = name_or_id.trim();
         if let Some(hex) = s
             .strip_prefix("sha256-")
             .or_else(|| s.strip_prefix("sha256:"))
         {
             if hex.len() < 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                bail!("invalid image ID {s:?}: need sha256- and at least 12 hex digits");
+                return Err(Error::new(
+                    ErrorKind::InvalidReference,
+                    format!("invalid image ID {s:?}: need sha256- and at least 12 hex digits"),
+                ));
             }
             let ids = self
                 .index
                 .ids_with_prefix(&format!("sha256-{}", hex.to_ascii_lowercase()))?;
             return match ids.len() {
-                0 => Err(anyhow!("image {s:?} not found in the store")),
+                0 => Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("image {s:?} not found in the store"),
+                )),
                 1 => Ok(self.index.get(&ids[0])?.expect("listed id")),
-                n => Err(anyhow!("image ID {s:?} is ambiguous ({n} images match)")),
+                n => Err(Error::new(
+                    ErrorKind::Ambiguous,
+                    format!("image ID {s:?} is ambiguous ({n} images match)"),
+                )),
             };
         }
         let s = s.strip_prefix("docker://").unwrap_or(s);
         let (name, tag) = split_name_tag(s);
-        self.index
-            .by_name(&name, &tag)?
-            .ok_or_else(|| anyhow!("image {name_or_id:?} not found in the store"))
+        self.index.by_name(&name, &tag)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("image {name_or_id:?} not found in the store"),
+            )
+        })
     }
 
     /// SQLite's integrity check of the image index.
-    pub fn index_ok(&self) -> Result<bool> {
-        self.index.integrity_ok()
+    pub fn index_ok(&self) -> error::Result<bool> {
+        Ok(self.index.integrity_ok()?)
     }
 
     /// All images in the index.
-    pub fn list(&self) -> Result<Vec<ImageInfo>> {
-        self.index.list()
+    pub fn list(&self) -> error::Result<Vec<ImageInfo>> {
+        Ok(self.index.list()?)
     }
 
     /// The appc manifest of an image.
-    pub fn manifest(&self, id: &str) -> Result<ImageManifest> {
+    pub fn manifest(&self, id: &str) -> error::Result<ImageManifest> {
         let rec = self.index.record(id)?;
-        serde_json::from_str(&rec.appc_manifest).context("parsing the stored image manifest")
+        Ok(
+            serde_json::from_str(&rec.appc_manifest)
+                .context("parsing the stored image manifest")?,
+        )
     }
 
     /// Renders the image's tree once (under a lock) and returns it; marks the image used.
-    pub fn render(&self, id: &str) -> Result<RenderedTree> {
+    pub fn render(&self, id: &str) -> error::Result<RenderedTree> {
         let rec = self.index.record(id)?;
         let t = render::render(self, &rec)?;
         self.index.touch(id)?;
@@ -273,34 +295,37 @@ impl Store {
     }
 
     /// Unpacks the image's layers into `outdir` (created; must not exist).
-    pub fn extract_to(&self, id: &str, outdir: &Path) -> Result<()> {
+    pub fn extract_to(&self, id: &str, outdir: &Path) -> error::Result<()> {
         let rec = self.index.record(id)?;
         render::unpack_layers(self, &rec, outdir, &mut extract::ContentHashes::default())?;
         Ok(())
     }
 
     /// Renders the image (tree store) and copies its tree to `outdir` (must not exist).
-    pub fn render_to(&self, id: &str, outdir: &Path) -> Result<()> {
+    pub fn render_to(&self, id: &str, outdir: &Path) -> error::Result<()> {
         let t = self.render(id)?;
-        render::copy_tree(&t.rootfs, outdir)
+        Ok(render::copy_tree(&t.rootfs, outdir)?)
     }
 
     /// Writes the image at `out` as an ACI or an oci-archive.
-    pub fn export(&self, id: &str, out: &Path, format: ExportFormat) -> Result<()> {
+    pub fn export(&self, id: &str, out: &Path, format: ExportFormat) -> error::Result<()> {
         let rec = self.index.record(id)?;
         // Shared gc.lock: gc must not clear the temp layer an ACI export writes to cas/tmp.
         let _g = self.lock("gc.lock", Mode::Shared)?;
-        match format {
+        Ok(match format {
             ExportFormat::Aci => export::export_aci(self, &rec, out),
             ExportFormat::OciArchive => export::export_oci_archive(self, &rec, out),
-        }
+        }?)
     }
 
     /// Removes an image: index entry, rendered tree and blobs no other image uses.
-    pub fn remove(&self, id: &str) -> Result<()> {
+    pub fn remove(&self, id: &str) -> error::Result<()> {
         let _g = self.lock("gc.lock", Mode::Exclusive)?;
         if self.index.get(id)?.is_none() {
-            bail!("image {id:?} not found in the store");
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("image {id:?} not found in the store"),
+            ));
         }
         render::remove_tree(self, id)?;
         self.index.remove(id)?;
@@ -334,7 +359,7 @@ impl Store {
     }
 
     /// `rkt image gc`: removes trees no pod uses, images unused for `grace`, then orphan blobs.
-    pub fn gc(&self, grace: std::time::Duration) -> Result<GcReport> {
+    pub fn gc(&self, grace: std::time::Duration) -> error::Result<GcReport> {
         let _g = self.lock("gc.lock", Mode::Exclusive)?;
         let mut report = GcReport::default();
         let in_use = self.trees_in_use();
@@ -383,6 +408,30 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_errors_carry_their_kind() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let kind = |r: error::Result<ImageInfo>| r.unwrap_err().kind();
+        assert_eq!(kind(store.resolve("busybox:1")), ErrorKind::NotFound);
+        assert_eq!(
+            kind(store.resolve(&format!("sha256-{}", "a".repeat(12)))),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            kind(store.resolve("sha256-abc")),
+            ErrorKind::InvalidReference
+        );
+        let opts = FetchOptions::default();
+        assert_eq!(
+            kind(store.fetch("docker://Bad/Name", &opts)),
+            ErrorKind::InvalidReference
+        );
+        let e = store.remove("sha256-0").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert_eq!(e.to_string(), "image \"sha256-0\" not found in the store");
+    }
 
     #[test]
     fn name_tag_split() {

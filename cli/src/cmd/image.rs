@@ -257,13 +257,14 @@ fn rm(g: &Globals, a: RmArgs) -> anyhow::Result<i32> {
     let mut removed = 0;
     let mut failed = false;
     for img in &a.images {
-        let r = store.resolve(img).and_then(|info: ImageInfo| {
+        let r = (|| -> anyhow::Result<String> {
+            let info: ImageInfo = store.resolve(img)?;
             if in_use.contains(&info.id) {
                 bail!("image {} is in use by a pod", info.id);
             }
             store.remove(&info.id)?;
             Ok(info.id)
-        });
+        })();
         match r {
             Ok(id) => {
                 crate::outln!("successfully removed aci for image: {id}");

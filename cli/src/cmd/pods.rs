@@ -292,7 +292,7 @@ pub(crate) fn start_pod(
     // manifest and apps, before any of them runs.
     let mode = crate::measure::pod_mode(g, &pod.path)?;
     let measure = crate::measure::PodMeasurement::begin(g, mode, debug, &pod.path, &spec, |id| {
-        store.render(id)
+        Ok(store.render(id)?)
     })?;
     let ctx = crate::stage1::PodContext {
         data_dir: &g.dir,
