@@ -34,7 +34,8 @@ pub struct GlobalOpts {
     /// pubkey, capabilities, paths, seccomp, all-fetch, all-run, all
     #[arg(long, global = true, default_value = "none", value_name = "OPTS")]
     pub insecure_options: String,
-    /// Automatically trust gpg keys fetched from https (accepted for compatibility)
+    /// Automatically trust gpg keys fetched from https: not supported (refused; trust keys
+    /// with rkt trust)
     #[arg(long, global = true)]
     pub trust_keys_from_https: bool,
     /// TPM connection, in tpm2-tools' TCTI syntax (e.g. `swtpm:host=127.0.0.1,port=2321`);
@@ -46,6 +47,11 @@ pub struct GlobalOpts {
 impl GlobalOpts {
     pub fn resolve(&self) -> Result<Globals> {
         let insecure = Insecure::parse(&self.insecure_options)?;
+        if self.trust_keys_from_https {
+            anyhow::bail!(
+                "--trust-keys-from-https is not supported: trust the image's keys first with rkt trust --prefix=PREFIX KEY (docs/trust.md)"
+            );
+        }
         let user = (!self.user_config.is_empty()).then(|| PathBuf::from(&self.user_config));
         let config = Config::load(&self.system_config, &self.local_config, user.as_deref())?;
         let dir = self
@@ -61,6 +67,10 @@ impl GlobalOpts {
             insecure,
             config,
             tpm_tcti,
+            trust: rkt_store::trust::TrustConfig {
+                local_config: self.local_config.clone(),
+                system_config: self.system_config.clone(),
+            },
         })
     }
 }

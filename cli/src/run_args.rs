@@ -643,6 +643,7 @@ fn set_app(a: &mut AppFlags, name: &str, v: String) {
         "caps-remove" | "cap-remove" => a.caps_remove = Some(v),
         "seccomp" => a.seccomp = Some(v),
         "oom-score-adj" => a.oom_score_adj = Some(v),
+        "signature" => a.signature = Some(v.into()),
         _ => {}
     }
 }

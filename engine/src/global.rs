@@ -66,6 +66,8 @@ pub struct Globals {
     pub config: Config,
     /// Explicit TCTI from `--tpm-tcti` or the config (None: TPM2TOOLS_TCTI, then /dev/tpmrm0).
     pub tpm_tcti: Option<String>,
+    /// Trusted keys: `<local-config>/trustedkeys` and `<system-config>/trustedkeys`.
+    pub trust: rkt_store::trust::TrustConfig,
 }
 
 #[cfg(test)]

@@ -383,6 +383,8 @@ fn import_oci(
             (chosen.clone(), n, t)
         }
     };
+    // The signature covers the manifest the reference names (an index for multi-arch images).
+    let verified = crate::trust::check_oci(opts, origin, &name, &tag_out, &desc.digest)?;
     // Follow image indexes down to this host's platform.
     let host = crate::platform::Platform::host();
     let mut manifest_bytes;
@@ -414,6 +416,7 @@ fn import_oci(
     }
     let id = digest_to_id(&desc.digest);
     if let Some(info) = store.index.get(&id)? {
+        crate::trust::remember(store, &id, verified)?;
         store.index.add_name(&name, &tag_out, &id)?;
         return Ok(Fetched { info, new: false });
     }
@@ -501,6 +504,7 @@ fn import_oci(
         layers,
     };
     store.index.insert(&rec)?;
+    crate::trust::remember(store, &id, verified)?;
     Ok(Fetched {
         info: store.index.get(&id)?.expect("just inserted"),
         new: true,
@@ -705,6 +709,8 @@ fn import_aci_as(
     }
     let id = digest_to_id(&digest);
     if let Some(info) = store.index.get(&id)? {
+        let name = store.manifest(&id)?.name;
+        crate::trust::remember(store, &id, crate::trust::check_aci(opts, path, &name)?)?;
         return Ok(Fetched { info, new: false });
     }
     if opts.pull_policy == PullPolicy::Never {
@@ -750,6 +756,7 @@ fn import_aci_as(
             im.name
         );
     }
+    let verified = crate::trust::check_aci(opts, path, &im.name)?;
     let pb = progress::bar(opts.progress, total, "importing ACI");
     let mut f = File::open(path)?;
     store
@@ -787,6 +794,7 @@ fn import_aci_as(
         }],
     };
     store.index.insert(&rec)?;
+    crate::trust::remember(store, &id, verified)?;
     Ok(Fetched {
         info: store.index.get(&id)?.expect("just inserted"),
         new: true,

@@ -29,6 +29,7 @@ mod render;
 mod source;
 #[cfg(test)]
 mod store_tests;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 
@@ -79,6 +80,8 @@ pub struct FetchOptions {
     /// rkt's configuration directories, lowest priority first (system, local, user): their
     /// `auth.d` holds credentials, `certs.d/HOST[:PORT]/` CA certificates (docs/store.md).
     pub config_dirs: Vec<PathBuf>,
+    /// Signature verification (docs/trust.md): on unless `trust.skip` (`--insecure-options=image`).
+    pub trust: trust::Verify,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +154,11 @@ pub mod fuzzing {
     /// Index/manifest/config/appc/docker-archive JSON and reference parsers (`kind` picks one).
     pub fn image_json(kind: u8, data: &[u8]) {
         crate::fetch::fuzz_parsers(kind, data)
+    }
+
+    /// OpenPGP key, detached signature, simple-signing message and payload, registries.d parsers.
+    pub fn trust(kind: u8, data: &[u8]) {
+        crate::trust::fuzz_parsers(kind, data)
     }
 }
 
@@ -329,6 +337,7 @@ impl Store {
         }
         render::remove_tree(self, id)?;
         self.index.remove(id)?;
+        trust::forget(self, id);
         self.sweep_blobs()?;
         Ok(())
     }
@@ -374,6 +383,7 @@ impl Store {
         for img in self.index.list()? {
             if img.last_used < cutoff && !in_use.contains(&img.id) {
                 self.index.remove(&img.id)?;
+                trust::forget(self, &img.id);
                 report.images_removed.push(img.id);
             }
         }

@@ -171,6 +171,30 @@ macro_rules! flavours {
     };
 }
 
+/// `ARGS` with image signature checks off: `image` added to the first `--insecure-options=…`
+/// before any `--`, else `--insecure-options=image` put first (a global flag). rkt verifies every
+/// image by default (docs/trust.md); the tests' images are unsigned, and tests of trust opt back in
+/// with [`RktEnv::verify_images`].
+pub fn insecure_image(args: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let end = out.iter().position(|a| a == "--").unwrap_or(out.len());
+    match out[..end]
+        .iter_mut()
+        .find(|a| a.starts_with("--insecure-options="))
+    {
+        Some(a)
+            if !a
+                .split(['=', ','])
+                .any(|o| o == "image" || o == "all" || o == "all-fetch") =>
+        {
+            a.push_str(",image")
+        }
+        Some(_) => {}
+        None => out.insert(0, "--insecure-options=image".into()),
+    }
+    out
+}
+
 /// A fresh rkt data directory (`--dir`) plus a scratch directory for test files, both removed on
 /// drop after killing processes and unmounting anything left inside (failed pod tests leave
 /// overlay mounts and running apps behind).
@@ -189,6 +213,8 @@ pub struct RktEnv {
     root: PathBuf,
     tmp: Option<tempfile::TempDir>,
     timeout: Duration,
+    /// Whether image signatures are checked (rkt's default); see [`RktEnv::verify_images`].
+    verify_images: bool,
 }
 
 impl Default for RktEnv {
@@ -228,6 +254,7 @@ impl RktEnv {
             root,
             tmp,
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            verify_images: false,
         }
     }
 
@@ -250,11 +277,21 @@ impl RktEnv {
         }
     }
 
+    /// Lets rkt check image signatures, as it does by default. Without this the test images
+    /// (unsigned) run as with `--insecure-options=image`: see [`insecure_image`].
+    pub fn verify_images(&mut self) {
+        self.verify_images = true;
+    }
+
     /// `rkt --dir=<dir> ARGS…` as a `Command`, for callers that need to customise it (env, cwd).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(rkt_bin());
         c.arg(format!("--dir={}", self.dir.display()));
-        c.args(args);
+        if self.verify_images {
+            c.args(args);
+        } else {
+            c.args(insecure_image(args));
+        }
         c
     }
 

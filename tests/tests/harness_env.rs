@@ -41,12 +41,14 @@ fn rkt_gets_dir_then_args_stdin_and_exit_code() {
     std::env::set_var("FAKE_EXIT", "0");
     assert_eq!(env.fetch_id(&["img"]), "sha512-0123abcd");
 
-    // Private config dirs come right after --dir.
+    // Private config dirs come right after --dir (and the unsigned test images' global
+    // --insecure-options=image, see rkt_tests::insecure_image).
     let iso = env.rkt_isolated(&["trust"]);
     assert_eq!(
-        iso.values("ARG")[..4],
+        iso.values("ARG")[..5],
         [
             format!("--dir={}", env.dir.display()),
+            "--insecure-options=image".to_string(),
             format!("--local-config={}", env.local_config.display()),
             format!("--system-config={}", env.system_config.display()),
             "trust".to_string(),

@@ -416,7 +416,7 @@ fn pod_cgroups_are_below_the_callers_cgroup() {
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("-c").arg(script).arg(rkt_tests::rkt_bin());
     cmd.arg(format!("--dir={}", env.dir.display()));
-    cmd.args(&a);
+    cmd.args(rkt_tests::insecure_image(&a));
     let mut child = rkt_tests::RktChild::spawn_command(cmd, &env.scratch);
     let ok = child.wait_for_stdout("started", 60);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -864,7 +864,7 @@ fn interactive_app_gets_a_terminal(f: Flavor) {
     let img = images().busybox_oci_ref();
     // script(1) gives rkt a terminal on stdin/stdout and passes the shell's exit code back.
     let rkt = format!(
-        "{} --dir={} run {} --net=none --interactive {img} --exec /bin/sh",
+        "{} --dir={} --insecure-options=image run {} --net=none --interactive {img} --exec /bin/sh",
         rkt_tests::rkt_bin().display(),
         env.dir.display(),
         f.flag(),

@@ -20,7 +20,8 @@ pub struct FetchArgs {
     /// Print the full image ID (IDs are always printed in full)
     #[arg(long)]
     pub full: bool,
-    /// Local signature file (accepted for compatibility; OCI images are verified by digest)
+    /// Signature of the image at the same position (an ACI's detached .asc, or a simple-signing
+    /// signature of an OCI/Docker image; docs/trust.md)
     #[arg(long, value_name = "FILE")]
     pub signature: Vec<String>,
     /// Deprecated: same as --pull-policy=never
@@ -37,6 +38,11 @@ pub fn fetch_options(g: &Globals, policy: PullPolicy) -> FetchOptions {
         insecure_http: g.insecure.http,
         insecure_tls: g.insecure.tls,
         progress: std::io::stderr().is_terminal(),
+        trust: rkt_store::trust::Verify {
+            skip: g.insecure.image,
+            config: g.trust.clone(),
+            ..Default::default()
+        },
         config_dirs: g.config.dirs.clone(),
     }
 }
@@ -50,8 +56,17 @@ pub fn run(g: &Globals, a: FetchArgs) -> anyhow::Result<i32> {
         policy = PullPolicy::Update;
     }
     let store = Store::open(&g.dir)?;
+    if a.signature.len() > a.images.len() {
+        anyhow::bail!(
+            "{} --signature files for {} images: give at most one per image, in order",
+            a.signature.len(),
+            a.images.len()
+        );
+    }
     let opts = fetch_options(g, policy);
-    for img in &a.images {
+    for (i, img) in a.images.iter().enumerate() {
+        let mut opts = opts.clone();
+        opts.trust.signature = a.signature.get(i).map(Into::into);
         let info = store.fetch(img, &opts)?;
         crate::outln!("{}", info.id);
     }

@@ -31,6 +31,8 @@ pub enum ImageCmd {
     Export(ExportArgs),
     /// Garbage collect unused trees and images
     Gc(GcArgs),
+    /// Check stored images' signatures against the trusted keys
+    Verify(super::trust::VerifyArgs),
     /// Fetch image(s) and store them in the local store
     #[command(hide = true)]
     Fetch(super::fetch::FetchArgs),
@@ -117,6 +119,7 @@ pub fn run(g: &Globals, a: ImageArgs) -> anyhow::Result<i32> {
     match a.cmd {
         ImageCmd::Fetch(f) => super::fetch::run(g, f),
         ImageCmd::List(l) => list(g, l),
+        ImageCmd::Verify(v) => super::trust::image_verify(g, v),
         ImageCmd::Rm(r) => rm(g, r),
         ImageCmd::CatManifest(c) => cat_manifest(g, c),
         ImageCmd::Extract(o) => to_dir(g, o, false),

@@ -10,6 +10,7 @@ pub mod image;
 pub mod logs;
 pub mod pods;
 pub mod tpm;
+pub mod trust;
 pub mod version;
 
 pub use rkt_engine::DEFAULT_STAGE1;

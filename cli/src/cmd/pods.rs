@@ -177,7 +177,8 @@ pub(crate) fn prepare_pod(
 ) -> Result<(Pods, Pod, Lock, crate::global::Insecure)> {
     let insecure = build::insecure(g.insecure, &p.pod)?;
     let flavor = build::flavor(&p.pod, g.config.stage1_name.as_deref())?;
-    let fetch = build::fetch_options(&p.pod, insecure, &g.config)?;
+    let mut fetch = build::fetch_options(&p.pod, insecure, &g.config)?;
+    fetch.trust.config = g.trust.clone();
     let pods = Pods::new(&g.dir);
     pods.ensure_dirs()?;
     // Shared during prepare, exclusive for image gc: trees we are about to use stay put.

@@ -76,6 +76,12 @@ pub fn fetch_options(
         insecure_http: insecure.http,
         insecure_tls: insecure.tls,
         progress: !pf.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        // The caller sets the trust store (Globals::trust); verification is on by default.
+        trust: rkt_store::trust::Verify {
+            skip: insecure.image,
+            quiet: pf.quiet,
+            ..Default::default()
+        },
         config_dirs: config.dirs.clone(),
     })
 }
@@ -168,7 +174,14 @@ fn from_flags(
     }
     let mut images = Vec::new();
     for a in apps {
-        let info = get_image(store, &a.image, fetch)?;
+        let info = match &a.signature {
+            Some(sig) => {
+                let mut f = fetch.clone();
+                f.trust.signature = Some(sig.clone());
+                get_image(store, &a.image, &f)?
+            }
+            None => get_image(store, &a.image, fetch)?,
+        };
         let im = store
             .manifest(&info.id)
             .with_context(|| format!("image {:?}: reading its manifest", a.image))?;

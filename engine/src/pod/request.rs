@@ -68,4 +68,6 @@ pub struct AppFlags {
     pub caps_remove: Option<String>,
     pub seccomp: Option<String>,
     pub oom_score_adj: Option<String>,
+    /// `--signature=FILE`: this image's signature (docs/trust.md).
+    pub signature: Option<std::path::PathBuf>,
 }

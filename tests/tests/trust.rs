@@ -1,0 +1,483 @@
+//! Image trust (docs/trust.md): `rkt trust`, signature verification on fetch and run (on by
+//! default), `rkt image verify`. Keys and signatures are made here with Debian's gpg; OCI images
+//! are signed with `skopeo copy --sign-by` into a lookaside configured in `<local-config>`.
+//! ns only: verification happens in stage0, before any stage1 is involved.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rkt_tests::{images, require_root, run_command, Registry, RktEnv, RktOutput};
+
+/// A throw-away gpg home with one signing key.
+struct Gpg {
+    home: PathBuf,
+    fingerprint: String,
+    /// The armored public key.
+    public: PathBuf,
+}
+
+fn gpg(home: &Path, args: &[&str]) -> RktOutput {
+    let mut c = Command::new("gpg");
+    c.arg("--homedir")
+        .arg(home)
+        .args([
+            "--batch",
+            "--quiet",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ])
+        .args(args);
+    let out = run_command(c, 120);
+    assert_eq!(out.code, 0, "gpg {args:?}\n{out}");
+    out
+}
+
+impl Gpg {
+    /// `algo`: gpg's `--quick-gen-key` algorithm (`rsa3072`, `ed25519`).
+    fn new(dir: &Path, who: &str, algo: &str) -> Gpg {
+        let home = dir.join(format!("gnupg-{who}"));
+        std::fs::create_dir_all(&home).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let uid = format!("rkt trust test {who} <{who}@example.com>");
+        gpg(&home, &["--quick-gen-key", &uid, algo, "sign", "never"]);
+        let colons = gpg(&home, &["--with-colons", "--fingerprint"]).stdout;
+        let fingerprint = colons
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .and_then(|l| l.split(':').find(|f| f.len() >= 40))
+            .expect("a fingerprint")
+            .to_ascii_lowercase();
+        let public = dir.join(format!("{who}.pub.asc"));
+        gpg(
+            &home,
+            &[
+                "--armor",
+                "--output",
+                public.to_str().unwrap(),
+                "--export",
+                &fingerprint,
+            ],
+        );
+        Gpg {
+            home,
+            fingerprint,
+            public,
+        }
+    }
+
+    /// Writes `FILE.asc`, an armored detached signature of `file`.
+    fn sign(&self, file: &Path) -> PathBuf {
+        let asc = PathBuf::from(format!("{}.asc", file.display()));
+        let _ = std::fs::remove_file(&asc);
+        gpg(
+            &self.home,
+            &[
+                "--armor",
+                "--detach-sign",
+                "--output",
+                asc.to_str().unwrap(),
+                file.to_str().unwrap(),
+            ],
+        );
+        asc
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--kill", "all"])
+            .status();
+    }
+}
+
+/// An env whose rkt checks signatures, with private config dirs (its trust store).
+fn verifying_env() -> RktEnv {
+    let mut env = RktEnv::new();
+    env.verify_images();
+    env
+}
+
+fn image_list(env: &RktEnv) -> String {
+    let out = env.rkt_isolated(&["image", "list", "--no-legend", "--full"]);
+    out.assert_ok();
+    out.stdout
+}
+
+fn blob_count(env: &RktEnv) -> usize {
+    std::fs::read_dir(env.dir.join("cas/blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// rkt's refusal: exit 254 and one line on stderr holding every `needles`.
+#[track_caller]
+fn assert_refused(out: &RktOutput, needles: &[&str]) {
+    out.assert_code(254);
+    let err = out.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "one line expected\n{out}");
+    for n in needles {
+        assert!(err.contains(n), "{n:?} missing\n{out}");
+    }
+}
+
+/// A copy of the test ACI (`example.com/busybox`) in the scratch dir.
+fn aci_copy(env: &RktEnv, name: &str) -> PathBuf {
+    let p = env.scratch.join(name);
+    std::fs::copy(&images().busybox_aci, &p).unwrap();
+    p
+}
+
+fn trust(env: &RktEnv, args: &[&str]) -> RktOutput {
+    let mut a = vec!["trust"];
+    a.extend_from_slice(args);
+    env.rkt_isolated(&a)
+}
+
+#[test]
+fn signed_aci_runs_after_trust_prefix() {
+    require_root();
+    let env = verifying_env();
+    let alice = Gpg::new(&env.scratch, "alice", "rsa3072");
+    let aci = aci_copy(&env, "busybox.aci");
+    alice.sign(&aci);
+    let aci_s = aci.to_str().unwrap();
+
+    // Nobody trusts alice yet: refused, nothing stored.
+    let out = env.rkt_isolated(&["fetch", aci_s]);
+    assert_refused(&out, &[aci_s, "unknown key", "--insecure-options=image"]);
+    assert_eq!(image_list(&env), "");
+    assert_eq!(blob_count(&env), 0);
+
+    let out = trust(
+        &env,
+        &[
+            "--prefix=example.com/busybox",
+            "--skip-fingerprint-review",
+            alice.public.to_str().unwrap(),
+        ],
+    );
+    out.assert_ok();
+    let stored = env
+        .local_config
+        .join("trustedkeys/prefix.d/example.com/busybox")
+        .join(&alice.fingerprint);
+    assert!(stored.is_file(), "{}\n{out}", stored.display());
+    assert!(std::fs::read_to_string(&stored)
+        .unwrap()
+        .starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"));
+
+    let out = env.rkt_isolated(&[
+        "run",
+        "--stage1=ns",
+        "--net=none",
+        aci_s,
+        "--exec=/inspect",
+        "--",
+        "--echo=signed-and-trusted",
+    ]);
+    out.assert_ok();
+    out.assert_stdout_contains("signed-and-trusted");
+    out.assert_stderr_contains("signature verified");
+    out.assert_stderr_contains("alice@example.com");
+
+    // rkt image verify re-checks the stored image against today's keys.
+    let out = env.rkt_isolated(&["image", "verify", "example.com/busybox"]);
+    out.assert_ok();
+    out.assert_stdout_contains(&alice.fingerprint);
+    let out = trust(&env, &["--remove", &alice.fingerprint]);
+    out.assert_ok();
+    assert!(!stored.exists());
+    let out = env.rkt_isolated(&["image", "verify", "example.com/busybox"]);
+    assert_refused(&out, &["example.com/busybox", "unknown key"]);
+}
+
+#[test]
+fn tampered_untrusted_and_other_prefix_signatures_are_refused() {
+    require_root();
+    let env = verifying_env();
+    let alice = Gpg::new(&env.scratch, "alice", "ed25519");
+    let bob = Gpg::new(&env.scratch, "bob", "ed25519");
+    let mallory = Gpg::new(&env.scratch, "mallory", "ed25519");
+    for (prefix, k) in [("example.com/busybox", &alice), ("example.com/other", &bob)] {
+        trust(
+            &env,
+            &[
+                &format!("--prefix={prefix}"),
+                "--skip-fingerprint-review",
+                k.public.to_str().unwrap(),
+            ],
+        )
+        .assert_ok();
+    }
+
+    // A byte flipped after signing (the gzip trailer: the manifest still reads).
+    let flipped = aci_copy(&env, "flipped.aci");
+    alice.sign(&flipped);
+    let mut b = std::fs::read(&flipped).unwrap();
+    let n = b.len();
+    b[n - 1] ^= 0x01;
+    std::fs::write(&flipped, &b).unwrap();
+    // Signed by a key nobody trusts.
+    let untrusted = aci_copy(&env, "untrusted.aci");
+    mallory.sign(&untrusted);
+    // Signed by bob, who is trusted for example.com/other only.
+    let other_prefix = aci_copy(&env, "other-prefix.aci");
+    bob.sign(&other_prefix);
+    // No signature at all.
+    let unsigned = aci_copy(&env, "unsigned.aci");
+
+    let cases: [(&Path, &[&str]); 4] = [
+        (&flipped, &["bad signature"]),
+        (&untrusted, &["unknown key"]),
+        (
+            &other_prefix,
+            &["not trusted for this prefix", "example.com/other"],
+        ),
+        (&unsigned, &["no signature", "unsigned.aci.asc"]),
+    ];
+    for (aci, why) in cases {
+        let s = aci.to_str().unwrap();
+        let mut needles = vec![s];
+        needles.extend_from_slice(why);
+        assert_refused(&env.rkt_isolated(&["fetch", s]), &needles);
+        assert_refused(
+            &env.rkt_isolated(&["run", "--stage1=ns", "--net=none", s, "--exec=/bin/true"]),
+            &needles,
+        );
+        assert_eq!(image_list(&env), "", "{s}");
+        assert_eq!(blob_count(&env), 0, "{s}");
+        assert_eq!(
+            std::fs::read_dir(env.dir.join("pods/run"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+            0
+        );
+    }
+
+    // A --signature given explicitly wins over the one beside the file.
+    let good = alice.sign(&aci_copy(&env, "good.aci"));
+    let s = untrusted.to_str().unwrap();
+    let sig = format!("--signature={}", good.display());
+    env.rkt_isolated(&["fetch", &sig, s]).assert_ok();
+    assert_eq!(image_list(&env).lines().count(), 1);
+
+    // --insecure-options=image skips the check, as in rkt.
+    let unsigned_s = unsigned.to_str().unwrap();
+    env.rkt_isolated(&["fetch", "--insecure-options=image", unsigned_s])
+        .assert_ok();
+
+    // --trust-keys-from-https is refused, not silently ignored.
+    let out = env.rkt_isolated(&["--trust-keys-from-https", "fetch", unsigned_s]);
+    assert_refused(&out, &["--trust-keys-from-https is not supported"]);
+}
+
+#[test]
+fn trust_review_list_remove_and_root_keys() {
+    require_root();
+    let env = verifying_env();
+    let alice = Gpg::new(&env.scratch, "alice", "ed25519");
+    let key = alice.public.to_str().unwrap();
+
+    // Review needs a terminal: with stdin a pipe, nothing is trusted.
+    let out = env.rkt_with_stdin(
+        b"yes\n",
+        &[
+            &env.config_flags()[0],
+            &env.config_flags()[1],
+            "trust",
+            "--prefix=example.com",
+            key,
+        ],
+    );
+    assert_refused(
+        &out,
+        &["stdin is not a terminal", "--skip-fingerprint-review"],
+    );
+    assert!(!env.local_config.join("trustedkeys").exists());
+
+    // Hostile prefixes never leave prefix.d.
+    for bad in ["../../etc", "a//b", "https://example.com/x"] {
+        let out = trust(&env, &["--prefix", bad, "--skip-fingerprint-review", key]);
+        assert_refused(&out, &["prefix"]);
+    }
+    // A secret key is refused.
+    let secret = env.scratch.join("secret.asc");
+    gpg(
+        &alice.home,
+        &[
+            "--armor",
+            "--output",
+            secret.to_str().unwrap(),
+            "--export-secret-keys",
+            &alice.fingerprint,
+        ],
+    );
+    assert_refused(
+        &trust(
+            &env,
+            &[
+                "--root",
+                "--skip-fingerprint-review",
+                secret.to_str().unwrap(),
+            ],
+        ),
+        &["secret key"],
+    );
+
+    // A root key (here in the system config, which rkt honours but never writes) covers every
+    // image name.
+    let root_d = env.system_config.join("trustedkeys/root.d");
+    std::fs::create_dir_all(&root_d).unwrap();
+    std::fs::copy(&alice.public, root_d.join(&alice.fingerprint)).unwrap();
+    let list = trust(&env, &["--list"]);
+    list.assert_ok();
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.contains(&alice.fingerprint))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(row.starts_with("(root)") && row.contains("system"), "{row}");
+    let aci = aci_copy(&env, "busybox.aci");
+    alice.sign(&aci);
+    env.rkt_isolated(&["fetch", aci.to_str().unwrap()])
+        .assert_ok();
+    assert_refused(
+        &trust(&env, &["--remove", &alice.fingerprint[..16]]),
+        &["system configuration"],
+    );
+
+    // rkt image verify of an image fetched without a check has nothing to check.
+    let out = env.rkt_isolated(&[
+        "fetch",
+        "--insecure-options=image",
+        &images().busybox_oci_ref(),
+    ]);
+    out.assert_ok();
+    let id = out.stdout.trim().lines().last().unwrap().to_string();
+    assert_refused(
+        &env.rkt_isolated(&["image", "verify", &id]),
+        &["no signature", "--insecure-options=image"],
+    );
+}
+
+/// skopeo's policy and a registries.d whose lookaside is a directory under the test's scratch
+/// dir, shared by skopeo (writing) and rkt (reading, from `<local-config>/registries.d`).
+fn lookaside(env: &RktEnv, reg: &Registry) -> PathBuf {
+    let sigstore = env.scratch.join("sigstore");
+    std::fs::create_dir_all(&sigstore).unwrap();
+    let dir = env.local_config.join("registries.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let host = reg
+        .docker_ref("x")
+        .trim_start_matches("docker://")
+        .trim_end_matches("/x")
+        .to_string();
+    std::fs::write(
+        dir.join("test.yaml"),
+        format!(
+            "# the test registry's signatures\ndocker:\n  \"{host}\":\n    lookaside: file://{s}\n    sigstore-staging: file://{s}\n",
+            s = sigstore.display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn skopeo_sign_push(env: &RktEnv, reg: &Registry, key: &Gpg, regd: &Path, repo_tag: &str) {
+    let mut c = Command::new("skopeo");
+    c.env("GNUPGHOME", &key.home)
+        .arg("--insecure-policy")
+        .arg("--registries.d")
+        .arg(regd)
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--sign-by",
+            &key.fingerprint,
+        ])
+        .arg(images().busybox_oci_ref())
+        .arg(reg.docker_ref(repo_tag));
+    let out = run_command(c, 600);
+    assert_eq!(
+        out.code,
+        0,
+        "skopeo copy --sign-by\n{out}\n{}",
+        env.dir.display()
+    );
+}
+
+#[test]
+fn oci_image_signed_by_skopeo_runs_after_trust() {
+    require_root();
+    let env = verifying_env();
+    let reg = Registry::start();
+    let alice = Gpg::new(&env.scratch, "alice", "rsa3072");
+    let regd = lookaside(&env, &reg);
+    skopeo_sign_push(&env, &reg, &alice, &regd, "signed/busybox:v1");
+    reg.push(&images().busybox_oci_ref(), "unsigned/busybox:v1");
+    let signed = reg.docker_ref("signed/busybox:v1");
+    let name = signed
+        .trim_start_matches("docker://")
+        .trim_end_matches(":v1")
+        .to_string();
+    let written = std::fs::read_dir(env.scratch.join("sigstore/signed"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(written, 1, "skopeo wrote no lookaside signature");
+
+    // Signed, but by a key not trusted yet.
+    let run = |image: &str, insecure: &str| {
+        env.rkt_isolated(&[
+            "run",
+            "--stage1=ns",
+            "--net=none",
+            &format!("--insecure-options={insecure}"),
+            image,
+            "--exec=/inspect",
+            "--",
+            "--echo=simple-signing-ok",
+        ])
+    };
+    assert_refused(&run(&signed, "http"), &[&signed, "unknown key"]);
+    assert_eq!(image_list(&env), "");
+
+    trust(
+        &env,
+        &[
+            &format!("--prefix={name}"),
+            "--skip-fingerprint-review",
+            alice.public.to_str().unwrap(),
+        ],
+    )
+    .assert_ok();
+    let out = run(&signed, "http");
+    out.assert_ok();
+    out.assert_stdout_contains("simple-signing-ok");
+    out.assert_stderr_contains("signature verified");
+    let out = env.rkt_isolated(&["image", "verify", &format!("{name}:v1")]);
+    out.assert_ok();
+
+    // The same manifest under another tag: the signature names v1, so it is not this image's.
+    let other_tag = reg.docker_ref("signed/busybox:v2");
+    reg.push(&images().busybox_oci_ref(), "signed/busybox:v2");
+    assert_refused(
+        &env.rkt_isolated(&["fetch", "--insecure-options=http", &other_tag]),
+        &[&other_tag, "signature is for another image", ":v1"],
+    );
+
+    // Unsigned: refused unless --insecure-options=image.
+    let before = image_list(&env);
+    let unsigned = reg.docker_ref("unsigned/busybox:v1");
+    let out = run(&unsigned, "http");
+    assert_refused(&out, &[&unsigned, "no signature"]);
+    assert_eq!(image_list(&env), before);
+    let out = run(&unsigned, "http,image");
+    out.assert_ok();
+    out.assert_stdout_contains("simple-signing-ok");
+}
