@@ -67,6 +67,8 @@ pub enum Command {
     CatManifest(cmd::pods::CatManifestArgs),
     /// TPM measurement: event log, verification and quotes
     Tpm(cmd::tpm::TpmArgs),
+    /// Run the read-only gRPC API service (rkt's v1alpha API)
+    ApiService(cmd::api_service::ApiServiceArgs),
     /// Trust a key for image verification (list: --list, remove: --remove FINGERPRINT)
     Trust(cmd::trust::TrustArgs),
     /// Print the logs of a pod's apps
@@ -271,6 +273,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Gc(a) => cmd::pods::gc(&g, a),
         Command::CatManifest(a) => cmd::pods::cat_manifest(&g, a),
         Command::Tpm(a) => cmd::tpm::run(&g, a),
+        Command::ApiService(a) => cmd::api_service::run(&g, &cli.global, a),
         Command::Trust(a) => cmd::trust::run(&g, a),
         Command::Logs(a) => cmd::logs::run(&g, a),
         Command::Help(a) => cmd::help::help(a),

@@ -2,6 +2,7 @@
 //! return the process exit code.
 
 pub mod app;
+pub mod api_service;
 pub mod completion;
 pub mod config;
 pub mod fetch;
