@@ -65,6 +65,8 @@ pub enum Command {
     Gc(cmd::pods::GcArgs),
     /// Inspect and print the pod manifest
     CatManifest(cmd::pods::CatManifestArgs),
+    /// stage1 housekeeping: the kvm flavour's VM templates
+    Stage1(cmd::stage1::Stage1Args),
     /// TPM measurement: event log, verification and quotes
     Tpm(cmd::tpm::TpmArgs),
     /// Run the read-only gRPC API service (rkt's v1alpha API)
@@ -272,6 +274,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Rm(a) => cmd::pods::rm(&g, a),
         Command::Gc(a) => cmd::pods::gc(&g, a),
         Command::CatManifest(a) => cmd::pods::cat_manifest(&g, a),
+        Command::Stage1(a) => cmd::stage1::run(&g, a),
         Command::Tpm(a) => cmd::tpm::run(&g, a),
         Command::ApiService(a) => cmd::api_service::run(&g, &cli.global, a),
         Command::Trust(a) => cmd::trust::run(&g, a),

@@ -238,6 +238,24 @@ impl Measurer {
         Ok(out)
     }
 
+    /// stage1 `kvm` restored from a VM template (docs/kvm-template.md): which template, and the
+    /// digests of the state and memory the VM runs from.
+    pub fn measure_stage1_kvm_template(
+        &mut self,
+        pod: &str,
+        key: &str,
+        dir: &Path,
+        state_sha256: &str,
+        mem_sha256: &str,
+        mem_pages: u64,
+    ) -> Result<Vec<usize>> {
+        self.measure(
+            "rkt/stage1/kvm/template",
+            json!({"pod": pod, "key": key, "path": dir, "state_sha256": state_sha256,
+                   "mem_sha256": mem_sha256, "mem_pages": mem_pages}),
+        )
+    }
+
     /// The pod manifest exactly as stored at `<pod>/pod`.
     pub fn measure_pod_manifest(&mut self, pod: &str, bytes: &[u8]) -> Result<Vec<usize>> {
         let sha = hex::encode(Sha256::digest(bytes));
@@ -494,6 +512,30 @@ impl PodMeasurement {
         self.stage1_done = true;
         self.m
             .measure_stage1_kvm(&self.uuid, vmm, vmlinux, initramfs, cmdline)?;
+        Ok(())
+    }
+
+    /// stage1 `kvm` restored from a VM template: after [`PodMeasurement::stage1_kvm`] (the
+    /// VMM, kernel, initramfs and command line the template was made with), before `finish`.
+    pub fn stage1_kvm_template(
+        &mut self,
+        key: &str,
+        dir: &Path,
+        state_sha256: &str,
+        mem_sha256: &str,
+        mem_pages: u64,
+    ) -> Result<()> {
+        if !self.stage1_done {
+            bail!("internal error: the template measured before stage1 kvm");
+        }
+        self.m.measure_stage1_kvm_template(
+            &self.uuid,
+            key,
+            dir,
+            state_sha256,
+            mem_sha256,
+            mem_pages,
+        )?;
         Ok(())
     }
 

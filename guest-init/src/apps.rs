@@ -10,14 +10,20 @@ pub(crate) fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
 pub(crate) fn relay(fd: OwnedFd, chan: u32, stream: Stream, ctl: Control, done: mpsc::Sender<()>) {
     let mut f = File::from(fd);
     let mut buf = vec![0u8; 32 * 1024];
+    let mut first = true;
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => ctl.send(&Msg::Data {
-                chan,
-                stream,
-                data: buf[..n].to_vec(),
-            }),
+            Ok(n) => {
+                if std::mem::take(&mut first) {
+                    trace("first output read");
+                }
+                ctl.send(&Msg::Data {
+                    chan,
+                    stream,
+                    data: buf[..n].to_vec(),
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
@@ -118,6 +124,7 @@ impl Inputs {
 
 pub(crate) fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> {
     set_hostname_and_lo(pod)?;
+    trace("hostname, lo");
     let layout = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         Some(Layout::V2 {
             root: "/sys/fs/cgroup".into(),
@@ -181,6 +188,7 @@ pub(crate) fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> 
         };
         // Close-on-exec: its end-of-file tells us the app exec'd (or died setting up).
         let (exec_r, exec_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
+        trace("forking an app");
         // SAFETY: the child only sets itself up and execs (or _exits).
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
@@ -231,6 +239,7 @@ pub(crate) fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> 
                 let (c, pids, name) = (ctl.clone(), pids.clone(), a.name.clone());
                 let t = std::thread::spawn(move || {
                     wait_exec(&exec_r, child);
+                    trace("app exec'd");
                     pids.lock().unwrap().insert(name, child.as_raw());
                     c.send(&Msg::AppStarted {
                         app: chan,
@@ -243,6 +252,7 @@ pub(crate) fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> 
         }
     };
     let mut on_exit = |name: &str, code: i32| {
+        trace("app exited");
         // A crash signal in the console log tells a guest problem (e.g. vector state lost on a
         // context switch shows as SIGSEGV) from an app's own exit code.
         if let Some(sig) = crash_signal(code) {
@@ -318,7 +328,12 @@ pub(crate) fn wait_exec(exec_r: &OwnedFd, child: Pid) {
 /// cannot lose the last frames.
 pub(crate) fn finish(ctl: &Control, done: Option<(i32, mpsc::Receiver<()>)>) {
     let code = done.as_ref().map(|(c, _)| *c).unwrap_or(SETUP_FAILED);
+    // The host ends the VM as soon as it reads PodDone: what the apps wrote must be out of
+    // the guest's caches first (virtio-fs writes through, but shared mappings may be dirty).
+    // SAFETY: sync takes no arguments.
+    unsafe { libc::sync() };
     ctl.send(&Msg::PodDone { code });
+    trace("pod done sent");
     if let Some(s) = &ctl.sock {
         let f = s.lock().unwrap_or_else(|p| p.into_inner());
         let _ = socket::shutdown(f.as_raw_fd(), socket::Shutdown::Write);
@@ -366,6 +381,7 @@ pub(crate) fn app_child(
     io: AppIo,
     layout: Option<&Layout>,
 ) -> anyhow::Error {
+    trace("app child: forked");
     let r = (|| -> anyhow::Result<()> {
         // attach_tty makes its own session.
         if io.tty.is_none() {
@@ -398,10 +414,12 @@ pub(crate) fn app_child(
     if let Err(e) = r {
         return e;
     }
+    trace("app child: namespaces, cgroup");
     let root = PathBuf::from("/run/rkt/apps").join(&a.name);
     let tty = io.tty;
     // As on ns: the terminal comes from the app's own devpts, so `tty` names it inside the app.
     app::setup_and_exec_with(a, pod, &root, layout, &mut |root| {
+        trace("app child: root prepared");
         if let Some(sock) = &tty {
             supervisor::hand_over_pty(&root.join("dev/pts"), sock)?;
         }

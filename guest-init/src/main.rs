@@ -32,6 +32,64 @@ use mounts::*;
 /// Exit code of an app whose set-up failed before exec (rkt's own-error code).
 pub(crate) const SETUP_FAILED: i32 = rkt_stage2::EXIT_RKT_ERROR;
 
+/// Wall-clock times of the steps after the template point (docs/kvm-template.md, "Where the
+/// time goes"); printed on the console for a `--debug` pod once its spec is read. The clock is
+/// the host's from the handover on, so the host's `--debug` times line up with these.
+static TRACE: Mutex<Vec<(&str, std::time::SystemTime)>> = Mutex::new(Vec::new());
+static TRACE_ON: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+
+/// Records step `what`: kept until we know whether the pod is `--debug`, then printed or dropped.
+pub(crate) fn trace(what: &'static str) {
+    use std::sync::atomic::Ordering;
+    let now = std::time::SystemTime::now();
+    match TRACE_ON.load(Ordering::Relaxed) {
+        0 => {}
+        1 => print_trace(what, now),
+        _ => TRACE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((what, now)),
+    }
+}
+
+/// Prints the kept steps (`debug`) or drops them, and decides for the ones to come.
+pub(crate) fn trace_decide(debug: bool) {
+    use std::sync::atomic::Ordering;
+    TRACE_ON.store(debug as u8, Ordering::Relaxed);
+    let kept = std::mem::take(&mut *TRACE.lock().unwrap_or_else(|p| p.into_inner()));
+    if debug {
+        // A close-on-exec copy of the console: an app child's stderr is its pipe to the host.
+        // SAFETY: F_DUPFD_CLOEXEC makes a new fd we own, or fails.
+        let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) };
+        if fd >= 0 {
+            // SAFETY: fd is a new descriptor nobody else owns.
+            let _ = CONSOLE.set(unsafe { File::from_raw_fd(fd) });
+        }
+        for (w, t) in kept {
+            print_trace(w, t);
+        }
+    }
+}
+
+static CONSOLE: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+
+fn print_trace(what: &str, t: std::time::SystemTime) {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let line = format!(
+        "guest-init: @{}.{:06} {what}\n",
+        d.as_secs(),
+        d.subsec_micros()
+    );
+    match CONSOLE.get() {
+        Some(mut c) => {
+            let _ = c.write_all(line.as_bytes());
+        }
+        None => {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+}
+
 pub(crate) fn log(msg: &str) {
     // PID 1's stderr is the serial console: slow, so only for errors and --debug.
     let _ = writeln!(std::io::stderr(), "guest-init: {msg}");
@@ -119,7 +177,9 @@ pub(crate) fn run() -> anyhow::Result<()> {
     mount_basics()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if cmdline.split_whitespace().any(|w| w == proto::HANDOVER_ARG) {
+        prepare_cgroups();
         wait_for_pod().context("waiting for the pod")?;
+        trace("handover applied");
     }
     let spec_path = Path::new(proto::SHARE_MOUNT).join(proto::GUEST_SPEC_FILE);
     if !spec_path.exists() {
@@ -132,15 +192,19 @@ pub(crate) fn run() -> anyhow::Result<()> {
             None::<&str>,
         )
         .context("mounting the virtio-fs pod share")?;
+        trace("virtio-fs mounted");
     }
     let text =
         std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
     let pod: PodSpec = serde_json::from_slice(&text)
         .with_context(|| format!("parsing {}", spec_path.display()))?;
+    trace("spec read");
+    trace_decide(pod.debug);
     let ctl = Control {
         sock: connect_host(pod.debug).map(|f| Arc::new(Mutex::new(f))),
         names: Arc::new(pod.apps.iter().map(|a| a.name.clone()).collect()),
     };
+    trace("control connected");
     match supervise_pod(&pod, &ctl) {
         Ok(()) => Ok(()),
         Err(e) => {

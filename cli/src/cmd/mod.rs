@@ -10,6 +10,7 @@ pub mod help;
 pub mod image;
 pub mod logs;
 pub mod pods;
+pub mod stage1;
 pub mod tpm;
 pub mod trust;
 pub mod version;

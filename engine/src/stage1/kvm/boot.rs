@@ -32,13 +32,24 @@ pub(super) fn boot(
     let sigs = vmm_signals();
 
     let (vcpus, mem_mib) = vm_size(spec);
-    let (vm, plan) = template_build(
-        spec, pod_dir, kernel, initrd, &uds, vcpus, mem_mib, &measure, nics,
-    )?;
+    super::template::set_trace(spec.debug);
+    let (vm, plan) = template_build(spec, pod_dir, kernel, initrd, &uds, vcpus, mem_mib, nics)?;
     // The command line is final only now: measure the VMM (rkt itself), kernel, initramfs and
     // command line, then the pod manifest and apps, before any vCPU runs.
     let measured = measure
         .stage1_kvm(Path::new("/proc/self/exe"), kernel, initrd, &vm.cmdline)
+        .and_then(|()| match &plan {
+            // A restored VM runs the template's state and memory: their digests, checked
+            // against the template's record just before the restore, go into the log too.
+            super::template::Plan::Restored(dir, meta) => measure.stage1_kvm_template(
+                &meta.key,
+                dir,
+                &meta.state_sha256,
+                &meta.mem_sha256,
+                meta.mem_pages,
+            ),
+            _ => Ok(()),
+        })
         .and_then(|()| measure.finish());
     if let Err(e) = measured {
         for p in [&uds, &ctl_path] {
@@ -110,6 +121,7 @@ pub(super) fn boot(
                     Err(_) => return Outcome::default(),
                 }
             };
+            super::template::trace("control connection accepted");
             let _ = conn.set_nonblocking(false);
             let mut clone = conn.try_clone().ok();
             let mut on_hello = || {
@@ -131,12 +143,18 @@ pub(super) fn boot(
                 &mut io::stderr(),
                 &mut on_hello,
             );
-            // Closing tells the guest it may reset; if it does not within a few seconds, end it.
+            super::template::trace("pod done");
             *writer.lock().unwrap() = None;
             drop(conn);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !ended.load(Ordering::SeqCst) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
+            // The guest reported the pod's end (after syncing its file systems): nothing it
+            // does from here on matters, and its own power-off would cost ~0.3-1 s of emulated
+            // kernel work under PVM, so end the VM now (issue 12). Without PodDone, closing
+            // tells the guest it may reset; if it does not within a few seconds, end it.
+            if o.code.is_none() {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !ended.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
             handle.stop();
             o
@@ -145,6 +163,7 @@ pub(super) fn boot(
     let reason = super::template::run(vm, plan, &uds);
     ended.store(true, Ordering::SeqCst);
     let outcome = server.join().unwrap_or_default();
+    super::template::trace("returning");
     for p in [&uds, &ctl_path] {
         let _ = std::fs::remove_file(p);
     }
@@ -177,7 +196,6 @@ pub(super) fn template_build(
     uds: &Path,
     vcpus: u8,
     mem_mib: u64,
-    measure: &PodMeasurement,
     nics: &[crate::net::kvm::VmNic],
 ) -> Result<(rkt_vmm::Vm, super::template::Plan)> {
     // A card is part of the template (its tap is not: a restored VM gets this pod's).
@@ -189,7 +207,6 @@ pub(super) fn template_build(
     super::template::build(
         || vmm::config(spec, pod_dir, kernel, initrd, uds, vcpus, mem_mib, nics),
         &devices,
-        measure.active(),
     )
 }
 

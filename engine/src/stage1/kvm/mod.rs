@@ -202,6 +202,31 @@ pub fn check_net(net: &NetMode) -> Result<()> {
     Ok(())
 }
 
+/// `rkt stage1 template build`: makes the VM template that a kvm pod of the default size
+/// without CNI networks restores from (docs/kvm-template.md). Returns its key and whether it
+/// was made now. The VM's share and sockets live in a throw-away directory; it never gets a pod.
+pub fn build_template(data_dir: &Path, debug: bool) -> Result<(String, bool)> {
+    let kernel = find_kernel()?;
+    let init = find_guest_init()?;
+    let initrd = initramfs(&data_dir.join("cas/stage1-kvm"), &init).map_err(err_prefix)?;
+    let work = std::env::temp_dir().join(format!("rkt-template-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(share_dir(&work))?;
+    let spec: PodSpec = serde_json::from_value(serde_json::json!({
+        "uuid": "template", "hostname": "template", "net": NetMode::None,
+        "resolv_conf": null, "hosts": null, "interactive": false,
+        "insecure": rkt_stage2::InsecureRun::default(), "debug": debug, "apps": [],
+    }))?;
+    let (vcpus, mem_mib) = vm_size(&spec);
+    let uds = work.join(VSOCK_UDS);
+    let r = template::make_ahead(
+        || boot::vmm::config(&spec, &work, &kernel, &initrd, &uds, vcpus, mem_mib, &[]),
+        boot::vmm::DEVICES,
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    r.map_err(err_prefix)
+}
+
 /// Nothing outlives a kvm pod's VMM process: its mounts were in its private mount namespace.
 /// Only the vsock sockets may be left behind by a killed VMM.
 pub fn gc(pod_dir: &Path) -> Result<()> {
