@@ -72,43 +72,25 @@ fn split_tag(s: &str) -> (PathBuf, Option<String>) {
     }
 }
 
+/// A docker reference (`[host[:port]/]repo[:tag][@digest]`), by the distribution grammar as
+/// oci-spec implements it: Docker Hub names get `docker.io` and `library/`, the tag defaults to
+/// `latest` (also beside a digest: the digest decides what is fetched).
 pub fn parse_docker(rest: &str) -> Result<DockerRef> {
     let rest = rest.trim_start_matches('/');
     if rest.is_empty() {
         bail!("empty docker image reference");
     }
-    let (first, remainder) = match rest.split_once('/') {
-        Some((f, r)) if f.contains('.') || f.contains(':') || f == "localhost" => {
-            (f.to_string(), r.to_string())
-        }
-        _ => ("docker.io".to_string(), rest.to_string()),
-    };
-    let (repo_tag, digest) = match remainder.split_once('@') {
-        Some((r, d)) => (r.to_string(), Some(d.to_string())),
-        None => (remainder, None),
-    };
-    let (mut repo, tag) = match repo_tag.rfind(':') {
-        Some(i) => (repo_tag[..i].to_string(), repo_tag[i + 1..].to_string()),
-        None => (repo_tag.clone(), "latest".to_string()),
-    };
-    if first == "docker.io" && !repo.contains('/') {
-        repo = format!("library/{repo}");
-    }
-    if repo.is_empty()
-        || !repo
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
-    {
-        bail!("invalid docker repository name {repo:?}");
-    }
-    if let Some(d) = &digest {
+    let r: oci_spec::distribution::Reference = rest
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid docker image reference {rest:?}: {e}"))?;
+    if let Some(d) = r.digest() {
         crate::blob::digest_hex(d)?;
     }
     Ok(DockerRef {
-        registry: first,
-        repo,
-        tag,
-        digest,
+        registry: r.registry().to_string(),
+        repo: r.repository().to_string(),
+        tag: r.tag().unwrap_or("latest").to_string(),
+        digest: r.digest().map(str::to_string),
     })
 }
 
@@ -178,6 +160,25 @@ mod tests {
         let r = parse_docker(&format!("localhost/x/y@{d}")).unwrap();
         assert_eq!(r.digest.as_deref(), Some(d.as_str()));
         assert!(parse_docker("HOST.io/Bad").is_err());
+        let r = parse_docker(&format!("index.docker.io/me/app:v1@{d}")).unwrap();
+        assert_eq!(
+            (r.name(), r.tag.as_str()),
+            ("docker.io/me/app".into(), "v1")
+        );
+        for bad in [
+            "a//b",
+            "a b",
+            "a/b:",
+            "a/b:-x",
+            "x/y@sha256:abc",
+            "x/y@md5:0123456789abcdef0123456789abcdef",
+            "../../etc",
+        ] {
+            assert!(parse_docker(bad).is_err(), "{bad}");
+        }
+        // The distribution grammar's length limit: no unbounded names reach a registry URL.
+        assert!(parse_docker(&"a".repeat(256)).is_err());
+        assert!(parse_docker(&format!("x/y:{}", "t".repeat(129))).is_err());
     }
 
     #[test]
