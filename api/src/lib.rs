@@ -7,6 +7,7 @@ mod access;
 mod events;
 mod images;
 pub mod listen;
+mod logs;
 mod pods;
 mod service;
 mod validate;

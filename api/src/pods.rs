@@ -61,7 +61,10 @@ pub fn to_api(p: &Pod) -> api::Pod {
         out.annotations = key_values(&m.annotations);
         let statuses = p.app_statuses();
         for a in &m.apps {
-            let version = rkt_schema::lookup(&a.image.labels, "version").unwrap_or("latest");
+            // The pod manifest may name the image with its tag (`name:tag`); the API's image
+            // name is without it, the tag being the version, as for ListImages.
+            let (name, tag) = rkt_store::split_name_tag(&a.image.name);
+            let version = rkt_schema::lookup(&a.image.labels, "version").unwrap_or(&tag);
             let code = statuses.iter().find(|(n, _)| *n == a.name).map(|(_, c)| *c);
             let (st, exit_code) = if p.state == State::Running {
                 // An app of a running pod with a recorded status has exited (multi-app pods).
@@ -79,7 +82,7 @@ pub fn to_api(p: &Pod) -> api::Pod {
                 image: Some(api::Image {
                     base_format: Some(crate::images::appc_format()),
                     id: a.image.id.clone(),
-                    name: a.image.name.clone(),
+                    name,
                     version: version.to_string(),
                     ..Default::default()
                 }),

@@ -11,16 +11,16 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::v1alpha::{self as api, public_api_server::PublicApi};
-use crate::{access, events, images, pods, validate, Options};
+use crate::{access, events, images, logs, pods, validate, Options};
 
-/// ListenEvents streams open at once; each polls the disk, so they are bounded.
-const MAX_EVENT_STREAMS: usize = 64;
+/// ListenEvents and GetLogs streams open at once; each polls the disk, so they are bounded.
+const MAX_STREAMS: usize = 64;
 
 pub struct Service {
     opts: Arc<Options>,
     /// uids that may read pods and images (see [`access`]).
     allowed: Vec<u32>,
-    event_streams: Arc<AtomicUsize>,
+    streams: Arc<AtomicUsize>,
 }
 
 impl Service {
@@ -28,12 +28,23 @@ impl Service {
         Service {
             allowed: access::allowed_uids(&opts.dir),
             opts: Arc::new(opts),
-            event_streams: Arc::new(AtomicUsize::new(0)),
+            streams: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     fn dir(&self) -> PathBuf {
         self.opts.dir.clone()
+    }
+
+    /// A place for one more open stream (ListenEvents, GetLogs), freed when the stream ends.
+    fn stream_slot(&self) -> Result<StreamSlot, Status> {
+        if self.streams.fetch_add(1, Ordering::SeqCst) >= MAX_STREAMS {
+            self.streams.fetch_sub(1, Ordering::SeqCst);
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_STREAMS} event and log streams are open already"
+            )));
+        }
+        Ok(StreamSlot(self.streams.clone()))
     }
 }
 
@@ -199,13 +210,7 @@ impl PublicApi for Service {
         access::check(&req, &self.allowed)?;
         let filter = req.into_inner().filter.unwrap_or_default();
         validate::event_filter(&filter)?;
-        if self.event_streams.fetch_add(1, Ordering::SeqCst) >= MAX_EVENT_STREAMS {
-            self.event_streams.fetch_sub(1, Ordering::SeqCst);
-            return Err(Status::resource_exhausted(format!(
-                "{MAX_EVENT_STREAMS} event streams are open already"
-            )));
-        }
-        let slot = StreamSlot(self.event_streams.clone());
+        let slot = self.stream_slot()?;
         let dir = self.dir();
         let interval = self.opts.events_interval;
         // The baseline is taken before the response goes out: whatever happens after the
@@ -256,9 +261,20 @@ impl PublicApi for Service {
         req: Request<api::GetLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         access::check(&req, &self.allowed)?;
-        validate::get_logs(req.get_ref())?;
-        Err(Status::unimplemented(
-            "GetLogs: per-app logs are not kept in the pod directory by this rkt yet",
-        ))
+        let r = req.into_inner();
+        validate::get_logs(&r)?;
+        let slot = self.stream_slot()?;
+        let dir = self.dir();
+        let (id, app) = (r.pod_id.clone(), r.app_name.clone());
+        // The pod and app are checked before the stream opens: a wrong one is the RPC's status.
+        let src = blocking(move || logs::Source::open(&dir, &id, &app)).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            src.stream(&r, &tx);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

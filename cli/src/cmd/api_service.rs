@@ -8,8 +8,6 @@ use clap::Args;
 
 use crate::global::{GlobalOpts, Globals};
 
-const RKT_V1_COMPAT: &str = "1.30.0";
-
 #[derive(Args, Debug)]
 pub struct ApiServiceArgs {
     /// Address to listen for client API requests (HOST:PORT; default localhost:15441, 0.0.0.0
@@ -29,7 +27,7 @@ pub fn run(g: &Globals, opts: &GlobalOpts, a: ApiServiceArgs) -> anyhow::Result<
         user_config: opts.user_config.clone(),
         insecure_options: opts.insecure_options.clone(),
         // The rkt v1 release whose CLI and API we keep, as `rkt version` names it.
-        rkt_version: RKT_V1_COMPAT.to_string(),
+        rkt_version: super::version::RKT_V1_COMPAT.to_string(),
         listen: a.listen,
         events_interval: Duration::from_secs(1),
     })?;
