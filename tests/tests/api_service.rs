@@ -313,6 +313,16 @@ fn api_service_serves_pods_images_events_and_logs() {
         assert_eq!(running.apps[0].state, api::AppState::Running as i32);
         assert!(!running.cgroup.is_empty(), "{running:?}");
         assert!(running.started_at >= running.created_at, "{running:?}");
+        // Followed logs: the stream stays open while the pod runs and ends after it exits.
+        let mut follow = c
+            .get_logs(api::GetLogsRequest {
+                pod_id: uuid.clone(),
+                follow: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
         let seen = events_until(&mut events, |ev| {
             has(ev, api::EventType::PodExited, &uuid, &format!("rkt-{uuid}"))
         })
@@ -343,6 +353,20 @@ fn api_service_serves_pods_images_events_and_logs() {
             "{exited:?}"
         );
         run.wait_timeout(60).assert_code(3);
+        let mut followed = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), follow.message()).await {
+                Ok(Ok(Some(r))) => followed.extend(r.lines),
+                Ok(Ok(None)) => break,
+                other => panic!("following the logs: {other:?}; got {followed:?}"),
+            }
+        }
+        assert!(
+            followed
+                .iter()
+                .any(|l| l.ends_with(" stdout F hello from the pod")),
+            "{followed:?}"
+        );
 
         let p = c
             .inspect_pod(api::InspectPodRequest { id: uuid.clone() })
@@ -548,9 +572,10 @@ fn api_service_serves_pods_images_events_and_logs() {
 
     // A caller that is not root (nor the data dir's owner) reads nothing: the same test binary,
     // run as nobody, is the client.
+    let (_keep, exe) = exe_for_nobody();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(std::env::current_exe().unwrap())
+        .arg(&exe)
         .args([
             "--exact",
             "probe_as_another_user",
@@ -567,6 +592,20 @@ fn api_service_serves_pods_images_events_and_logs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("PROBE uid=65534 info=ok pods=PermissionDenied pod=PermissionDenied images=PermissionDenied events=PermissionDenied logs=PermissionDenied"), "{text}");
+}
+
+/// This test binary where uid 65534 can run it: the checkout may sit below a directory only root
+/// may enter (a clone in a `mktemp -d` directory).
+fn exe_for_nobody() -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = d.path().join("api_service_probe");
+    let exe = std::env::current_exe().unwrap();
+    if std::fs::hard_link(&exe, &p).is_err() {
+        std::fs::copy(&exe, &p).unwrap();
+    }
+    (d, p)
 }
 
 /// The client half of the non-root check above; does nothing unless RKT_API_PROBE is set.
