@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rkt_schema::{NameValue, PodManifest};
-use rkt_stage2::PodSpec;
+use rkt_stage2::{AppSpec, PodSpec};
 use serde_json::{json, Value};
 
 use super::build::{self, USER_ANNOTATION, USER_LABEL};
@@ -258,8 +258,48 @@ pub fn add(ctx: &AddContext, pod: &Pod, flags: &AppFlags) -> Result<String> {
     Ok(ra.name)
 }
 
+/// Adds an app whose manifest entry and resolved spec the caller built (the containerd shim:
+/// an OCI bundle's process on the bundle's root, `RootfsSpec::Dir`) to a running mutable pod,
+/// in state `created`.
+pub fn add_prepared(pod: &Pod, ra: rkt_schema::RuntimeApp, app_spec: AppSpec) -> Result<()> {
+    check_mutable_running(pod)?;
+    if ra.name != app_spec.name || !rkt_stage2::control::valid_app_name(&ra.name) {
+        bail!("invalid app name {:?}", ra.name);
+    }
+    let _lock = app_lock(pod)?;
+    let mut m = pod.manifest()?;
+    if m.apps.iter().any(|a| a.name == ra.name) {
+        bail!("pod {} already has an app named {:?}", pod.uuid, ra.name);
+    }
+    let mut spec = PodSpec::load(&pod.path)?;
+    let name = ra.name.clone();
+    let info = pod.path.join("appsinfo").join(&name);
+    std::fs::create_dir_all(&info)?;
+    super::write_atomic(&info.join("treeStoreID"), ra.image.id.as_bytes())?;
+    m.apps.push(ra);
+    spec.apps.push(app_spec);
+    super::write_time(&info_file(&pod.path, &name, CREATED))?;
+    super::write_runtime(
+        &pod.path.join(rkt_stage2::SPEC_FILE),
+        &serde_json::to_vec_pretty(&spec)?,
+    )?;
+    super::write_atomic(
+        &pod.path.join(super::MANIFEST_FILE),
+        &serde_json::to_vec(&m)?,
+    )
+}
+
 /// `rkt app start`: starts an added app of a running mutable pod.
 pub fn start(pod: &Pod, name: &str) -> Result<()> {
+    start_with_stdio(pod, name, None)
+}
+
+/// [`start`] with the app's stdin, stdout and stderr given by the caller.
+pub fn start_with_stdio(
+    pod: &Pod,
+    name: &str,
+    stdio: Option<[std::os::fd::OwnedFd; 3]>,
+) -> Result<()> {
     check_mutable_running(pod)?;
     check_name(pod, name)?;
     let _lock = app_lock(pod)?;
@@ -272,7 +312,7 @@ pub fn start(pod: &Pod, name: &str) -> Result<()> {
         .iter()
         .find(|a| a.name == name)
         .with_context(|| format!("pod {} has no app named {name:?}", pod.uuid))?;
-    crate::stage1::ns_app::start(&pod.path, &spec, app)?;
+    crate::stage1::ns_app::start_with_stdio(&pod.path, &spec, app, stdio)?;
     super::write_time(&info_file(&pod.path, name, STARTED))
 }
 

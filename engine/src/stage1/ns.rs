@@ -25,7 +25,7 @@ pub fn cgroups_record(pod_dir: &Path) -> PathBuf {
 }
 
 /// The layout `run` recorded for the pod, else the host's (pods started before the record).
-pub(crate) fn pod_layout(pod_dir: &Path) -> Result<Layout> {
+pub fn pod_layout(pod_dir: &Path) -> Result<Layout> {
     match std::fs::read(cgroups_record(pod_dir)) {
         Ok(b) => serde_json::from_slice(&b).context("reading the pod's cgroup record"),
         Err(_) => cgroup::detect(),

@@ -21,6 +21,17 @@ use rkt_stage2::{AppSpec, PodSpec};
 
 /// Starts `app` (already in `spec`, the pod's `stage1-spec.json`) in the running pod.
 pub fn start(pod_dir: &Path, spec: &PodSpec, app: &AppSpec) -> Result<()> {
+    start_with_stdio(pod_dir, spec, app, None)
+}
+
+/// [`start`] with the app's stdin, stdout and stderr given by the caller (the containerd shim
+/// passes containerd's FIFOs) instead of /dev/null and the supervisor's output.
+pub fn start_with_stdio(
+    pod_dir: &Path,
+    spec: &PodSpec,
+    app: &AppSpec,
+    own_stdio: Option<[OwnedFd; 3]>,
+) -> Result<()> {
     let sup: i32 = std::fs::read_to_string(rkt_stage2::pod_pid_path(pod_dir))
         .context("reading the pod's pid")?
         .trim()
@@ -35,11 +46,19 @@ pub fn start(pod_dir: &Path, spec: &PodSpec, app: &AppSpec) -> Result<()> {
     .with_context(|| format!("app {:?}: root file system", app.name))?;
     cgroup::create_app(&layout, &spec.uuid, &app)
         .with_context(|| format!("app {:?}: cgroup", app.name))?;
-    // The pod's output: the supervisor's stdout and stderr, as for the apps it started.
-    let stdio = control::request(pod_dir, &Request::Stdio)?;
-    if stdio.len() != 2 {
-        bail!("the pod's supervisor sent no output descriptors");
-    }
+    let stdio = match own_stdio {
+        Some(fds) => fds.into(),
+        None => {
+            // The pod's output: the supervisor's stdout and stderr, as for the apps it started.
+            let mut fds = control::request(pod_dir, &Request::Stdio)?;
+            if fds.len() != 2 {
+                bail!("the pod's supervisor sent no output descriptors");
+            }
+            let null = std::fs::File::open("/dev/null").context("/dev/null")?;
+            fds.insert(0, OwnedFd::from(null));
+            fds
+        }
+    };
     let nss = ["net", "uts", "ipc", "pid"]
         .iter()
         .map(|n| {
@@ -181,11 +200,10 @@ fn app_child(
     gate: OwnedFd,
 ) -> Result<std::convert::Infallible> {
     use nix::mount::{mount, MsFlags};
-    let null = std::fs::File::open("/dev/null").context("/dev/null")?;
     for (fd, to) in [
-        (null.as_raw_fd(), 0),
-        (stdio[0].as_raw_fd(), 1),
-        (stdio[1].as_raw_fd(), 2),
+        (stdio[0].as_raw_fd(), 0),
+        (stdio[1].as_raw_fd(), 1),
+        (stdio[2].as_raw_fd(), 2),
     ] {
         // SAFETY: dup2 onto a standard descriptor; the source is open.
         if unsafe { libc::dup2(fd, to) } < 0 {

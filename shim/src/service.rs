@@ -1,0 +1,827 @@
+//! containerd's task service (runtime v2, ttrpc) over rkt pods: one pod per sandbox, one app
+//! per container, `rkt app exec` per exec.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use containerd_shim::api::{self, Status};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
+
+use crate::bundle;
+use crate::sandbox::{Rkt, Sandbox};
+use crate::stdio::{self, StdinWriter};
+
+/// The file in a bundle that names the pod its container made (read by `shim delete`).
+pub const POD_UUID_FILE: &str = "rkt-pod-uuid";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PState {
+    Created,
+    Running,
+    Stopped,
+}
+
+struct Proc {
+    pid: u32,
+    state: PState,
+    exit_status: u32,
+    exited_at: Option<Timestamp>,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
+    stdin_writer: Option<StdinWriter>,
+    pty: Option<File>,
+}
+
+impl Proc {
+    fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Proc {
+        Proc {
+            pid: 0,
+            state: PState::Created,
+            exit_status: 0,
+            exited_at: None,
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            terminal,
+            stdin_writer: None,
+            pty: None,
+        }
+    }
+
+    fn exited(&mut self, code: u32) -> Timestamp {
+        let at = containerd_shim::util::timestamp().unwrap_or_default();
+        self.state = PState::Stopped;
+        self.exit_status = code;
+        self.exited_at = Some(at.clone());
+        self.pty = None;
+        at
+    }
+}
+
+struct Exec {
+    proc_: Proc,
+    args: Vec<String>,
+}
+
+struct Container {
+    bundle: PathBuf,
+    app: String,
+    /// The sandbox whose pod runs the app (the container's own id when it made the pod).
+    sandbox: String,
+    rootfs_mounted: bool,
+    init: Proc,
+    execs: HashMap<String, Exec>,
+}
+
+#[derive(Default)]
+struct State {
+    containers: HashMap<String, Container>,
+    sandboxes: HashMap<String, Sandbox>,
+}
+
+#[derive(Clone)]
+pub struct TaskService {
+    inner: Arc<(Mutex<State>, Condvar)>,
+    exit: Arc<ExitSignal>,
+    rkt: Arc<Rkt>,
+    publisher: Arc<Mutex<RemotePublisher>>,
+    namespace: String,
+}
+
+fn err(code: Code, msg: impl ToString) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+}
+
+fn internal(e: anyhow::Error) -> ttrpc::Error {
+    err(Code::INTERNAL, format!("{e:#}"))
+}
+
+fn not_found(id: &str) -> ttrpc::Error {
+    err(Code::NOT_FOUND, format!("container {id} not found"))
+}
+
+impl TaskService {
+    pub fn new(
+        rkt: Arc<Rkt>,
+        exit: Arc<ExitSignal>,
+        publisher: RemotePublisher,
+        namespace: String,
+    ) -> TaskService {
+        TaskService {
+            inner: Arc::new((Mutex::new(State::default()), Condvar::new())),
+            exit,
+            rkt,
+            publisher: Arc::new(Mutex::new(publisher)),
+            namespace,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.0.lock().unwrap()
+    }
+
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let ctx = containerd_shim::protos::ttrpc::context::Context::default();
+        if let Err(e) = self
+            .publisher
+            .lock()
+            .unwrap()
+            .publish(ctx, topic, &self.namespace, event)
+        {
+            log::warn!("publishing {topic}: {e}");
+        }
+    }
+
+    /// Records an exit, wakes Wait and tells containerd.
+    fn on_exit(&self, id: &str, exec_id: &str, code: u32) {
+        let mut st = self.lock();
+        let Some(c) = st.containers.get_mut(id) else {
+            return;
+        };
+        let p = if exec_id.is_empty() {
+            &mut c.init
+        } else {
+            match c.execs.get_mut(exec_id) {
+                Some(e) => &mut e.proc_,
+                None => return,
+            }
+        };
+        let at = p.exited(code);
+        let pid = p.pid;
+        drop(st);
+        self.inner.1.notify_all();
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: id.into(),
+                id: if exec_id.is_empty() { id } else { exec_id }.into(),
+                pid,
+                exit_status: code,
+                exited_at: MessageField::some(at),
+                ..Default::default()
+            }),
+        );
+    }
+
+    /// Watches for the supervisor's record of the app's exit code (the supervisor, not the shim,
+    /// is the app's parent). A pod that is gone without one reports 255.
+    fn watch_app(&self, id: String, pod_dir: PathBuf, app: String) {
+        let svc = self.clone();
+        std::thread::spawn(move || {
+            let status = rkt_stage2::app_status_path(&pod_dir, &app);
+            let pod_pid = std::fs::read_to_string(rkt_stage2::pod_pid_path(&pod_dir))
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            let mut tick = Duration::from_millis(1);
+            let code = loop {
+                if let Ok(t) = std::fs::read_to_string(&status) {
+                    if let Ok(c) = t.trim().parse::<i32>() {
+                        break c as u32;
+                    }
+                }
+                // SAFETY: kill(pid, 0) only checks that the process exists.
+                if pod_pid.is_some_and(|p| unsafe { libc::kill(p, 0) } != 0) && !status.exists() {
+                    break 255;
+                }
+                std::thread::sleep(tick);
+                tick = (tick * 2).min(Duration::from_millis(20));
+            };
+            svc.on_exit(&id, "", code);
+        });
+    }
+
+    fn wait_exit(&self, id: &str, exec_id: &str) -> TtrpcResult<(u32, Timestamp)> {
+        let mut st = self.lock();
+        loop {
+            let c = st.containers.get(id).ok_or_else(|| not_found(id))?;
+            let p = if exec_id.is_empty() {
+                &c.init
+            } else {
+                &c.execs
+                    .get(exec_id)
+                    .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {exec_id} not found")))?
+                    .proc_
+            };
+            if p.state == PState::Stopped {
+                return Ok((p.exit_status, p.exited_at.clone().unwrap_or_default()));
+            }
+            st = self.inner.1.wait(st).unwrap();
+        }
+    }
+
+    fn create_inner(&self, req: &api::CreateTaskRequest) -> anyhow::Result<u32> {
+        use anyhow::Context;
+        let bundle_dir = PathBuf::from(&req.bundle);
+        let spec = bundle::load(&bundle_dir)?;
+        let app = bundle::app_name(&req.id);
+        let mut st = self.lock();
+        if st.containers.contains_key(&req.id) {
+            anyhow::bail!("container {} already exists", req.id);
+        }
+        let mounted = bundle::mount_rootfs(&bundle_dir, &req.rootfs)?;
+        let undo_mount = |b: &Path| {
+            if mounted {
+                bundle::unmount_rootfs(b)
+            }
+        };
+        let sandbox = bundle::sandbox_of(&spec).unwrap_or_else(|| req.id.clone());
+        let r = (|| -> anyhow::Result<()> {
+            if !st.sandboxes.contains_key(&sandbox) {
+                if sandbox != req.id {
+                    anyhow::bail!("sandbox {sandbox} is not served by this shim");
+                }
+                let sb = Sandbox::start(
+                    &self.rkt,
+                    &bundle::net(&spec),
+                    bundle::hostname(&spec).as_deref(),
+                    &bundle_dir.join(POD_UUID_FILE),
+                )?;
+                st.sandboxes.insert(sandbox.clone(), sb);
+            }
+            let sb = &st.sandboxes[&sandbox];
+            let pod = self.rkt.pod(&sb.uuid)?;
+            let image = bundle::runtime_image(&spec, &req.id);
+            let app_spec = bundle::app_spec(&spec, &bundle_dir, &app, &image.id)?;
+            let ra = rkt_schema::RuntimeApp {
+                name: app.clone(),
+                image,
+                app: None,
+                read_only_rootfs: app_spec.readonly_rootfs,
+                mounts: Vec::new(),
+                annotations: Vec::new(),
+            };
+            rkt_engine::pod::app::add_prepared(&pod, ra, app_spec)
+                .with_context(|| format!("adding app {app} to pod {}", sb.uuid))
+        })();
+        if let Err(e) = r {
+            // A pod made for this container goes with it.
+            if sandbox == req.id {
+                if let Some(sb) = st.sandboxes.remove(&sandbox) {
+                    let _ = sb.stop_and_remove(&self.rkt);
+                }
+            }
+            undo_mount(&bundle_dir);
+            return Err(e);
+        }
+        st.containers.insert(
+            req.id.clone(),
+            Container {
+                bundle: bundle_dir,
+                app,
+                sandbox,
+                rootfs_mounted: mounted,
+                init: Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+                execs: HashMap::new(),
+            },
+        );
+        Ok(0)
+    }
+
+    fn start_init(&self, id: &str) -> anyhow::Result<u32> {
+        use anyhow::Context;
+        let mut st = self.lock();
+        let State {
+            containers,
+            sandboxes,
+        } = &mut *st;
+        let c = containers
+            .get_mut(id)
+            .with_context(|| format!("container {id} not found"))?;
+        if c.init.state != PState::Created {
+            anyhow::bail!("container {id} has already been started");
+        }
+        let sb = sandboxes
+            .get(&c.sandbox)
+            .with_context(|| format!("the sandbox of {id} is gone"))?;
+        let pod = self.rkt.pod(&sb.uuid)?;
+        let io = stdio::open(
+            &c.init.stdin,
+            &c.init.stdout,
+            &c.init.stderr,
+            c.init.terminal,
+            // The app's own devpts does not exist yet: its terminal comes from the host's.
+            None,
+        )?;
+        rkt_engine::pod::app::start_with_stdio(&pod, &c.app, Some(io.fds))?;
+        let pid: u32 = std::fs::read_to_string(rkt_stage2::app_pid_path(&pod.path, &c.app))
+            .context("reading the app's pid")?
+            .trim()
+            .parse()
+            .context("the app's pid")?;
+        c.init.pid = pid;
+        c.init.state = PState::Running;
+        c.init.stdin_writer = Some(io.stdin);
+        c.init.pty = io.pty;
+        let (pod_dir, app) = (pod.path.clone(), c.app.clone());
+        drop(st);
+        self.watch_app(id.to_string(), pod_dir, app);
+        Ok(pid)
+    }
+
+    fn start_exec(&self, id: &str, exec_id: &str) -> anyhow::Result<u32> {
+        use anyhow::Context;
+        use std::os::unix::process::CommandExt;
+        let mut st = self.lock();
+        let State {
+            containers,
+            sandboxes,
+        } = &mut *st;
+        let c = containers
+            .get_mut(id)
+            .with_context(|| format!("container {id} not found"))?;
+        let uuid = sandboxes
+            .get(&c.sandbox)
+            .with_context(|| format!("the sandbox of {id} is gone"))?
+            .uuid
+            .clone();
+        let app = c.app.clone();
+        let ptmx = PathBuf::from(format!("/proc/{}/root/dev/ptmx", c.init.pid));
+        let e = c
+            .execs
+            .get_mut(exec_id)
+            .with_context(|| format!("exec {exec_id} not found"))?;
+        if e.proc_.state != PState::Created {
+            anyhow::bail!("exec {exec_id} has already been started");
+        }
+        let io = stdio::open(
+            &e.proc_.stdin,
+            &e.proc_.stdout,
+            &e.proc_.stderr,
+            e.proc_.terminal,
+            Some(&ptmx),
+        )?;
+        let [i, o, er] = io.fds;
+        let mut cmd = self.rkt.command();
+        cmd.args(["app", "exec", &uuid])
+            .arg(format!("--app={app}"))
+            .arg("--")
+            .args(&e.args)
+            .stdin(i)
+            .stdout(o)
+            .stderr(er);
+        if e.proc_.terminal {
+            // The pty becomes the command's controlling terminal (job control, ^C).
+            // SAFETY: setsid and ioctl are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    libc::ioctl(0, libc::TIOCSCTTY, 0);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().context("running rkt app exec")?;
+        let pid = child.id();
+        e.proc_.pid = pid;
+        e.proc_.state = PState::Running;
+        e.proc_.stdin_writer = Some(io.stdin);
+        e.proc_.pty = io.pty;
+        drop(st);
+        // The `Command` kept no copy of the pty's slave: the master sees EIO once the
+        // command and what it started are gone.
+        let svc = self.clone();
+        let (id, exec_id) = (id.to_string(), exec_id.to_string());
+        std::thread::spawn(move || {
+            let code = match child.wait() {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    s.code()
+                        .or_else(|| s.signal().map(|n| 128 + n))
+                        .unwrap_or(255) as u32
+                }
+                Err(_) => 255,
+            };
+            svc.on_exit(&id, &exec_id, code);
+        });
+        Ok(pid)
+    }
+
+    /// The app's cgroup directories (one per controller on cgroup v1).
+    fn app_cgroups(&self, st: &State, c: &Container) -> Vec<PathBuf> {
+        let Some(sb) = st.sandboxes.get(&c.sandbox) else {
+            return Vec::new();
+        };
+        let Ok(layout) = rkt_engine::stage1::ns::pod_layout(&sb.dir) else {
+            return Vec::new();
+        };
+        layout.dirs(&rkt_stage2::cgroup::app_path(&sb.uuid, &c.app))
+    }
+
+    fn cgroup_pids(dirs: &[PathBuf]) -> Vec<u32> {
+        for d in dirs {
+            if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                return t.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            }
+        }
+        Vec::new()
+    }
+
+    fn delete_init(&self, id: &str) -> anyhow::Result<(u32, u32, Timestamp)> {
+        let mut st = self.lock();
+        let Some(c) = st.containers.get(id) else {
+            anyhow::bail!("container {id} not found");
+        };
+        if c.init.state == PState::Running {
+            anyhow::bail!("container {id} is running: kill it first");
+        }
+        let c = st.containers.remove(id).unwrap();
+        if let Some(sb) = st.sandboxes.get(&c.sandbox) {
+            if let Ok(pod) = self.rkt.pod(&sb.uuid) {
+                if pod.state == rkt_engine::pod::State::Running {
+                    if let Err(e) = rkt_engine::pod::app::rm(&pod, &c.app) {
+                        log::warn!("removing app {}: {e:#}", c.app);
+                    }
+                }
+            }
+        }
+        // The pod goes with the container that made it (CRI deletes the sandbox's pause
+        // container last).
+        if c.sandbox == id {
+            if let Some(sb) = st.sandboxes.remove(id) {
+                if let Err(e) = sb.stop_and_remove(&self.rkt) {
+                    log::warn!("removing the pod of {id}: {e:#}");
+                }
+            }
+            let _ = std::fs::remove_file(c.bundle.join(POD_UUID_FILE));
+        }
+        if c.rootfs_mounted {
+            bundle::unmount_rootfs(&c.bundle);
+        }
+        Ok((
+            c.init.pid,
+            c.init.exit_status,
+            c.init.exited_at.unwrap_or_default(),
+        ))
+    }
+}
+
+fn status(s: PState) -> Status {
+    match s {
+        PState::Created => Status::CREATED,
+        PState::Running => Status::RUNNING,
+        PState::Stopped => Status::STOPPED,
+    }
+}
+
+fn kill_pid(pid: u32, sig: u32) -> TtrpcResult<()> {
+    // SAFETY: plain kill(2).
+    if pid == 0 || unsafe { libc::kill(pid as i32, sig as i32) } != 0 {
+        return Err(err(Code::NOT_FOUND, "process already finished"));
+    }
+    Ok(())
+}
+
+/// The command `rkt app exec` runs is its child; signals are for it, not for rkt.
+fn exec_target(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(pid)
+}
+
+impl containerd_shim::Task for TaskService {
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let st = self.lock();
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: st.containers.get(&req.id).map_or(0, |c| c.init.pid),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let pid = self.create_inner(&req).map_err(internal)?;
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        let pid = if req.exec_id.is_empty() {
+            let pid = self.start_init(&req.id).map_err(internal)?;
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: req.id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
+            pid
+        } else {
+            let pid = self.start_exec(&req.id, &req.exec_id).map_err(internal)?;
+            self.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
+            pid
+        };
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let st = self.lock();
+        let c = st
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        let p = if req.exec_id.is_empty() {
+            &c.init
+        } else {
+            &c.execs
+                .get(&req.exec_id)
+                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?
+                .proc_
+        };
+        Ok(api::StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.to_string_lossy().into_owned(),
+            pid: p.pid,
+            status: status(p.state).into(),
+            stdin: p.stdin.clone(),
+            stdout: p.stdout.clone(),
+            stderr: p.stderr.clone(),
+            terminal: p.terminal,
+            exit_status: p.exit_status,
+            exited_at: p.exited_at.clone().into(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let (code, at) = self.wait_exit(&req.id, &req.exec_id)?;
+        Ok(api::WaitResponse {
+            exit_status: code,
+            exited_at: MessageField::some(at),
+            ..Default::default()
+        })
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let st = self.lock();
+        let c = st
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            let e = c
+                .execs
+                .get(&req.exec_id)
+                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?;
+            if e.proc_.state != PState::Running {
+                return Err(err(Code::NOT_FOUND, "process already finished"));
+            }
+            kill_pid(exec_target(e.proc_.pid), req.signal)?;
+            return Ok(api::Empty::new());
+        }
+        match c.init.state {
+            PState::Running => {}
+            PState::Stopped => return Err(err(Code::NOT_FOUND, "process already finished")),
+            PState::Created => {
+                return Err(err(Code::FAILED_PRECONDITION, "container not started"));
+            }
+        }
+        if req.all {
+            for pid in Self::cgroup_pids(&self.app_cgroups(&st, c)) {
+                let _ = kill_pid(pid, req.signal);
+            }
+            Ok(api::Empty::new())
+        } else {
+            kill_pid(c.init.pid, req.signal).map(|()| api::Empty::new())
+        }
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        if !req.exec_id.is_empty() {
+            let mut st = self.lock();
+            let c = st
+                .containers
+                .get_mut(&req.id)
+                .ok_or_else(|| not_found(&req.id))?;
+            let e = c
+                .execs
+                .remove(&req.exec_id)
+                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?;
+            return Ok(api::DeleteResponse {
+                pid: e.proc_.pid,
+                exit_status: e.proc_.exit_status,
+                exited_at: e.proc_.exited_at.into(),
+                ..Default::default()
+            });
+        }
+        let (pid, code, at) = self
+            .delete_init(&req.id)
+            .map_err(|e| err(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: req.id.clone(),
+                pid,
+                exit_status: code,
+                exited_at: MessageField::some(at.clone()),
+                ..Default::default()
+            }),
+        );
+        Ok(api::DeleteResponse {
+            pid,
+            exit_status: code,
+            exited_at: MessageField::some(at),
+            ..Default::default()
+        })
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let process: oci_spec::runtime::Process = serde_json::from_slice(
+            &req.spec
+                .as_ref()
+                .map(|a| a.value.clone())
+                .unwrap_or_default(),
+        )
+        .map_err(|e| err(Code::INVALID_ARGUMENT, format!("exec spec: {e}")))?;
+        let args = process.args().clone().unwrap_or_default();
+        if args.is_empty() {
+            return Err(err(Code::INVALID_ARGUMENT, "exec: no command"));
+        }
+        let mut st = self.lock();
+        let c = st
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        if c.init.state != PState::Running {
+            return Err(err(Code::FAILED_PRECONDITION, "container is not running"));
+        }
+        if c.execs.contains_key(&req.exec_id) {
+            return Err(err(
+                Code::ALREADY_EXISTS,
+                format!("exec {} already exists", req.exec_id),
+            ));
+        }
+        c.execs.insert(
+            req.exec_id.clone(),
+            Exec {
+                proc_: Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+                args,
+            },
+        );
+        drop(st);
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::new())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let st = self.lock();
+        let c = st
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        let p = if req.exec_id.is_empty() {
+            &c.init
+        } else {
+            &c.execs
+                .get(&req.exec_id)
+                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?
+                .proc_
+        };
+        let pty = p
+            .pty
+            .as_ref()
+            .ok_or_else(|| err(Code::FAILED_PRECONDITION, "the process has no terminal"))?;
+        stdio::resize(pty, req.width, req.height).map_err(internal)?;
+        Ok(api::Empty::new())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let st = self.lock();
+        let c = st
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        let p = if req.exec_id.is_empty() {
+            &c.init
+        } else {
+            &c.execs
+                .get(&req.exec_id)
+                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?
+                .proc_
+        };
+        if req.stdin {
+            if let Some(w) = &p.stdin_writer {
+                w.lock().unwrap().take();
+            }
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let st = self.lock();
+        let c = st
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        let mut pids = Self::cgroup_pids(&self.app_cgroups(&st, c));
+        if pids.is_empty() && c.init.state == PState::Running {
+            pids.push(c.init.pid);
+        }
+        Ok(api::PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| containerd_shim::protos::types::task::ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let st = self.lock();
+        let c = st
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        let metrics = crate::stats::metrics(&self.app_cgroups(&st, c));
+        let any = containerd_shim::util::convert_to_any(Box::new(metrics))
+            .map_err(|e| err(Code::INTERNAL, e))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        if self.lock().containers.is_empty() {
+            self.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+}

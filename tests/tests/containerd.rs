@@ -1,0 +1,377 @@
+//! containerd-shim-rkt-v2 under a real containerd (Debian's 1.6), started by each test with its
+//! own root, state, socket and config; driven with `ctr`. Needs `cargo build -p rkt -p rkt-shim`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rkt_tests::{cleanup_tree, images, mounts_under, require_root, rkt_bin, target_dir};
+
+const IMAGE: &str = "docker.io/library/busybox:latest";
+const NS: &str = "io.containerd.rkt-ns.v2";
+
+fn shim_bin() -> PathBuf {
+    let p = target_dir().join("debug/containerd-shim-rkt-v2");
+    assert!(
+        p.is_file(),
+        "build the shim first: cargo build -p rkt-shim (no {})",
+        p.display()
+    );
+    p
+}
+
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("rkt-ctd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let bin = d.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        // Both names, as the set-up installs them: the name picks the flavour.
+        for name in ["containerd-shim-rkt-v2", "containerd-shim-rkt-ns-v2"] {
+            std::os::unix::fs::symlink(shim_bin(), bin.join(name)).unwrap();
+        }
+        std::fs::create_dir_all(d.join("rkt")).unwrap();
+        std::fs::write(
+            d.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{0}/containerd.sock\"\n\
+                 [ttrpc]\n  address = \"{0}/containerd.sock.ttrpc\"\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("RKT_SHIM_DIR", d.join("rkt"))
+            .env("RKT_SHIM_RKT", rkt_bin())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("running containerd (scripts/deps.sh installs it)");
+        let c = Containerd { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let imp = c.ctr(&[
+            "image",
+            "import",
+            "--index-name",
+            IMAGE,
+            images().busybox_oci_archive.to_str().unwrap(),
+        ]);
+        assert!(
+            imp.status.success(),
+            "{}",
+            String::from_utf8_lossy(&imp.stderr)
+        );
+        c
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("timeout");
+        c.arg("120")
+            .arg("ctr")
+            .arg("--address")
+            .arg(self.path().join("containerd.sock"))
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_cmd(args).output().unwrap()
+    }
+
+    fn rkt(&self, args: &[&str]) -> Output {
+        Command::new(rkt_bin())
+            .arg(format!("--dir={}", self.path().join("rkt").display()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Pod directories left in rkt's data directory (any state).
+    fn pods(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for d in [
+            "embryo",
+            "prepare",
+            "prepared",
+            "run",
+            "exited-garbage",
+            "garbage",
+        ] {
+            if let Ok(rd) = std::fs::read_dir(self.path().join("rkt/pods").join(d)) {
+                v.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        v
+    }
+
+    fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn task_status(&self, id: &str) -> String {
+        let out = String::from_utf8_lossy(&self.ctr(&["task", "ls"]).stdout).into_owned();
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// Nothing left behind: no pod, no mount below the test's directory but containerd's own
+    /// snapshotter bookkeeping.
+    fn assert_clean(&self) {
+        self.wait_until("the pods to be removed", 30, || self.pods().is_empty());
+        let left: Vec<_> = mounts_under(self.path())
+            .into_iter()
+            .filter(|m| !m.starts_with(self.path().join("root")))
+            .collect();
+        assert!(left.is_empty(), "mounts left: {left:?}");
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Shims run with their bundle as cwd: cleanup_tree ends them too.
+        cleanup_tree(self.dir.path());
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn ctr_run_output_exit_code_and_process_spec_ns() {
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        NS,
+        "--env",
+        "GREETING=hello from rkt",
+        "--cwd",
+        "/tmp",
+        IMAGE,
+        "c1",
+        "/bin/sh",
+        "-c",
+        "echo \"$GREETING\"; pwd; cat /proc/1/comm; exit 3",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "hello from rkt", "{}", text(&out));
+    assert_eq!(lines[1], "/tmp", "{}", text(&out));
+    // PID 1 of the container's PID namespace is the rkt pod's supervisor, not the app: the
+    // container runs as an rkt app.
+    assert_ne!(lines[2], "sh", "{}", text(&out));
+    c.assert_clean();
+
+    // The root the app saw is containerd's snapshot: a file written there is in the container's
+    // snapshot (kept without --rm) and not in the image.
+    let out = c.ctr(&[
+        "run",
+        "--runtime",
+        NS,
+        IMAGE,
+        "c2",
+        "/bin/sh",
+        "-c",
+        "echo x > /marker",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mounts = c.ctr(&["snapshot", "mounts", "/tmp/unused", "c2"]);
+    let m = String::from_utf8_lossy(&mounts.stdout);
+    let upper = m
+        .split(|ch: char| ch == ',' || ch.is_whitespace())
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .unwrap_or_else(|| panic!("no upperdir in {m}"));
+    assert_eq!(
+        std::fs::read_to_string(Path::new(upper).join("marker")).unwrap(),
+        "x\n"
+    );
+    // ctr run deletes the task when it exits (the container stays without --rm).
+    assert!(c.ctr(&["container", "rm", "c2"]).status.success());
+    c.assert_clean();
+}
+
+#[test]
+fn ctr_exec_kill_delete_ps_metrics_ns() {
+    let c = Containerd::start();
+    // An id that is not an rkt app name (upper case, underscore) still runs.
+    let id = "Long_Runner";
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        NS,
+        IMAGE,
+        id,
+        "/bin/sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.wait_until("the task to run", 30, || c.task_status(id) == "RUNNING");
+
+    let ex = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        id,
+        "/bin/sh",
+        "-c",
+        "echo in exec; exit 5",
+    ]);
+    assert_eq!(ex.status.code(), Some(5), "{}", text(&ex));
+    assert_eq!(String::from_utf8_lossy(&ex.stdout), "in exec\n");
+
+    // With a terminal: ctr needs one itself, script(1) gives it a pty.
+    let tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "timeout 60 ctr --address {} task exec -t --exec-id e2 {id} /bin/sh -c 'tty; exit 4'",
+            c.path().join("containerd.sock").display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let tty_out = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty_out.contains("/dev/pts/"), "{}", text(&tty));
+    assert_eq!(tty.status.code(), Some(4), "{}", text(&tty));
+
+    let ps = c.ctr(&["task", "ps", id]);
+    let pids: Vec<&str> = std::str::from_utf8(&ps.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(pids.len(), 1, "{}", text(&ps));
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", pids[0])).unwrap();
+    assert_eq!(comm.trim(), "sleep");
+
+    let metrics = c.ctr(&["task", "metrics", id]);
+    let m = String::from_utf8_lossy(&metrics.stdout);
+    let usage: u64 = m
+        .lines()
+        .find(|l| l.starts_with("memory.usage_in_bytes"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no memory figure: {}", text(&metrics)));
+    assert!(usage > 0);
+
+    // Deleting a running task is refused; kill reaches the app.
+    assert!(!c.ctr(&["task", "rm", id]).status.success());
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", id])
+        .status
+        .success());
+    c.wait_until("the task to stop", 30, || c.task_status(id) == "STOPPED");
+    let rm = c.ctr(&["task", "rm", id]);
+    assert!(rm.status.success(), "{}", text(&rm));
+    assert!(c.ctr(&["container", "rm", id]).status.success());
+    c.assert_clean();
+}
+
+#[test]
+fn shim_sigkill_leaves_nothing_gc_cannot_clean_ns() {
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        NS,
+        IMAGE,
+        "k1",
+        "/bin/sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.wait_until("the task to run", 30, || c.task_status("k1") == "RUNNING");
+    assert_eq!(c.pods().len(), 1);
+    let sock = c.path().join("containerd.sock");
+    let shim = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("containerd-shim-rkt-v2")
+                && cmd.contains(sock.to_str().unwrap())
+                && cmd.contains("\0k1\0")
+        })
+        .expect("the shim process")
+        .file_name();
+    let pid: i32 = shim.to_str().unwrap().parse().unwrap();
+    // SAFETY: plain kill(2) of the shim this test's containerd started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // containerd notices, runs `shim delete`, which stops and removes the pod.
+    c.wait_until("the task to go", 60, || c.task_status("k1") != "RUNNING");
+    let gc = c.rkt(&["gc", "--grace-period=0s"]);
+    assert!(gc.status.success(), "{}", text(&gc));
+    c.assert_clean();
+    let _ = c.ctr(&["task", "rm", "k1"]);
+    assert!(c.ctr(&["container", "rm", "k1"]).status.success());
+}
+
+#[test]
+fn bad_command_fails_and_cleans_up_ns() {
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        NS,
+        IMAGE,
+        "b1",
+        "/no/such/binary",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let _ = c.ctr(&["task", "rm", "-f", "b1"]);
+    let _ = c.ctr(&["container", "rm", "b1"]);
+    c.assert_clean();
+}
