@@ -9,6 +9,7 @@ pkgs=(
   gnupg openssl                                        # test image signatures, test registry TLS cert
   containernetworking-plugins iproute2                 # CNI networking
   runc hyperfine                                       # benchmark peers and timing
+  containerd                                           # the shim's tests and benchmark (docs/containerd.md)
   linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio  # guest kernel build
   qemu-system-x86                                      # boot benchmark peer
   xz-utils zstd bzip2 file util-linux

@@ -21,6 +21,9 @@ images/build.sh target/demo-images >/dev/null
 # Man pages for rkt and every command (rkt-run.1 lists each run flag), from the same clap command
 # line --help shows.
 target/release/rkt man --dir=/usr/local/share/man/man1 >/dev/null
+# containerd's runtime shims (docs/containerd.md): one program under both names, beside rkt.
+install -m 0755 target/release/rkt target/release/containerd-shim-rkt-v2 /usr/local/bin/
+ln -f /usr/local/bin/containerd-shim-rkt-v2 /usr/local/bin/containerd-shim-rkt-ns-v2
 
 rkt=target/release/rkt
 img=oci:target/demo-images/busybox-oci:latest
