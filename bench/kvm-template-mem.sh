@@ -1,10 +1,10 @@
 #!/bin/bash
 # stage1 kvm VM templates (issue 12): host memory of N concurrent kvm pods restored from one
 # template vs N cold-booted ones (RSS and PSS of each pod's VMM process, i.e. `rkt run`).
-# Usage: bench/template-kvm-mem.sh [N]   (env RKT=path/to/rkt, default target/release/rkt)
+# Usage: bench/kvm-template-mem.sh [N]   (env RKT=path/to/rkt, default target/release/rkt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-2}
+N=${1:-10}
 RKT=${RKT:-target/release/rkt}
 IMG=${IMG:-oci:$(ls -d target/test-images/*/busybox-oci | head -1):latest}
 W=$(mktemp -d /tmp/rkt-bench-tmem.XXXXXX)
@@ -19,7 +19,7 @@ export RKT_TEMPLATE_CACHE=$W/templates
 "$RKT" --dir="$W/data" fetch --insecure-options=image "$IMG" >/dev/null
 run() { # run NAME [env...]: a pod that says "up" and then sleeps
     env "${@:2}" "$RKT" --dir="$W/data" run --insecure-options=image --stage1=kvm --net=none \
-        "$IMG" --exec=/bin/sh -- -c 'echo up; sleep 60' >"$W/$1.out" 2>"$W/$1.err" &
+        "$IMG" --exec=/bin/sh -- -c 'echo up; sleep 900' >"$W/$1.out" 2>"$W/$1.err" &
     echo $!
 }
 # Make the template first.
