@@ -253,6 +253,9 @@ pub(crate) fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> 
     };
     let mut on_exit = |name: &str, code: i32| {
         trace("app exited");
+        if crate::apps_dynamic::on_exit(name, code) {
+            return;
+        }
         // A crash signal in the console log tells a guest problem (e.g. vector state lost on a
         // context switch shows as SIGSEGV) from an app's own exit code.
         if let Some(sig) = crash_signal(code) {
@@ -278,7 +281,12 @@ pub(crate) fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> 
             code,
         });
     };
-    let code = supervisor::supervise(
+    // A pod booted without apps is a mutable one (`rkt app sandbox`): it waits for the host's.
+    let mutable = match pod.apps.is_empty() && ctl.sock.is_some() {
+        true => Some(crate::apps_dynamic::init(pod, layout.as_ref(), ctl, &pids)?),
+        false => None,
+    };
+    let code = supervisor::supervise_with(
         pod,
         &sfd,
         &mut launch,
@@ -287,6 +295,7 @@ pub(crate) fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> 
         &mut || {},
         None,
         supervisor::STOP_TIMEOUT,
+        mutable.as_ref(),
     );
     finish(ctl, Some((code, closed_rx)));
     Ok(())
@@ -350,6 +359,9 @@ pub(crate) fn control_reader(mut sock: File, inputs: SharedInputs, closed: mpsc:
         match proto::read_msg(&mut sock) {
             Ok(Some(Msg::Stop { .. })) => {
                 let _ = kill(Pid::from_raw(1), Signal::SIGTERM);
+            }
+            Ok(Some(m @ (Msg::AppStart { .. } | Msg::AppStop { .. }))) => {
+                crate::apps_dynamic::handle(m)
             }
             Ok(Some(m)) => inputs.lock().unwrap_or_else(|p| p.into_inner()).handle(&m),
             Ok(None) => break,

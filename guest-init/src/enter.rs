@@ -31,6 +31,7 @@ pub(crate) fn enter_listener(
         // A session is its own process: it is the parent of the command and so can wait for its
         // exit code, while PID 1's supervisor merely reaps the session process.
         let snapshot = pids.lock().unwrap().clone();
+        let pod = &crate::apps_dynamic::with_added(pod);
         // SAFETY: the child runs the session to completion and _exits.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {

@@ -23,6 +23,7 @@ use rkt_stage2::spec::{AppSpec, PodSpec};
 use rkt_stage2::{app, supervisor};
 
 mod apps;
+mod apps_dynamic;
 mod enter;
 mod mounts;
 use apps::*;

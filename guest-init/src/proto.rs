@@ -17,9 +17,11 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 /// Bumped on any incompatible change of the messages below.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Largest frame body accepted or produced.
 pub const MAX_FRAME: usize = 1 << 20;
+/// Largest app spec (JSON) in one [`Msg::AppStart`].
+pub const MAX_APP_SPEC: usize = 256 * 1024;
 /// Largest stdio chunk put in one [`Msg::Data`] (leaves room for the header).
 pub const MAX_DATA: usize = 64 * 1024;
 /// vsock CID of the host.
@@ -138,6 +140,13 @@ pub enum Msg {
     /// host -> guest: the terminal of channel `chan` (an interactive app on the control
     /// connection, 0 on an enter connection with `tty`) is `rows` x `cols`.
     Resize { chan: u32, rows: u16, cols: u16 },
+    /// host -> guest, mutable pods (`rkt app start`): start the app whose stage2 spec (JSON, guest
+    /// paths, at most [`MAX_APP_SPEC`] bytes) is `spec` as channel `chan`, which no app of the pod
+    /// has used. The guest answers with `AppStarted` or `AppExited` for `chan`.
+    AppStart { chan: u32, spec: String },
+    /// host -> guest, mutable pods (`rkt app stop`): stop the app of channel `chan` (SIGTERM,
+    /// SIGKILL after the guest supervisor's stop timeout); the guest reports its `AppExited`.
+    AppStop { chan: u32 },
 }
 
 #[derive(Debug)]
@@ -186,6 +195,8 @@ mod tag {
     pub const EXITED: u8 = 9;
     pub const ERROR: u8 = 10;
     pub const RESIZE: u8 = 11;
+    pub const APP_START: u8 = 12;
+    pub const APP_STOP: u8 = 13;
 }
 
 fn put_u32(b: &mut Vec<u8>, v: u32) {
@@ -263,6 +274,15 @@ impl Msg {
                 b.extend_from_slice(&rows.to_le_bytes());
                 b.extend_from_slice(&cols.to_le_bytes());
             }
+            Msg::AppStart { chan, spec } => {
+                b.push(tag::APP_START);
+                put_u32(&mut b, *chan);
+                put_bytes(&mut b, spec.as_bytes());
+            }
+            Msg::AppStop { chan } => {
+                b.push(tag::APP_STOP);
+                put_u32(&mut b, *chan);
+            }
         }
         b
     }
@@ -339,6 +359,18 @@ impl Msg {
                 rows: r.u16()?,
                 cols: r.u16()?,
             },
+            tag::APP_START => {
+                let chan = r.u32()?;
+                let spec = r.string()?;
+                if spec.len() > MAX_APP_SPEC {
+                    return Err(ProtoError::Malformed(format!(
+                        "app spec of {} bytes exceeds {MAX_APP_SPEC}",
+                        spec.len()
+                    )));
+                }
+                Msg::AppStart { chan, spec }
+            }
+            tag::APP_STOP => Msg::AppStop { chan: r.u32()? },
             t => return Err(ProtoError::Malformed(format!("unknown message tag {t}"))),
         };
         if r.pos != body.len() {
@@ -517,6 +549,11 @@ mod tests {
                 cols: u16::MAX,
             },
             Msg::Exited { code: 255 },
+            Msg::AppStart {
+                chan: 4,
+                spec: "{\"name\":\"web\"}".into(),
+            },
+            Msg::AppStop { chan: 4 },
             Msg::Error {
                 message: "no such app \"x\"".into(),
             },
@@ -572,7 +609,21 @@ mod tests {
             vec![tag::ENTER, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
             // Resize missing its column count.
             vec![tag::RESIZE, 0, 0, 0, 0, 24, 0],
+            // AppStart whose spec is longer than the body, or not UTF-8.
+            vec![tag::APP_START, 1, 0, 0, 0, 9, 0, 0, 0, b'{'],
+            vec![tag::APP_START, 1, 0, 0, 0, 1, 0, 0, 0, 0xff],
+            // AppStop with a truncated channel.
+            vec![tag::APP_STOP, 1, 0, 0],
         ];
+        // An app spec over its own bound, in a frame under MAX_FRAME.
+        let big = Msg::AppStart {
+            chan: 0,
+            spec: "x".repeat(MAX_APP_SPEC + 1),
+        };
+        assert!(matches!(
+            Msg::decode_body(&big.encode_body()),
+            Err(ProtoError::Malformed(_))
+        ));
         for b in bad {
             assert!(
                 matches!(Msg::decode_body(&b), Err(ProtoError::Malformed(_))),

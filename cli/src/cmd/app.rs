@@ -205,8 +205,8 @@ fn sandbox(g: &Globals, r: RawArgs) -> Result<i32> {
     let (annotations, ports) = engine_app::sandbox_manifest_parts(&opts)?;
     let start = build::start_options(&p.pod.start)?;
     let flavor = build::flavor(&p.pod, g.config.stage1_name.as_deref())?;
-    if flavor != Flavor::Ns {
-        bail!("rkt app sandbox: stage1 {flavor} does not run mutable pods yet (use --stage1=ns)");
+    if !matches!(flavor, Flavor::Ns | Flavor::Kvm) {
+        bail!("rkt app sandbox: stage1 {flavor} does not run mutable pods (use --stage1=ns)");
     }
     flavor.check(&start.net)?;
     crate::net::check_flavor(true, &start.net_arg)?;

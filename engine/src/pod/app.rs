@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use super::build::{self, USER_ANNOTATION, USER_LABEL};
 use super::request::{AppFlags, PodFlags};
 use super::{Pod, State};
+use crate::stage1::kvm::app as kvm_app;
 use crate::stage1::Flavor;
 
 /// rkt v1's pod annotation for a pod whose apps can be added and removed while it runs.
@@ -144,8 +145,8 @@ fn check_mutable_running(pod: &Pod) -> Result<Flavor> {
         );
     }
     let flavor = Flavor::of_pod(&pod.path)?;
-    if flavor != Flavor::Ns {
-        bail!("rkt app: stage1 {flavor} cannot change a running pod's apps yet (use --stage1=ns)");
+    if !matches!(flavor, Flavor::Ns | Flavor::Kvm) {
+        bail!("rkt app: stage1 {flavor} cannot change a running pod's apps (use --stage1=ns)");
     }
     if !flavor.is_ready(&pod.path) {
         bail!("the supervisor of pod {} is not ready yet", pod.uuid);
@@ -312,7 +313,14 @@ pub fn start_with_stdio(
         .iter()
         .find(|a| a.name == name)
         .with_context(|| format!("pod {} has no app named {name:?}", pod.uuid))?;
-    crate::stage1::ns_app::start_with_stdio(&pod.path, &spec, app, stdio)?;
+    match Flavor::of_pod(&pod.path)? {
+        // The VMM mounts its root and the guest init starts it (stage1/kvm/app.rs).
+        Flavor::Kvm if stdio.is_none() => {
+            kvm_app::request(&pod.path, &kvm_app::Request::Start { app: name.into() })?
+        }
+        Flavor::Kvm => bail!("stage1 kvm: an app's stdio cannot be given (use --stage1=ns)"),
+        _ => crate::stage1::ns_app::start_with_stdio(&pod.path, &spec, app, stdio)?,
+    }
     super::write_time(&info_file(&pod.path, name, STARTED))
 }
 
@@ -330,10 +338,15 @@ fn stop_locked(pod: &Pod, name: &str) -> Result<()> {
     if !info_file(&pod.path, name, STARTED).exists() || status.exists() {
         bail!("app {name:?} is not running");
     }
-    rkt_stage2::control::request(
-        &pod.path,
-        &rkt_stage2::control::Request::Stop { app: name.into() },
-    )?;
+    match Flavor::of_pod(&pod.path)? {
+        Flavor::Kvm => kvm_app::request(&pod.path, &kvm_app::Request::Stop { app: name.into() })?,
+        _ => {
+            rkt_stage2::control::request(
+                &pod.path,
+                &rkt_stage2::control::Request::Stop { app: name.into() },
+            )?;
+        }
+    }
     let deadline = std::time::Instant::now()
         + rkt_stage2::supervisor::STOP_TIMEOUT
         + std::time::Duration::from_secs(5);
@@ -371,7 +384,12 @@ pub fn rm(pod: &Pod, name: &str) -> Result<()> {
         &pod.path.join(rkt_stage2::SPEC_FILE),
         &serde_json::to_vec_pretty(&spec)?,
     )?;
-    crate::stage1::ns_app::release(&pod.path, &spec.uuid, name)?;
+    match Flavor::of_pod(&pod.path)? {
+        Flavor::Kvm => {
+            kvm_app::request(&pod.path, &kvm_app::Request::Release { app: name.into() })?
+        }
+        _ => crate::stage1::ns_app::release(&pod.path, &spec.uuid, name)?,
+    }
     remove_app_files(&pod.path, name, &ra.image.id)
 }
 

@@ -100,6 +100,13 @@ pub(super) fn boot(
             });
         });
     }
+    // `rkt app start|stop|rm` of a mutable pod reach the guest through us (app.rs).
+    let dynamic = Arc::new(super::app::Dynamic::new(spec.apps.len() as u32));
+    if crate::pod::app::is_mutable(pod_dir) {
+        let l = super::app::bind(pod_dir)?;
+        let (pod_dir, writer, dynamic) = (pod_dir.to_path_buf(), writer.clone(), dynamic.clone());
+        std::thread::spawn(move || super::app::serve(l, pod_dir, writer, dynamic));
+    }
     let server = {
         let (ended, writer, handle, pod_dir, spec) = (
             ended.clone(),
@@ -135,13 +142,14 @@ pub(super) fn boot(
                     std::thread::spawn(move || relay_stdin(io::stdin(), 0, &writer));
                 }
             };
-            let o = serve_control(
+            let o = serve_control_with(
                 &mut conn,
                 &pod_dir,
                 &spec,
                 &mut io::stdout(),
                 &mut io::stderr(),
                 &mut on_hello,
+                &dynamic,
             );
             super::template::trace("pod done");
             *writer.lock().unwrap() = None;
@@ -164,7 +172,7 @@ pub(super) fn boot(
     ended.store(true, Ordering::SeqCst);
     let outcome = server.join().unwrap_or_default();
     super::template::trace("returning");
-    for p in [&uds, &ctl_path] {
+    for p in [&uds, &ctl_path, &pod_dir.join(super::app::APP_SOCKET)] {
         let _ = std::fs::remove_file(p);
     }
     let reason = reason.context("stage1 kvm: running the VM")?;

@@ -22,6 +22,21 @@ pub fn serve_control<S: Read + Write>(
     err: &mut dyn Write,
     on_hello: &mut dyn FnMut(),
 ) -> Outcome {
+    let none = super::app::Dynamic::new(spec.apps.len() as u32);
+    serve_control_with(conn, pod_dir, spec, out, err, on_hello, &none)
+}
+
+/// [`serve_control`] for a pod whose apps may be added while it runs (`rkt app` on kvm): the
+/// guest's messages about an added app's channel are taken only while `dynamic` knows it.
+pub fn serve_control_with<S: Read + Write>(
+    conn: &mut S,
+    pod_dir: &Path,
+    spec: &PodSpec,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    on_hello: &mut dyn FnMut(),
+    dynamic: &super::app::Dynamic,
+) -> Outcome {
     let mut o = Outcome::default();
     if let Err(e) = proto::handshake(conn) {
         o.error = Some(format!("guest handshake: {e}"));
@@ -29,6 +44,11 @@ pub fn serve_control<S: Read + Write>(
     }
     on_hello();
     let n = spec.apps.len();
+    // A mutable pod boots without apps: it is ready (for `rkt app`, `enter`) once connected.
+    if n == 0 {
+        let _ = rkt_stage2::supervisor::write_atomic(&pod_dir.join(READY_FILE), "");
+        crate::stage1::notify::send("READY=1");
+    }
     // Kept in the pod directory too, as ns and fly keep theirs (not an interactive pod's tty).
     let names: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
     let mut logs = (!spec.interactive).then(|| crate::pod::logs::PodLogs::open(pod_dir, &names));
@@ -73,6 +93,22 @@ pub fn serve_control<S: Read + Write>(
                 if let Err(e) = rkt_stage2::supervisor::write_atomic(&p, &format!("{code}")) {
                     o.error = Some(format!("{e:#}"));
                 }
+            }
+            // Added apps (`rkt app start`): output to ours, exit codes to their status files.
+            Msg::Data { chan, stream, data } if dynamic.name(chan).is_some() => {
+                let w: &mut dyn Write = if stream == Stream::Stderr { err } else { out };
+                let _ = w.write_all(&data);
+                let _ = w.flush();
+            }
+            Msg::Eof { chan, .. } if dynamic.name(chan).is_some() => {}
+            Msg::AppStarted { app, .. } if dynamic.name(app).is_some() => dynamic.reported(app),
+            Msg::AppExited { app, code } if dynamic.name(app).is_some() => {
+                let name = dynamic.name(app).unwrap_or_default();
+                let p = rkt_stage2::app_status_path(pod_dir, &name);
+                if let Err(e) = rkt_stage2::supervisor::write_atomic(&p, &format!("{code}")) {
+                    o.error = Some(format!("{e:#}"));
+                }
+                dynamic.exited(app);
             }
             Msg::PodDone { code } => {
                 o.code = Some(code);

@@ -26,6 +26,7 @@ use rkt_stage2::{MountSpec, NetMode, PodSpec, RootfsSpec};
 use crate::measure::PodMeasurement;
 use sha2::{Digest, Sha256};
 
+pub mod app;
 mod artefacts;
 mod boot;
 mod control;
@@ -241,6 +242,7 @@ pub fn gc(pod_dir: &Path) -> Result<()> {
     for p in [
         uds.clone(),
         PathBuf::from(format!("{}_{}", uds.display(), proto::CONTROL_PORT)),
+        pod_dir.join(app::APP_SOCKET),
     ] {
         let _ = std::fs::remove_file(p);
     }

@@ -1,0 +1,422 @@
+//! `rkt app` on kvm: apps started and stopped in a running mutable pod's VM.
+//!
+//! `rkt app add` has written the app's files under the pod's share and its spec into
+//! `stage1-spec.json`, as for ns. `rkt app start|stop|rm` then ask the pod's VMM process over
+//! [`APP_SOCKET`] (0600 in the pod directory; peers must be uid 0 by `SO_PEERCRED`; one JSON line
+//! each way). The VMM mounts the app's root and volumes in its private mount namespace (where
+//! the other apps' are, under the virtio-fs share), picks a channel no app has used and sends
+//! the guest `AppStart {chan, spec}` on the control connection; the guest init starts it as it
+//! starts boot-time apps and reports `AppStarted`/`AppExited` for that channel, which
+//! `serve_control` turns into `status/<app>` as for any app. Stops go out as `AppStop {chan}`.
+
+use std::collections::HashMap;
+use std::sync::Condvar;
+
+use super::*;
+use rkt_stage2::control::valid_app_name;
+
+/// The VMM's app socket in the pod directory.
+pub const APP_SOCKET: &str = "kvm-app.sock";
+/// Largest request or reply line.
+const MAX_LINE: u64 = 4096;
+/// How long `rkt app start` waits for the guest to report the app.
+const START_WAIT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// Start app `app` (in the pod's spec, not started before).
+    Start { app: String },
+    /// Stop running app `app`.
+    Stop { app: String },
+    /// Unmount app `app`'s root and volumes (`rkt app rm`, after it stopped).
+    Release { app: String },
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Reply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The apps added while the VM runs, as the control connection knows them: channel -> name.
+/// Channels of boot-time apps are their indexes; added apps get channels above all of them,
+/// never reused.
+#[derive(Default)]
+pub struct Dynamic {
+    inner: Mutex<DynInner>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct DynInner {
+    next: u32,
+    /// Channel -> (app name, reported by the guest: started or exited).
+    apps: HashMap<u32, (String, bool)>,
+    /// Names of the apps whose roots this VMM mounted, with their volume binds.
+    mounted: HashMap<String, Vec<PathBuf>>,
+}
+
+impl Dynamic {
+    pub fn new(first_chan: u32) -> Dynamic {
+        let d = Dynamic::default();
+        d.inner.lock().unwrap().next = first_chan;
+        d
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DynInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The name of added app `chan`, if the host started such an app.
+    pub fn name(&self, chan: u32) -> Option<String> {
+        self.lock().apps.get(&chan).map(|(n, _)| n.clone())
+    }
+
+    /// The guest reported `chan` (started, or exited before): a waiting start may return.
+    pub fn reported(&self, chan: u32) {
+        if let Some(a) = self.lock().apps.get_mut(&chan) {
+            a.1 = true;
+        }
+        self.changed.notify_all();
+    }
+
+    /// The guest reported `chan`'s exit: its channel is done.
+    pub fn exited(&self, chan: u32) {
+        self.lock().apps.remove(&chan);
+        self.changed.notify_all();
+    }
+
+    fn chan_of(&self, name: &str) -> Option<u32> {
+        self.lock()
+            .apps
+            .iter()
+            .find(|(_, (n, _))| n == name)
+            .map(|(c, _)| *c)
+    }
+}
+
+/// Binds the app socket (the VMM of a mutable pod, before the guest connects).
+pub(super) fn bind(pod_dir: &Path) -> Result<UnixListener> {
+    let p = pod_dir.join(APP_SOCKET);
+    let _ = std::fs::remove_file(&p);
+    let l = UnixListener::bind(&p).with_context(|| format!("binding {}", p.display()))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves the app socket until the VM ends (the VMM removes the socket then).
+pub(super) fn serve(
+    listener: UnixListener,
+    pod_dir: PathBuf,
+    writer: Arc<Mutex<Option<UnixStream>>>,
+    dynamic: Arc<Dynamic>,
+) {
+    for s in listener.incoming() {
+        let Ok(s) = s else { continue };
+        let (pod_dir, writer, dynamic) = (pod_dir.clone(), writer.clone(), dynamic.clone());
+        // One thread per request: a start waits for the guest, a stop must not wait behind it.
+        std::thread::spawn(move || {
+            let r = serve_one(&s, &pod_dir, &writer, &dynamic);
+            let reply = Reply {
+                error: r.err().map(|e| format!("{e:#}")),
+            };
+            let mut w = &s;
+            let _ = w.write_all(format!("{}\n", serde_json::to_string(&reply).unwrap()).as_bytes());
+        });
+    }
+}
+
+fn serve_one(
+    s: &UnixStream,
+    pod_dir: &Path,
+    writer: &Mutex<Option<UnixStream>>,
+    dynamic: &Dynamic,
+) -> Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // Read (bounded) before answering: a reply to an unread request may reach its sender as a
+    // connection reset instead of the error.
+    let mut line = String::new();
+    let read = BufReader::new(Read::take(s, MAX_LINE)).read_line(&mut line);
+    let cred = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+        .context("peer credentials")?;
+    if cred.uid() != 0 {
+        bail!("permission denied: only root may control a pod");
+    }
+    read.context("reading the request")?;
+    let req: Request = serde_json::from_str(line.trim()).context("bad request")?;
+    let (Request::Start { app } | Request::Stop { app } | Request::Release { app }) = &req;
+    if !valid_app_name(app) {
+        bail!("invalid app name {app:?}");
+    }
+    let send = |m: &Msg| -> Result<()> {
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        let w = w.as_mut().context("the guest is not connected")?;
+        proto::write_msg(w, m).map_err(|e| anyhow!("sending to the guest: {e}"))
+    };
+    match req {
+        Request::Start { app } => {
+            if dynamic.chan_of(&app).is_some() {
+                bail!("app {app:?} is already running");
+            }
+            let spec = PodSpec::load(pod_dir)?;
+            let a = spec
+                .apps
+                .iter()
+                .find(|a| a.name == app)
+                .with_context(|| format!("pod has no app named {app:?}"))?;
+            let one = PodSpec {
+                apps: vec![a.clone()],
+                ..spec.clone()
+            };
+            let mut plan = plan(pod_dir, &one)?;
+            // Volume binds of their own, apart from the other apps' (`volumes/<n>` at boot).
+            let mut binds = Vec::new();
+            for (i, (_, dst)) in plan.binds.iter_mut().enumerate() {
+                let new = share_dir(pod_dir)
+                    .join("volumes")
+                    .join(format!("{app}-{i}"));
+                let (old_g, new_g) = (guest_path(pod_dir, dst), guest_path(pod_dir, &new));
+                for m in &mut plan.guest.apps[0].mounts {
+                    if Some(&m.source) == old_g.as_ref() {
+                        m.source = new_g.clone().unwrap();
+                    }
+                }
+                *dst = new;
+                binds.push(dst.clone());
+            }
+            {
+                let mut d = dynamic.lock();
+                if !d.mounted.contains_key(&app) {
+                    plan.apply()?;
+                    binds.push(rkt_stage2::app_root_path(pod_dir, &app));
+                    d.mounted.insert(app.clone(), binds);
+                }
+            }
+            let body = serde_json::to_string(&plan.guest.apps[0])?;
+            let chan = {
+                let mut d = dynamic.lock();
+                let c = d.next;
+                d.next = c.checked_add(1).context("out of app channels")?;
+                d.apps.insert(c, (app.clone(), false));
+                c
+            };
+            if let Err(e) = send(&Msg::AppStart { chan, spec: body }) {
+                dynamic.exited(chan);
+                return Err(e);
+            }
+            let d = dynamic.lock();
+            let (d, _) = dynamic
+                .changed
+                .wait_timeout_while(d, START_WAIT, |d| {
+                    d.apps.get(&chan).is_some_and(|(_, reported)| !reported)
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            if d.apps.get(&chan).is_some_and(|(_, reported)| !reported) {
+                bail!("the guest did not report app {app:?} within {START_WAIT:?}");
+            }
+            Ok(())
+        }
+        Request::Stop { app } => {
+            let chan = dynamic
+                .chan_of(&app)
+                .with_context(|| format!("app {app:?} is not running"))?;
+            send(&Msg::AppStop { chan })
+        }
+        Request::Release { app } => {
+            if dynamic.chan_of(&app).is_some() {
+                bail!("app {app:?} is still running");
+            }
+            let paths = dynamic.lock().mounted.remove(&app).unwrap_or_default();
+            for p in paths {
+                let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// stage0's end: sends `req` to the pod's VMM and returns its answer.
+pub fn request(pod_dir: &Path, req: &Request) -> Result<()> {
+    let p = pod_dir.join(APP_SOCKET);
+    let s = UnixStream::connect(&p)
+        .with_context(|| format!("connecting to the pod's VMM ({})", p.display()))?;
+    s.set_read_timeout(Some(START_WAIT + Duration::from_secs(10)))?;
+    (&s).write_all(format!("{}\n", serde_json::to_string(req)?).as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(Read::take(&s, MAX_LINE))
+        .read_line(&mut line)
+        .context("reading the VMM's reply")?;
+    let r: Reply = serde_json::from_str(line.trim()).context("bad reply from the pod's VMM")?;
+    match r.error {
+        Some(e) => bail!("{e}"),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rkt_stage2::{InsecureRun, NetMode};
+
+    fn empty_pod() -> PodSpec {
+        PodSpec {
+            uuid: "u".into(),
+            hostname: "h".into(),
+            net: NetMode::None,
+            resolv_conf: None,
+            hosts: None,
+            interactive: false,
+            tty: false,
+            insecure: InsecureRun::default(),
+            debug: false,
+            apps: vec![],
+            interfaces: vec![],
+        }
+    }
+
+    /// A guest that says hello, sends `msgs` and keeps the connection until the host closes it.
+    fn guest(msgs: Vec<Msg>) -> (UnixStream, std::thread::JoinHandle<()>) {
+        let (host, mut g) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            proto::handshake(&mut g).unwrap();
+            for m in msgs {
+                let _ = proto::write_msg(&mut g, &m);
+            }
+        });
+        (host, t)
+    }
+
+    /// An added app's output and exit code are taken while the host knows its channel; the pod
+    /// is ready as soon as the guest connects, since it has no app of its own.
+    #[test]
+    fn added_apps_output_and_exit_codes_reach_the_host() {
+        let d = tempfile::tempdir().unwrap();
+        let dynamic = Dynamic::new(0);
+        dynamic.lock().apps.insert(0, ("web".into(), false));
+        let (mut host, t) = guest(vec![
+            Msg::AppStarted { app: 0, pid: 9 },
+            Msg::Data {
+                chan: 0,
+                stream: Stream::Stdout,
+                data: b"hi\n".to_vec(),
+            },
+            Msg::Eof {
+                chan: 0,
+                stream: Stream::Stdout,
+            },
+            Msg::AppExited { app: 0, code: 143 },
+            Msg::PodDone { code: 0 },
+        ]);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let o = serve_control_with(
+            &mut host,
+            d.path(),
+            &empty_pod(),
+            &mut out,
+            &mut err,
+            &mut || {},
+            &dynamic,
+        );
+        t.join().unwrap();
+        assert_eq!((o.code, o.error), (Some(0), None));
+        assert_eq!(out, b"hi\n");
+        assert!(d.path().join(READY_FILE).exists());
+        let st = std::fs::read_to_string(rkt_stage2::app_status_path(d.path(), "web")).unwrap();
+        assert_eq!(st, "143");
+        assert!(dynamic.name(0).is_none(), "the channel is done");
+    }
+
+    /// A hostile guest's report about a channel the host never started, or one that already
+    /// exited, ends the pod with an error and writes nothing.
+    #[test]
+    fn reports_about_unknown_or_finished_apps_are_refused() {
+        for msgs in [
+            vec![Msg::AppExited { app: 5, code: 0 }],
+            vec![
+                Msg::AppExited { app: 0, code: 1 },
+                Msg::AppExited { app: 0, code: 2 },
+            ],
+            vec![Msg::Data {
+                chan: 7,
+                stream: Stream::Stdout,
+                data: b"x".to_vec(),
+            }],
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let dynamic = Dynamic::new(0);
+            dynamic.lock().apps.insert(0, ("web".into(), false));
+            let (mut host, t) = guest(msgs);
+            let o = serve_control_with(
+                &mut host,
+                d.path(),
+                &empty_pod(),
+                &mut Vec::new(),
+                &mut Vec::new(),
+                &mut || {},
+                &dynamic,
+            );
+            drop(host);
+            t.join().unwrap();
+            assert!(
+                o.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("unexpected message")),
+                "{o:?}"
+            );
+            let st = std::fs::read_to_string(rkt_stage2::app_status_path(d.path(), "web"));
+            assert!(st.is_err() || st.unwrap() == "1");
+        }
+    }
+
+    /// The app socket: 0600, root peers only (by credentials, not file mode), names checked,
+    /// unknown apps refused, bounded requests.
+    #[test]
+    // The child is reaped by waitpid below, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    fn app_socket_refuses_non_root_bad_names_and_unknown_apps() {
+        let d = tempfile::tempdir().unwrap();
+        rkt_stage2::supervisor::write_atomic(
+            &d.path().join(rkt_stage2::SPEC_FILE),
+            &serde_json::to_string(&empty_pod()).unwrap(),
+        )
+        .unwrap();
+        let l = bind(d.path()).unwrap();
+        let mode = std::fs::metadata(d.path().join(APP_SOCKET)).unwrap();
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        let (pod_dir, writer) = (d.path().to_path_buf(), Arc::new(Mutex::new(None)));
+        std::thread::spawn(move || serve(l, pod_dir, writer, Arc::new(Dynamic::new(0))));
+        let err = |r: Request| request(d.path(), &r).unwrap_err().to_string();
+        assert!(err(Request::Start { app: "../x".into() }).contains("invalid app name"));
+        assert!(err(Request::Start { app: "nope".into() }).contains("no app named"));
+        assert!(err(Request::Stop { app: "nope".into() }).contains("is not running"));
+        // A request line of the bound and no end is refused, not waited for.
+        let s = UnixStream::connect(d.path().join(APP_SOCKET)).unwrap();
+        (&s).write_all(&vec![b'x'; MAX_LINE as usize]).unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        assert!(line.contains("bad request"), "{line}");
+        // The socket is reachable by anyone here: the peer's uid decides.
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            d.path().join(APP_SOCKET),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        // SAFETY: the child only switches users, makes one request and exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = nix::unistd::setgid(65534.into()).is_ok()
+                    && nix::unistd::setuid(65534.into()).is_ok()
+                    && request(d.path(), &Request::Stop { app: "web".into() })
+                        .is_err_and(|e| e.to_string().contains("permission denied"));
+                // SAFETY: leaving the forked child.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+}
