@@ -53,6 +53,9 @@ for i in $(seq "$ROUNDS"); do
     read -r c ct < <(RKT_STAGE1_KVM_TEMPLATE=0 timed run --stage1=kvm)
     read -r n nt < <(timed run --stage1=ns)
     echo "$r $c $n $rt $ct $nt" >>"$W/rows"
+    # How the kvm pods of this round started (restored KEY / cold template KEY / cold).
+    how=$(ls -td "$W"/data/pods/*/* | head -3 | while read -r p; do cat "$p/stage1/kvm-boot" 2>/dev/null; done | tr '\n' ';')
+    echo "round $i kvm-boot: $how"
     printf 'round %d: first output: restored %.3f s, cold %.3f s, ns %.3f s; teardown (last line to exit): restored %.3f s, cold %.3f s, ns %.3f s\n' \
         "$i" "$r" "$c" "$n" "$rt" "$ct" "$nt"
 done
