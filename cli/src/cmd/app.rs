@@ -8,9 +8,10 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::cmd::pods::{self, Keep};
+use crate::cmd::pods;
 use crate::global::Globals;
 use crate::pod::app::{self as engine_app, SandboxOptions};
+use crate::pod::lifecycle::{self, Keep};
 use crate::pod::request::{AppFlags, PodFlags};
 use crate::pod::{build, table, Pods};
 use crate::run_args::{self as args, Mode};
@@ -211,9 +212,10 @@ fn sandbox(g: &Globals, r: RawArgs) -> Result<i32> {
     flavor.check(&start.net)?;
     crate::net::check_flavor(true, &start.net_arg)?;
     crate::pod::set_ephemeral();
-    let (pods, mut pod, lock, insecure) = pods::prepare_pod(g, &p, Keep::StartNow)?;
+    let (pods, mut pod, lock, insecure) =
+        lifecycle::prepare_pod(g, &p.pod, &p.apps, Keep::StartNow)?;
     let r = engine_app::make_mutable(&pod.path, annotations, ports).and_then(|()| {
-        pods::start_pod(
+        lifecycle::start_pod(
             g,
             &pods,
             &mut pod,
@@ -225,7 +227,7 @@ fn sandbox(g: &Globals, r: RawArgs) -> Result<i32> {
         )
     });
     if r.is_err() {
-        pods::discard_unstarted(&pods, pod, lock);
+        lifecycle::discard_unstarted(&pods, pod, lock);
     }
     r
 }
@@ -262,7 +264,7 @@ fn add(g: &Globals, r: RawArgs) -> Result<i32> {
     let fetch = build::fetch_options(&p.pod, insecure, &g.config)?;
     let pod = Pods::new(&g.dir).find(uuid)?;
     // As for prepare: image gc leaves the trees we are about to use alone.
-    let _prepare_lock = pods::prepare_lock(&g.dir, rkt_flock::Mode::Shared)?;
+    let _prepare_lock = lifecycle::prepare_lock(&g.dir, rkt_flock::Mode::Shared)?;
     let store = rkt_store::Store::open(&g.dir)?;
     let ctx = engine_app::AddContext {
         store: &store,

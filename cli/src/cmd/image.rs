@@ -357,7 +357,7 @@ fn image_gc(g: &Globals, a: GcArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("invalid duration {:?} for --grace-period", a.grace_period))?;
     let store = Store::open(&g.dir)?;
     // Exclusive: no pod is being prepared with a tree gc might remove.
-    let _prepare = super::pods::prepare_lock(&g.dir, rkt_flock::Mode::Exclusive)?;
+    let _prepare = crate::pod::lifecycle::prepare_lock(&g.dir, rkt_flock::Mode::Exclusive)?;
     let rep = store.gc(grace)?;
     for t in &rep.trees_removed {
         crate::outln!("removed treestore {t:?}");

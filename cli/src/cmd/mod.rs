@@ -1,8 +1,8 @@
 //! One module per command group. Each exposes clap `Args` types and `run`-style functions that
 //! return the process exit code.
 
-pub mod app;
 pub mod api_service;
+pub mod app;
 pub mod completion;
 pub mod config;
 pub mod fetch;

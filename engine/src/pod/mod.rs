@@ -5,6 +5,7 @@
 pub mod app;
 pub mod build;
 pub mod isolators;
+pub mod lifecycle;
 pub mod logs;
 pub mod request;
 pub mod table;
