@@ -261,7 +261,9 @@ fn add(g: &Globals, r: RawArgs) -> Result<i32> {
         bail!("rkt app add takes per-app flags only (pod flags belong to rkt app sandbox)");
     }
     let insecure = build::insecure(g.insecure, &p.pod)?;
-    let fetch = build::fetch_options(&p.pod, insecure, &g.config)?;
+    let mut fetch = build::fetch_options(&p.pod, insecure, &g.config)?;
+    // The trust store, as for rkt run: an added app's image is verified like any other.
+    fetch.trust.config = g.trust.clone();
     let pod = Pods::new(&g.dir).find(uuid)?;
     // As for prepare: image gc leaves the trees we are about to use alone.
     let _prepare_lock = lifecycle::prepare_lock(&g.dir, rkt_flock::Mode::Shared)?;
