@@ -35,7 +35,7 @@ hyperfine --style basic --runs "$runs" --warmup 1 \
   --prepare "rm -rf $work/rkt" \
   --export-json "$work/rkt.json" \
   -n "rkt fetch (import+render)" \
-  "$rkt --dir=$work/rkt fetch oci-archive:$big"
+  "$rkt --dir=$work/rkt fetch --insecure-options=image oci-archive:$big"
 
 hyperfine --style basic --runs "$runs" --warmup 1 \
   --prepare "rm -rf $work/oci $work/bundle" \
