@@ -38,6 +38,10 @@ struct State {
 }
 
 static STATE: OnceLock<State> = OnceLock::new();
+/// Host app messages that arrived before [`init`]: the host sees the pod ready as soon as we
+/// connected, a moment before the supervisor runs. Bounded; replayed by `init`.
+static EARLY: Mutex<Vec<Msg>> = Mutex::new(Vec::new());
+const EARLY_MAX: usize = 64;
 
 /// Makes this pod mutable: binds the supervisor's control socket and accepts the host's app
 /// messages from now on.
@@ -58,6 +62,10 @@ pub(crate) fn init(
         apps: Mutex::default(),
         used: Mutex::default(),
     });
+    let early = std::mem::take(&mut *lock(&EARLY));
+    for m in early {
+        handle(m);
+    }
     Ok(control::Control::new(l))
 }
 
@@ -68,8 +76,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A host message for the mutable pod (from the control connection's reader).
 pub(crate) fn handle(m: Msg) {
     let Some(st) = STATE.get() else {
-        log("app message for a pod that is not mutable: ignored");
-        return;
+        // Checked again under the lock `init` drains with: a message is kept or handled, once.
+        let mut early = lock(&EARLY);
+        if STATE.get().is_none() {
+            if early.len() < EARLY_MAX {
+                early.push(m);
+            } else {
+                log("too many app messages before the pod's supervisor runs: ignored");
+            }
+            return;
+        }
+        drop(early);
+        return handle(m);
     };
     match m {
         Msg::AppStart { chan, spec } => {
