@@ -17,6 +17,7 @@ pub(crate) struct Http {
     insecure_tls: bool,
     config_dirs: Vec<PathBuf>,
     agents: HashMap<String, ureq::Agent>,
+    redirects: u32,
 }
 
 /// `host[:port]` of an http(s) URL.
@@ -34,7 +35,15 @@ impl Http {
             insecure_tls,
             config_dirs: config_dirs.to_vec(),
             agents: HashMap::new(),
+            redirects: 5,
         }
+    }
+
+    /// Agents that return 3xx answers instead of following them, for callers that check each
+    /// hop (ureq follows an https URL's redirect to plain http).
+    pub(crate) fn without_redirects(mut self) -> Http {
+        self.redirects = 0;
+        self
     }
 
     /// CA files configured for `authority`.
@@ -67,7 +76,7 @@ impl Http {
         let mut b = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(30))
             .timeout_read(Duration::from_secs(300))
-            .redirects(5);
+            .redirects(self.redirects);
         if self.insecure_tls {
             b = b.tls_config(insecure_tls_config());
         } else {

@@ -1,6 +1,7 @@
 //! A test certificate authority (openssl) and a small HTTPS file server (rustls) for fetches by
 //! URL and appc discovery: it serves fixed bodies by path (query included), optionally only to
-//! requests carrying one `Authorization` header, and records what it was asked.
+//! requests carrying one `Authorization` header, answers chosen paths with a redirect, and
+//! records what it was asked.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -124,6 +125,7 @@ pub struct HttpsServer {
     /// `127.0.0.1:PORT`
     pub addr: String,
     routes: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    redirects: Arc<Mutex<HashMap<String, String>>>,
     /// Requests seen, in order.
     pub seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -153,10 +155,12 @@ impl HttpsServer {
         let addr = l.local_addr().unwrap().to_string();
         let routes: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let (r2, s2) = (routes.clone(), seen.clone());
+        let redirects: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let (r2, s2, d2) = (routes.clone(), seen.clone(), redirects.clone());
         std::thread::spawn(move || {
             for conn in l.incoming().flatten() {
                 let (cfg, routes, seen, auth) = (cfg.clone(), r2.clone(), s2.clone(), auth.clone());
+                let redirects = d2.clone();
                 std::thread::spawn(move || {
                     let mut conn = conn;
                     let Ok(mut tls) = rustls::ServerConnection::new(cfg) else {
@@ -193,6 +197,16 @@ impl HttpsServer {
                         path: path.clone(),
                         authorization: authorization.clone(),
                     });
+                    if let Some(to) = redirects.lock().unwrap().get(&path).cloned() {
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = s.flush();
+                        s.conn.send_close_notify();
+                        let _ = s.conn.complete_io(s.sock);
+                        return;
+                    }
                     let body = routes.lock().unwrap().get(&path).cloned();
                     let (status, body) = match (&auth, body) {
                         (Some(want), _) if authorization.as_ref() != Some(want) => {
@@ -213,7 +227,12 @@ impl HttpsServer {
                 });
             }
         });
-        HttpsServer { addr, routes, seen }
+        HttpsServer {
+            addr,
+            routes,
+            redirects,
+            seen,
+        }
     }
 
     /// Serves `body` at `path` (with its query, e.g. `/app?ac-discovery=1`).
@@ -222,6 +241,14 @@ impl HttpsServer {
             .lock()
             .unwrap()
             .insert(path.to_string(), body.into());
+    }
+
+    /// Answers `path` with `302 Found` to `location`.
+    pub fn redirect(&self, path: &str, location: &str) {
+        self.redirects
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), location.to_string());
     }
 
     /// `https://ADDR/PATH`

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rkt_tests::{images, require_root, run_command, Registry, RktEnv, RktOutput};
+use rkt_tests::{
+    images, require_root, run_command, HttpsServer, Registry, RktEnv, RktOutput, TestCa,
+};
 
 /// A throw-away gpg home with one signing key.
 struct Gpg {
@@ -480,4 +482,206 @@ fn oci_image_signed_by_skopeo_runs_after_trust() {
     let out = run(&unsigned, "http,image");
     out.assert_ok();
     out.assert_stdout_contains("simple-signing-ok");
+}
+
+/// Puts the test CA in `<local-config>/certs.d/ADDR/`, as for a registry.
+fn trust_ca(env: &RktEnv, ca: &TestCa, srv: &HttpsServer) {
+    let certs = env.local_config.join("certs.d").join(&srv.addr);
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(ca.cert(), certs.join("ca.crt")).unwrap();
+}
+
+fn trusted_files(env: &RktEnv) -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(&env.local_config.join("trustedkeys"), &mut v);
+    v
+}
+
+#[test]
+fn trust_keys_from_https_urls_and_appc_discovery() {
+    let env = verifying_env();
+    let ca = TestCa::new(&env.scratch.join("ca"));
+    let srv = HttpsServer::start(&ca, None);
+    let alice = Gpg::new(&env.scratch, "alice", "ed25519");
+    srv.serve("/keys/alice.asc", std::fs::read(&alice.public).unwrap());
+    let prefix = format!("--prefix={}/app", srv.addr);
+    let key_url = srv.url("/keys/alice.asc");
+    let stored = env
+        .local_config
+        .join("trustedkeys/prefix.d")
+        .join(&srv.addr)
+        .join("app")
+        .join(&alice.fingerprint);
+
+    // The test CA is not trusted yet: one line naming certs.d, nothing written.
+    let out = trust(&env, &[&prefix, "--skip-fingerprint-review", &key_url]);
+    assert_refused(&out, &["certificate", &format!("certs.d/{}/", srv.addr)]);
+    assert!(trusted_files(&env).is_empty());
+    // --insecure-options=tls is honoured for key URLs.
+    let out = env.rkt_isolated(&[
+        "--insecure-options=tls",
+        "trust",
+        &prefix,
+        "--skip-fingerprint-review",
+        &key_url,
+    ]);
+    out.assert_ok();
+    assert!(stored.is_file(), "{out}");
+    std::fs::remove_dir_all(env.local_config.join("trustedkeys")).unwrap();
+
+    // With the CA in certs.d: the key URL is trusted for the prefix.
+    trust_ca(&env, &ca, &srv);
+    let out = trust(&env, &[&prefix, "--skip-fingerprint-review", &key_url]);
+    out.assert_ok();
+    assert!(stored.is_file(), "{out}");
+    std::fs::remove_dir_all(env.local_config.join("trustedkeys")).unwrap();
+
+    // No KEY: appc meta discovery of the prefix (its parent's page here) names the key URL.
+    srv.serve(
+        "/?ac-discovery=1",
+        format!(
+            "<html><head><meta name=\"ac-discovery-pubkeys\" content=\"{}/other {}\">\n<meta name=\"ac-discovery-pubkeys\" content=\"{} {key_url}\"></head></html>",
+            srv.addr,
+            srv.url("/keys/wrong.asc"),
+            srv.addr
+        ),
+    );
+    let out = trust(&env, &[&prefix, "--skip-fingerprint-review"]);
+    out.assert_ok();
+    assert!(stored.is_file(), "{out}");
+    let paths = srv.paths();
+    assert!(
+        paths.contains(&"/app?ac-discovery=1".to_string()),
+        "{paths:?}"
+    );
+    assert!(!paths.contains(&"/keys/wrong.asc".to_string()), "{paths:?}");
+    std::fs::remove_dir_all(env.local_config.join("trustedkeys")).unwrap();
+
+    // Hostile key URLs: one line, exit 254, nothing under trustedkeys/.
+    let secret = env.scratch.join("alice.sec.asc");
+    gpg(
+        &alice.home,
+        &[
+            "--armor",
+            "--output",
+            secret.to_str().unwrap(),
+            "--export-secret-keys",
+            &alice.fingerprint,
+        ],
+    );
+    srv.serve("/keys/secret.asc", std::fs::read(&secret).unwrap());
+    srv.serve("/keys/huge.asc", vec![b'A'; 3 << 20]);
+    srv.serve("/keys/page.html", "<html>not a key</html>");
+    srv.redirect(
+        "/keys/downgrade.asc",
+        &format!("http://{}/keys/alice.asc", srv.addr),
+    );
+    let plain = format!("http://{}/keys/alice.asc", srv.addr);
+    for (path, why) in [
+        ("/keys/secret.asc", "secret key"),
+        ("/keys/huge.asc", "larger than"),
+        ("/keys/page.html", "OpenPGP"),
+        ("/keys/downgrade.asc", "plain HTTP"),
+        ("/keys/missing.asc", "HTTP 404"),
+    ] {
+        let out = trust(
+            &env,
+            &[&prefix, "--skip-fingerprint-review", &srv.url(path)],
+        );
+        assert_refused(&out, &[why]);
+        assert!(trusted_files(&env).is_empty(), "{path}");
+    }
+    let out = trust(&env, &[&prefix, "--skip-fingerprint-review", &plain]);
+    assert_refused(&out, &["plain HTTP", "--insecure-allow-http"]);
+    assert!(trusted_files(&env).is_empty());
+    // Discovery that finds nothing for the prefix says so.
+    let out = trust(
+        &env,
+        &[
+            &format!("--prefix={}/app", "localhost:1"),
+            "--skip-fingerprint-review",
+        ],
+    );
+    out.assert_code(254);
+    assert!(trusted_files(&env).is_empty());
+}
+
+#[test]
+fn lookaside_over_https_uses_the_certs_d_ca() {
+    require_root();
+    let env = verifying_env();
+    let reg = Registry::start();
+    let alice = Gpg::new(&env.scratch, "alice", "ed25519");
+    let regd = lookaside(&env, &reg);
+    skopeo_sign_push(&env, &reg, &alice, &regd, "signed/busybox:v1");
+    let signed = reg.docker_ref("signed/busybox:v1");
+    let name = signed
+        .trim_start_matches("docker://")
+        .trim_end_matches(":v1")
+        .to_string();
+    trust(
+        &env,
+        &[
+            &format!("--prefix={name}"),
+            "--skip-fingerprint-review",
+            alice.public.to_str().unwrap(),
+        ],
+    )
+    .assert_ok();
+
+    // The signatures skopeo wrote, served over https by a server whose CA only certs.d knows.
+    let ca = TestCa::new(&env.scratch.join("ca"));
+    let srv = HttpsServer::start(&ca, None);
+    let sigstore = env.scratch.join("sigstore");
+    let mut stack = vec![sigstore.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e
+                    .path()
+                    .strip_prefix(&sigstore)
+                    .unwrap()
+                    .display()
+                    .to_string();
+                srv.serve(&format!("/sigs/{rel}"), std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    std::fs::remove_dir_all(&sigstore).unwrap();
+    let host = name.split('/').next().unwrap();
+    std::fs::write(
+        regd.join("test.yaml"),
+        format!(
+            "docker:\n  \"{host}\":\n    lookaside: {}\n",
+            srv.url("/sigs")
+        ),
+    )
+    .unwrap();
+
+    let fetch = || env.rkt_isolated(&["fetch", "--insecure-options=http", &signed]);
+    assert_refused(
+        &fetch(),
+        &[&signed, "certificate", &format!("certs.d/{}/", srv.addr)],
+    );
+    assert_eq!(image_list(&env), "");
+    trust_ca(&env, &ca, &srv);
+    let out = fetch();
+    out.assert_ok();
+    out.assert_stderr_contains("signature verified");
+    assert!(
+        srv.paths().iter().any(|p| p.ends_with("/signature-1")),
+        "{:?}",
+        srv.paths()
+    );
 }

@@ -4,7 +4,7 @@ use std::io::{BufRead, IsTerminal, Read, Write};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use rkt_store::trust::{parse_keys, KeyInfo, Scope, TrustConfig};
+use rkt_store::trust::{parse_keys, KeyFetch, KeyInfo, Scope, TrustConfig};
 use rkt_store::Store;
 
 use crate::global::Globals;
@@ -60,33 +60,44 @@ pub fn run(g: &Globals, a: TrustArgs) -> Result<i32> {
     }
     let scope =
         scope.ok_or_else(|| anyhow!("give --prefix=PREFIX or --root (or --list, --remove)"))?;
+    // Keys come over https with rkt's client: a server's CA in certs.d, --insecure-options=tls.
+    let how = KeyFetch {
+        insecure_http: a.insecure_allow_http,
+        insecure_tls: g.insecure.tls,
+        config_dirs: g.config.dirs.clone(),
+    };
     let sources = if a.keys.is_empty() {
         match &scope {
-            Scope::Prefix(p) => discover(p, a.insecure_allow_http)?,
+            Scope::Prefix(p) => discover(p, &how)?,
             Scope::Root => bail!("--root needs the key: rkt trust --root KEY"),
         }
     } else {
         a.keys.clone()
     };
+    // Every source is read and checked before any key is stored.
+    let mut found = Vec::new();
     for src in &sources {
-        let data = read_key_source(src, a.insecure_allow_http)?;
+        let data = read_key_source(src, &how)?;
         let keys = parse_keys(&data).with_context(|| src.clone())?;
-        for k in &keys {
+        for k in keys {
             if k.revoked() {
                 bail!("key {} from {src} is revoked", k.fingerprint);
             }
-            if !a.skip_fingerprint_review && !review(&scope, src, k)? {
-                crate::outln!("Not trusting key {}", k.fingerprint);
-                continue;
-            }
-            let path = g.trust.add(&scope, k)?;
-            match &scope {
-                Scope::Root => crate::outln!("Added root key at {:?}", path.display().to_string()),
-                Scope::Prefix(p) => crate::outln!(
-                    "Added key for prefix {p:?} at {:?}",
-                    path.display().to_string()
-                ),
-            }
+            found.push((src, k));
+        }
+    }
+    for (src, k) in &found {
+        if !a.skip_fingerprint_review && !review(&scope, src, k)? {
+            crate::outln!("Not trusting key {}", k.fingerprint);
+            continue;
+        }
+        let path = g.trust.add(&scope, k)?;
+        match &scope {
+            Scope::Root => crate::outln!("Added root key at {:?}", path.display().to_string()),
+            Scope::Prefix(p) => crate::outln!(
+                "Added key for prefix {p:?} at {:?}",
+                path.display().to_string()
+            ),
         }
     }
     Ok(0)
@@ -132,13 +143,9 @@ fn review(scope: &Scope, src: &str, k: &KeyInfo) -> Result<bool> {
     }
 }
 
-fn http_get(url: &str, insecure_http: bool) -> Result<Vec<u8>> {
-    rkt_store::trust::download(url, insecure_http, MAX_DOWNLOAD)
-}
-
-fn read_key_source(src: &str, insecure_http: bool) -> Result<Vec<u8>> {
+fn read_key_source(src: &str, how: &KeyFetch) -> Result<Vec<u8>> {
     if src.starts_with("https://") || src.starts_with("http://") {
-        return http_get(src, insecure_http);
+        return rkt_store::trust::download(src, how, MAX_DOWNLOAD);
     }
     if src.contains("://") {
         bail!("{src}: keys come from files or https:// URLs");
@@ -152,30 +159,46 @@ fn read_key_source(src: &str, insecure_http: bool) -> Result<Vec<u8>> {
 }
 
 /// appc meta discovery of a prefix's keys: `https://PREFIX?ac-discovery=1` (then each parent
-/// path) and its `<meta name="ac-discovery-pubkeys" content="PREFIX URL">` entries whose
-/// prefix covers ours.
-fn discover(prefix: &str, insecure_http: bool) -> Result<Vec<String>> {
-    let scheme = if insecure_http { "http" } else { "https" };
+/// path; plain http after https with --insecure-allow-http) and its
+/// `<meta name="ac-discovery-pubkeys" content="PREFIX URL">` entries whose prefix covers ours.
+pub(crate) fn discover(prefix: &str, how: &KeyFetch) -> Result<Vec<String>> {
+    let mut schemes = vec!["https"];
+    if how.insecure_http {
+        schemes.push("http");
+    }
     let mut p = prefix;
+    let mut last_err = None;
     loop {
-        let url = format!("{scheme}://{p}?ac-discovery=1");
-        if let Ok(body) = http_get(&url, insecure_http) {
-            let found: Vec<String> = meta_pubkeys(&String::from_utf8_lossy(&body))
-                .into_iter()
-                .filter(|(pre, _)| Scope::Prefix(pre.clone()).covers(prefix))
-                .map(|(_, u)| u)
-                .collect();
-            if !found.is_empty() {
-                return Ok(found);
+        for scheme in &schemes {
+            let url = format!("{scheme}://{p}?ac-discovery=1");
+            match rkt_store::trust::download(&url, how, MAX_DOWNLOAD) {
+                Ok(body) => {
+                    let found: Vec<String> = meta_pubkeys(&String::from_utf8_lossy(&body))
+                        .into_iter()
+                        .filter(|(pre, _)| Scope::Prefix(pre.clone()).covers(prefix))
+                        .map(|(_, u)| u)
+                        .collect();
+                    if !found.is_empty() {
+                        return Ok(found);
+                    }
+                }
+                // A page that is not there is expected (a parent may have it); a TLS or
+                // transport failure says more than "nothing found".
+                Err(e) if !format!("{e:#}").contains("HTTP 404") => last_err = Some(e),
+                Err(_) => {}
             }
         }
         match p.rfind('/') {
             Some(i) => p = &p[..i],
-            None => bail!(
-                "no ac-discovery-pubkeys found for {prefix:?} (looked at {scheme}://{prefix}?ac-discovery=1 and its parents): give the key as a file or URL"
-            ),
+            None => break,
         }
     }
+    if let Some(e) = last_err {
+        return Err(e.context(format!("discovering the keys of {prefix:?}")));
+    }
+    bail!(
+        "no ac-discovery-pubkeys found for {prefix:?} (looked at https://{prefix}?ac-discovery=1 and its parents): give the key as a file or URL"
+    )
 }
 
 /// `(prefix, url)` of each `<meta name="ac-discovery-pubkeys" content="PREFIX URL">`.

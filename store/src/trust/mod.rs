@@ -731,6 +731,9 @@ fn lookaside_signatures(
     opts: &FetchOptions,
 ) -> Result<Vec<Vec<u8>>> {
     const MAX_SIGNATURES: usize = 16;
+    // rkt's HTTP client, as for the registry: a server's CA in certs.d, --insecure-options=tls
+    // (the signature, not the connection, is what vouches for the image).
+    let mut http = crate::http::Http::new(opts.insecure_tls, &opts.config_dirs);
     let mut out = Vec::new();
     for n in 1..=MAX_SIGNATURES {
         let url = registries::signature_url(base, image, digest, n)?;
@@ -743,13 +746,7 @@ fn lookaside_signatures(
             if url.starts_with("http://") && !opts.insecure_http {
                 bail!("lookaside {base} is plain HTTP: allow it with --insecure-options=http");
             }
-            // Certificates are checked against the bundled roots (not --insecure-options=tls):
-            // the signature is what vouches for the image, but a lookaside is rarely self-signed.
-            let agent = ureq::AgentBuilder::new()
-                .timeout_connect(std::time::Duration::from_secs(30))
-                .timeout_read(std::time::Duration::from_secs(60))
-                .build();
-            match agent.get(&url).call() {
+            match http.agent(&url)?.get(&url).call() {
                 Ok(r) => {
                     let mut v = Vec::new();
                     r.into_reader()
@@ -758,7 +755,15 @@ fn lookaside_signatures(
                     Some(v)
                 }
                 Err(ureq::Error::Status(404, _)) => None,
-                Err(e) => bail!("fetching {url}: {e}"),
+                Err(ureq::Error::Status(code, r)) => {
+                    bail!(
+                        "fetching {url}: HTTP {code} {}",
+                        crate::http::body_excerpt(r)
+                    )
+                }
+                Err(ureq::Error::Transport(t)) => {
+                    return Err(crate::http::transport_error("fetching", &url, &t))
+                }
             }
         } else {
             bail!("lookaside {base:?}: only file://, https:// and http:// are supported");
@@ -771,28 +776,67 @@ fn lookaside_signatures(
     Ok(out)
 }
 
-/// GETs a key or discovery document (at most `limit` bytes); plain HTTP only when allowed.
-pub fn download(url: &str, insecure_http: bool, limit: u64) -> Result<Vec<u8>> {
-    if url.starts_with("http://") && !insecure_http {
-        bail!("{url} is plain HTTP: use https, or allow it with --insecure-allow-http");
+/// How `rkt trust` reaches key URLs and discovery pages.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFetch {
+    /// `--insecure-allow-http`: plain-HTTP URLs (and redirects to them) are allowed.
+    pub insecure_http: bool,
+    /// `--insecure-options=tls`: any server certificate is accepted.
+    pub insecure_tls: bool,
+    /// rkt's configuration directories, whose `certs.d/HOST[:PORT]/` CAs are trusted for HOST.
+    pub config_dirs: Vec<PathBuf>,
+}
+
+/// GETs a key or discovery document (at most `limit` bytes) with rkt's HTTP client (a server's
+/// CA from `certs.d`, `--insecure-options=tls`). Redirects are followed here, at most 5, so that
+/// none leads to plain HTTP unless allowed.
+pub fn download(url: &str, how: &KeyFetch, limit: u64) -> Result<Vec<u8>> {
+    let mut http = crate::http::Http::new(how.insecure_tls, &how.config_dirs).without_redirects();
+    let mut url = url.to_string();
+    for _ in 0..=5 {
+        if url.starts_with("http://") && !how.insecure_http {
+            bail!("{url} is plain HTTP: use https, or allow it with --insecure-allow-http");
+        }
+        if !url.starts_with("https://") && !url.starts_with("http://") {
+            bail!("{url:?} is not an http(s) URL");
+        }
+        let r = match http.agent(&url)?.get(&url).call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                bail!(
+                    "fetching {url}: HTTP {code} {}",
+                    crate::http::body_excerpt(r)
+                )
+            }
+            Err(ureq::Error::Transport(t)) => {
+                return Err(crate::http::transport_error("fetching", &url, &t))
+            }
+        };
+        if (300..400).contains(&r.status()) {
+            let loc = r
+                .header("location")
+                .ok_or_else(|| anyhow!("fetching {url}: HTTP {} without a Location", r.status()))?;
+            url = if loc.contains("://") {
+                loc.to_string()
+            } else if loc.starts_with('/') {
+                let scheme = url.split_once("://").map_or("https", |(s, _)| s);
+                format!("{scheme}://{}{loc}", crate::http::authority(&url))
+            } else {
+                bail!("fetching {url}: redirect to {loc:?} (not an absolute URL or path)");
+            };
+            continue;
+        }
+        let mut v = Vec::new();
+        r.into_reader()
+            .take(limit + 1)
+            .read_to_end(&mut v)
+            .with_context(|| format!("reading {url}"))?;
+        if v.len() as u64 > limit {
+            bail!("{url} is larger than {limit} bytes");
+        }
+        return Ok(v);
     }
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(30))
-        .timeout_read(std::time::Duration::from_secs(60))
-        .build();
-    let r = agent
-        .get(url)
-        .call()
-        .map_err(|e| anyhow!("fetching {url}: {e}"))?;
-    let mut v = Vec::new();
-    r.into_reader()
-        .take(limit + 1)
-        .read_to_end(&mut v)
-        .with_context(|| format!("reading {url}"))?;
-    if v.len() as u64 > limit {
-        bail!("{url} is larger than {limit} bytes");
-    }
-    Ok(v)
+    bail!("fetching {url}: more than 5 redirects")
 }
 
 // ------------------------------------------------------------------------ stored signatures
