@@ -34,8 +34,8 @@ pub struct GlobalOpts {
     /// pubkey, capabilities, paths, seccomp, all-fetch, all-run, all
     #[arg(long, global = true, default_value = "none", value_name = "OPTS")]
     pub insecure_options: String,
-    /// Automatically trust gpg keys fetched from https: not supported (refused; trust keys
-    /// with rkt trust)
+    /// Automatically trust the keys appc discovery names (over https) for an image whose
+    /// prefix has no trusted key
     #[arg(long, global = true)]
     pub trust_keys_from_https: bool,
     /// TPM connection, in tpm2-tools' TCTI syntax (e.g. `swtpm:host=127.0.0.1,port=2321`);
@@ -47,11 +47,6 @@ pub struct GlobalOpts {
 impl GlobalOpts {
     pub fn resolve(&self) -> Result<Globals> {
         let insecure = Insecure::parse(&self.insecure_options)?;
-        if self.trust_keys_from_https {
-            anyhow::bail!(
-                "--trust-keys-from-https is not supported: trust the image's keys first with rkt trust --prefix=PREFIX KEY (docs/trust.md)"
-            );
-        }
         let user = (!self.user_config.is_empty()).then(|| PathBuf::from(&self.user_config));
         let config = Config::load(&self.system_config, &self.local_config, user.as_deref())?;
         let dir = self
@@ -70,6 +65,7 @@ impl GlobalOpts {
             trust: rkt_store::trust::TrustConfig {
                 local_config: self.local_config.clone(),
                 system_config: self.system_config.clone(),
+                trust_keys_from_https: self.trust_keys_from_https,
             },
         })
     }

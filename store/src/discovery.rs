@@ -80,9 +80,17 @@ struct Endpoint {
     template: String,
 }
 
-/// The `ac-discovery` meta tags of an HTML page (a tolerant scan, not an HTML parser: only
-/// `<meta>` tags and their quoted or bare `name`/`content` attributes matter).
+/// The `ac-discovery` meta tags of an HTML page.
 fn meta_endpoints(html: &str) -> Vec<Endpoint> {
+    meta_pairs(html, "ac-discovery")
+        .into_iter()
+        .map(|(prefix, template)| Endpoint { prefix, template })
+        .collect()
+}
+
+/// `(PREFIX, VALUE)` of each `<meta name="NAME" content="PREFIX VALUE">` (a tolerant scan, not
+/// an HTML parser: only `<meta>` tags and their quoted or bare `name`/`content` attributes matter).
+fn meta_pairs(html: &str, name: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let lower = html.to_ascii_lowercase();
     let mut at = 0;
@@ -92,7 +100,7 @@ fn meta_endpoints(html: &str) -> Vec<Endpoint> {
         let attrs = parse_attrs(&html[start..end]);
         at = end;
         let get = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        if get("name") != Some("ac-discovery") {
+        if get("name") != Some(name) {
             continue;
         }
         let Some(content) = get("content") else {
@@ -100,10 +108,7 @@ fn meta_endpoints(html: &str) -> Vec<Endpoint> {
         };
         let mut parts = content.split_whitespace();
         if let (Some(p), Some(t), None) = (parts.next(), parts.next(), parts.next()) {
-            out.push(Endpoint {
-                prefix: p.to_string(),
-                template: t.to_string(),
-            });
+            out.push((p.to_string(), t.to_string()));
         }
     }
     out
@@ -365,7 +370,107 @@ pub fn download_discovered(
 ) -> Result<Downloaded> {
     let mut c = Client::new(opts)?;
     let loc = c.discover(name)?;
+    if opts.trust.config.trust_keys_from_https && !opts.trust.skip {
+        trust_keys_from_https(name, opts)?;
+    }
     c.download(&loc, tmp_dir)
+}
+
+/// Key files and discovery pages are small.
+const MAX_KEY_DOWNLOAD: u64 = 1 << 20;
+
+/// `--trust-keys-from-https`, as rkt v1: when no prefix key covers the image's name, the keys
+/// named by `ac-discovery-pubkeys` (the name's page, then its parents') are fetched over https
+/// (certificates checked: never with --insecure-options=tls, never plain http or a redirect to
+/// it) and trusted for the name, the fingerprint printed without review.
+fn trust_keys_from_https(n: &AppcName, opts: &FetchOptions) -> Result<()> {
+    use crate::trust::{download, parse_keys, KeyFetch, Scope};
+    let cfg = &opts.trust.config;
+    let covered = cfg
+        .keyring()
+        .keys
+        .iter()
+        .any(|k| matches!(&k.scope, Scope::Prefix(_)) && k.scope.covers(&n.name));
+    if covered {
+        return Ok(());
+    }
+    if opts.insecure_tls {
+        bail!(
+            "--trust-keys-from-https: the keys of {} would come from an unauthenticated server (--insecure-options=tls); trust them with rkt trust",
+            n.name
+        );
+    }
+    let how = KeyFetch {
+        insecure_http: false,
+        insecure_tls: false,
+        config_dirs: opts.config_dirs.clone(),
+    };
+    let scope = Scope::prefix(&n.name)?;
+    let mut urls = Vec::new();
+    let mut path = n.name.as_str();
+    loop {
+        let url = format!("https://{path}?ac-discovery=1");
+        match download(&url, &how, MAX_PAGE) {
+            Ok(page) => {
+                urls = meta_pairs(&String::from_utf8_lossy(&page), "ac-discovery-pubkeys")
+                    .into_iter()
+                    .filter(|(p, _)| Scope::Prefix(p.clone()).covers(&n.name))
+                    .map(|(_, u)| u)
+                    .collect();
+            }
+            Err(e) if !format!("{e:#}").contains("HTTP 404") => {
+                return Err(e.context(format!("--trust-keys-from-https for {}", n.name)))
+            }
+            Err(_) => {}
+        }
+        if !urls.is_empty() {
+            break;
+        }
+        match path.rfind('/') {
+            Some(i) => path = &path[..i],
+            None => bail!(
+                "--trust-keys-from-https: no ac-discovery-pubkeys for {} (looked at https://{}?ac-discovery=1 and its parents)",
+                n.name,
+                n.name
+            ),
+        }
+    }
+    // Every key is read and checked before any is trusted.
+    let mut found = Vec::new();
+    for u in &urls {
+        let data = download(u, &how, MAX_KEY_DOWNLOAD)
+            .with_context(|| format!("--trust-keys-from-https for {}", n.name))?;
+        for k in parse_keys(&data)
+            .with_context(|| format!("--trust-keys-from-https for {}: {u}", n.name))?
+        {
+            if k.revoked() {
+                bail!(
+                    "--trust-keys-from-https: key {} from {u} is revoked",
+                    k.fingerprint
+                );
+            }
+            found.push((u, k));
+        }
+    }
+    for (u, k) in &found {
+        let path = cfg.add(&scope, k)?;
+        eprintln!("pubkey: prefix: {:?}", n.name);
+        eprintln!("key: {u:?}");
+        eprintln!("gpg key fingerprint is: {}", k.fingerprint_grouped());
+        for uid in &k.user_ids {
+            eprintln!("\t{uid}");
+        }
+        eprintln!(
+            "Trusting {u:?} for prefix {:?} without fingerprint review.",
+            n.name
+        );
+        eprintln!(
+            "Added key for prefix {:?} at {:?}",
+            n.name,
+            path.display().to_string()
+        );
+    }
+    Ok(())
 }
 
 /// For the fuzz target: discovery pages, templates and names never panic.

@@ -274,9 +274,9 @@ fn tampered_untrusted_and_other_prefix_signatures_are_refused() {
     env.rkt_isolated(&["fetch", "--insecure-options=image", unsigned_s])
         .assert_ok();
 
-    // --trust-keys-from-https is refused, not silently ignored.
+    // --trust-keys-from-https only adds keys for appc-discovered images: it skips nothing.
     let out = env.rkt_isolated(&["--trust-keys-from-https", "fetch", unsigned_s]);
-    assert_refused(&out, &["--trust-keys-from-https is not supported"]);
+    assert_refused(&out, &["no signature"]);
 }
 
 #[test]
@@ -684,4 +684,140 @@ fn lookaside_over_https_uses_the_certs_d_ca() {
         "{:?}",
         srv.paths()
     );
+}
+
+/// An ACI named `name` (version `version`) holding the static inspect binary, in `dir`.
+fn make_aci(dir: &Path, name: &str, version: &str) -> PathBuf {
+    let root = dir.join(format!("aci-{version}"));
+    std::fs::create_dir_all(root.join("rootfs")).unwrap();
+    std::fs::copy(&images().inspect, root.join("rootfs/inspect")).unwrap();
+    std::fs::write(
+        root.join("manifest"),
+        serde_json::json!({"acKind": "ImageManifest", "acVersion": "0.8.11", "name": name,
+            "labels": [{"name": "version", "value": version}, {"name": "os", "value": "linux"},
+                       {"name": "arch", "value": "amd64"}],
+            "app": {"exec": ["/inspect"], "user": "0", "group": "0"}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = dir.join(format!("app-{version}.aci"));
+    let mut c = Command::new("tar");
+    c.arg("-C")
+        .arg(&root)
+        .arg("-czf")
+        .arg(&out)
+        .args(["manifest", "rootfs"]);
+    run_command(c, 60).assert_ok();
+    out
+}
+
+#[test]
+fn trust_keys_from_https_trusts_the_discovered_keys() {
+    let env = verifying_env();
+    let ca = TestCa::new(&env.scratch.join("ca"));
+    let srv = HttpsServer::start(&ca, None);
+    trust_ca(&env, &ca, &srv);
+    let alice = Gpg::new(&env.scratch, "alice", "ed25519");
+    srv.serve("/keys/alice.asc", std::fs::read(&alice.public).unwrap());
+    let page = |prefix: &str, key: &str| {
+        format!(
+            "<html><head><meta name=\"ac-discovery\" content=\"{a} https://{a}/dl/{{name}}-{{version}}.{{ext}}\">\n<meta name=\"ac-discovery-pubkeys\" content=\"{a}/{prefix} {}\"></head></html>",
+            srv.url(key),
+            a = srv.addr
+        )
+    };
+    let name = format!("{}/app", srv.addr);
+    let aci = make_aci(&env.scratch, &name, "v1.0");
+    let asc = alice.sign(&aci);
+    srv.serve("/app?ac-discovery=1", page("app", "/keys/alice.asc"));
+    srv.serve(
+        &format!("/dl/{name}-v1.0.aci"),
+        std::fs::read(&aci).unwrap(),
+    );
+    srv.serve(
+        &format!("/dl/{name}-v1.0.aci.asc"),
+        std::fs::read(&asc).unwrap(),
+    );
+    let image = format!("{name}:v1.0");
+
+    // Without the flag: the key is unknown, nothing stored, nothing trusted.
+    assert_refused(&env.rkt_isolated(&["fetch", &image]), &["unknown key"]);
+    assert_eq!(image_list(&env), "");
+    assert!(trusted_files(&env).is_empty());
+    // --insecure-options=tls cannot vouch for a key.
+    let out = env.rkt_isolated(&[
+        "--trust-keys-from-https",
+        "--insecure-options=tls",
+        "fetch",
+        &image,
+    ]);
+    assert_refused(&out, &["--trust-keys-from-https", "--insecure-options=tls"]);
+    assert!(trusted_files(&env).is_empty());
+
+    // With it: the discovered key is trusted for the name (fingerprint shown), then verifies.
+    let out = env.rkt_isolated(&["--trust-keys-from-https", "fetch", &image]);
+    out.assert_ok();
+    out.assert_stderr_contains("gpg key fingerprint is:");
+    out.assert_stderr_contains("without fingerprint review");
+    out.assert_stderr_contains("signature verified");
+    let stored = env
+        .local_config
+        .join("trustedkeys/prefix.d")
+        .join(&srv.addr)
+        .join("app")
+        .join(&alice.fingerprint);
+    assert!(stored.is_file(), "{out}");
+    assert_eq!(image_list(&env).lines().count(), 1);
+    // The prefix has a key now: not fetched again.
+    let key_gets = || {
+        srv.paths()
+            .iter()
+            .filter(|p| p.as_str() == "/keys/alice.asc")
+            .count()
+    };
+    let n = key_gets();
+    env.rkt_isolated(&["--trust-keys-from-https", "fetch", &image])
+        .assert_ok();
+    assert_eq!(key_gets(), n);
+
+    // Hostile: the discovered key URL serves a secret key, or redirects to http.
+    let secret = env.scratch.join("alice.sec.asc");
+    gpg(
+        &alice.home,
+        &[
+            "--armor",
+            "--output",
+            secret.to_str().unwrap(),
+            "--export-secret-keys",
+            &alice.fingerprint,
+        ],
+    );
+    srv.serve("/keys/secret.asc", std::fs::read(&secret).unwrap());
+    srv.redirect(
+        "/keys/downgrade.asc",
+        &format!("http://{}/keys/alice.asc", srv.addr),
+    );
+    for (app, key, why) in [
+        ("evil", "/keys/secret.asc", "secret key"),
+        ("down", "/keys/downgrade.asc", "plain HTTP"),
+    ] {
+        srv.serve(&format!("/{app}?ac-discovery=1"), page(app, key));
+        srv.serve(
+            &format!("/dl/{}/{app}-v1.0.aci", srv.addr),
+            std::fs::read(&aci).unwrap(),
+        );
+        let out = env.rkt_isolated(&[
+            "--trust-keys-from-https",
+            "fetch",
+            &format!("{}/{app}:v1.0", srv.addr),
+        ]);
+        assert_refused(&out, &[why]);
+        assert!(!env
+            .local_config
+            .join("trustedkeys/prefix.d")
+            .join(&srv.addr)
+            .join(app)
+            .exists());
+    }
+    assert_eq!(image_list(&env).lines().count(), 1);
 }

@@ -31,6 +31,9 @@ pub struct TrustConfig {
     pub local_config: PathBuf,
     /// `--system-config` (default /usr/lib/rkt): keys a distribution ships, honoured, not written.
     pub system_config: PathBuf,
+    /// `--trust-keys-from-https`: an appc-discovered image whose name no prefix key covers gets
+    /// the keys its `ac-discovery-pubkeys` name (over authenticated https), trusted for its name.
+    pub trust_keys_from_https: bool,
 }
 
 impl Default for TrustConfig {
@@ -38,6 +41,7 @@ impl Default for TrustConfig {
         TrustConfig {
             local_config: PathBuf::from("/etc/rkt"),
             system_config: PathBuf::from("/usr/lib/rkt"),
+            trust_keys_from_https: false,
         }
     }
 }
@@ -1058,6 +1062,7 @@ mod tests {
         let cfg = TrustConfig {
             local_config: t.path().join("local"),
             system_config: t.path().join("system"),
+            trust_keys_from_https: false,
         };
         cfg.add(&Scope::prefix("example.com/app").unwrap(), &keys[0])
             .unwrap();
