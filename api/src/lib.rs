@@ -40,6 +40,8 @@ pub struct Options {
     pub local_config: PathBuf,
     pub user_config: String,
     pub insecure_options: String,
+    /// `--trust-keys-from-https`, reported by GetInfo.
+    pub trust_keys_from_https: bool,
     /// Reported by GetInfo.
     pub rkt_version: String,
     /// `--listen`; None: the sockets systemd passed, else [`DEFAULT_LISTEN`].

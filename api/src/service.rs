@@ -94,7 +94,7 @@ impl PublicApi for Service {
                     local_config_dir: o.local_config.display().to_string(),
                     user_config_dir: o.user_config.clone(),
                     insecure_flags: o.insecure_options.clone(),
-                    trust_keys_from_https: false,
+                    trust_keys_from_https: o.trust_keys_from_https,
                 }),
             }),
         }))

@@ -26,6 +26,7 @@ pub fn run(g: &Globals, opts: &GlobalOpts, a: ApiServiceArgs) -> anyhow::Result<
         local_config: opts.local_config.clone(),
         user_config: opts.user_config.clone(),
         insecure_options: opts.insecure_options.clone(),
+        trust_keys_from_https: opts.trust_keys_from_https,
         // The rkt v1 release whose CLI and API we keep, as `rkt version` names it.
         rkt_version: super::version::RKT_V1_COMPAT.to_string(),
         listen: a.listen,
