@@ -268,11 +268,14 @@ fn ctr_exec_kill_delete_ps_metrics_ns() {
     assert_eq!(ex.status.code(), Some(5), "{}", text(&ex));
     assert_eq!(String::from_utf8_lossy(&ex.stdout), "in exec\n");
 
-    // With a terminal: ctr needs one itself, script(1) gives it a pty.
+    // With a terminal: ctr needs one itself, script(1) gives it a pty. `exec` and
+    // --foreground keep ctr in the terminal's foreground group whatever $SHELL is: under
+    // dash, timeout would make its own background group and ctr's raw mode would stop it
+    // with SIGTTOU (CI has no $SHELL).
     let tty = Command::new("script")
         .args(["-qec"])
         .arg(format!(
-            "timeout 60 ctr --address {} task exec -t --exec-id e2 {id} /bin/sh -c 'tty; exit 4'",
+            "exec timeout --foreground 60 ctr --address {} task exec -t --exec-id e2 {id} /bin/sh -c 'tty; exit 4'",
             c.path().join("containerd.sock").display()
         ))
         .arg("/dev/null")
