@@ -86,10 +86,60 @@ struct Container {
     execs: HashMap<String, Exec>,
 }
 
+impl Container {
+    /// The container's first process (`exec_id` empty) or one of its execs.
+    fn process(&self, exec_id: &str) -> TtrpcResult<&Proc> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .map(|e| &e.proc_)
+            .ok_or_else(|| exec_not_found(exec_id))
+    }
+
+    fn process_mut(&mut self, exec_id: &str) -> TtrpcResult<&mut Proc> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .map(|e| &mut e.proc_)
+            .ok_or_else(|| exec_not_found(exec_id))
+    }
+}
+
 #[derive(Default)]
 struct State {
     containers: HashMap<String, Container>,
     sandboxes: HashMap<String, Sandbox>,
+}
+
+impl State {
+    fn container(&self, id: &str) -> TtrpcResult<&Container> {
+        self.containers.get(id).ok_or_else(|| not_found(id))
+    }
+
+    fn container_mut(&mut self, id: &str) -> TtrpcResult<&mut Container> {
+        self.containers.get_mut(id).ok_or_else(|| not_found(id))
+    }
+
+    /// The process `exec_id` (empty: the first one) of container `id`.
+    fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<&Proc> {
+        self.container(id)?.process(exec_id)
+    }
+
+    fn process_mut(&mut self, id: &str, exec_id: &str) -> TtrpcResult<&mut Proc> {
+        self.container_mut(id)?.process_mut(exec_id)
+    }
+
+    /// The sandbox whose pod runs container `id`.
+    fn sandbox_of(&self, id: &str) -> TtrpcResult<&Sandbox> {
+        let c = self.container(id)?;
+        self.sandboxes
+            .get(&c.sandbox)
+            .ok_or_else(|| err(Code::NOT_FOUND, format!("the sandbox of {id} is gone")))
+    }
 }
 
 #[derive(Clone)]
@@ -111,6 +161,10 @@ fn internal(e: anyhow::Error) -> ttrpc::Error {
 
 fn not_found(id: &str) -> ttrpc::Error {
     err(Code::NOT_FOUND, format!("container {id} not found"))
+}
+
+fn exec_not_found(exec_id: &str) -> ttrpc::Error {
+    err(Code::NOT_FOUND, format!("exec {exec_id} not found"))
 }
 
 impl TaskService {
@@ -148,16 +202,8 @@ impl TaskService {
     /// Records an exit, wakes Wait and tells containerd.
     fn on_exit(&self, id: &str, exec_id: &str, code: u32) {
         let mut st = self.lock();
-        let Some(c) = st.containers.get_mut(id) else {
+        let Ok(p) = st.process_mut(id, exec_id) else {
             return;
-        };
-        let p = if exec_id.is_empty() {
-            &mut c.init
-        } else {
-            match c.execs.get_mut(exec_id) {
-                Some(e) => &mut e.proc_,
-                None => return,
-            }
         };
         let at = p.exited(code);
         let pid = p.pid;
@@ -206,15 +252,7 @@ impl TaskService {
     fn wait_exit(&self, id: &str, exec_id: &str) -> TtrpcResult<(u32, Timestamp)> {
         let mut st = self.lock();
         loop {
-            let c = st.containers.get(id).ok_or_else(|| not_found(id))?;
-            let p = if exec_id.is_empty() {
-                &c.init
-            } else {
-                &c.execs
-                    .get(exec_id)
-                    .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {exec_id} not found")))?
-                    .proc_
-            };
+            let p = st.process(id, exec_id)?;
             if p.state == PState::Stopped {
                 return Ok((p.exit_status, p.exited_at.clone().unwrap_or_default()));
             }
@@ -293,20 +331,11 @@ impl TaskService {
     fn start_init(&self, id: &str) -> anyhow::Result<u32> {
         use anyhow::Context;
         let mut st = self.lock();
-        let State {
-            containers,
-            sandboxes,
-        } = &mut *st;
-        let c = containers
-            .get_mut(id)
-            .with_context(|| format!("container {id} not found"))?;
+        let pod = self.rkt.pod(&st.sandbox_of(id)?.uuid)?;
+        let c = st.container_mut(id)?;
         if c.init.state != PState::Created {
             anyhow::bail!("container {id} has already been started");
         }
-        let sb = sandboxes
-            .get(&c.sandbox)
-            .with_context(|| format!("the sandbox of {id} is gone"))?;
-        let pod = self.rkt.pod(&sb.uuid)?;
         let io = stdio::open(
             &c.init.stdin,
             &c.init.stdout,
@@ -335,24 +364,14 @@ impl TaskService {
         use anyhow::Context;
         use std::os::unix::process::CommandExt;
         let mut st = self.lock();
-        let State {
-            containers,
-            sandboxes,
-        } = &mut *st;
-        let c = containers
-            .get_mut(id)
-            .with_context(|| format!("container {id} not found"))?;
-        let uuid = sandboxes
-            .get(&c.sandbox)
-            .with_context(|| format!("the sandbox of {id} is gone"))?
-            .uuid
-            .clone();
+        let uuid = st.sandbox_of(id)?.uuid.clone();
+        let c = st.container_mut(id)?;
         let app = c.app.clone();
         let ptmx = PathBuf::from(format!("/proc/{}/root/dev/ptmx", c.init.pid));
         let e = c
             .execs
             .get_mut(exec_id)
-            .with_context(|| format!("exec {exec_id} not found"))?;
+            .ok_or_else(|| exec_not_found(exec_id))?;
         if e.proc_.state != PState::Created {
             anyhow::bail!("exec {exec_id} has already been started");
         }
@@ -431,9 +450,7 @@ impl TaskService {
 
     fn delete_init(&self, id: &str) -> anyhow::Result<(u32, u32, Timestamp)> {
         let mut st = self.lock();
-        let Some(c) = st.containers.get(id) else {
-            anyhow::bail!("container {id} not found");
-        };
+        let c = st.container(id)?;
         if c.init.state == PState::Running {
             anyhow::bail!("container {id} is running: kill it first");
         }
@@ -570,18 +587,8 @@ impl containerd_shim::Task for TaskService {
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         let st = self.lock();
-        let c = st
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| not_found(&req.id))?;
-        let p = if req.exec_id.is_empty() {
-            &c.init
-        } else {
-            &c.execs
-                .get(&req.exec_id)
-                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?
-                .proc_
-        };
+        let c = st.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
         Ok(api::StateResponse {
             id: req.id.clone(),
             bundle: c.bundle.to_string_lossy().into_owned(),
@@ -609,19 +616,13 @@ impl containerd_shim::Task for TaskService {
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let st = self.lock();
-        let c = st
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let c = st.container(&req.id)?;
         if !req.exec_id.is_empty() {
-            let e = c
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?;
-            if e.proc_.state != PState::Running {
+            let p = c.process(&req.exec_id)?;
+            if p.state != PState::Running {
                 return Err(err(Code::NOT_FOUND, "process already finished"));
             }
-            kill_pid(exec_target(e.proc_.pid), req.signal)?;
+            kill_pid(exec_target(p.pid), req.signal)?;
             return Ok(api::Empty::new());
         }
         match c.init.state {
@@ -648,14 +649,11 @@ impl containerd_shim::Task for TaskService {
     ) -> TtrpcResult<api::DeleteResponse> {
         if !req.exec_id.is_empty() {
             let mut st = self.lock();
-            let c = st
-                .containers
-                .get_mut(&req.id)
-                .ok_or_else(|| not_found(&req.id))?;
-            let e = c
+            let e = st
+                .container_mut(&req.id)?
                 .execs
                 .remove(&req.exec_id)
-                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?;
+                .ok_or_else(|| exec_not_found(&req.exec_id))?;
             return Ok(api::DeleteResponse {
                 pid: e.proc_.pid,
                 exit_status: e.proc_.exit_status,
@@ -697,10 +695,7 @@ impl containerd_shim::Task for TaskService {
             return Err(err(Code::INVALID_ARGUMENT, "exec: no command"));
         }
         let mut st = self.lock();
-        let c = st
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let c = st.container_mut(&req.id)?;
         if c.init.state != PState::Running {
             return Err(err(Code::FAILED_PRECONDITION, "container is not running"));
         }
@@ -735,18 +730,7 @@ impl containerd_shim::Task for TaskService {
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
         let st = self.lock();
-        let c = st
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| not_found(&req.id))?;
-        let p = if req.exec_id.is_empty() {
-            &c.init
-        } else {
-            &c.execs
-                .get(&req.exec_id)
-                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?
-                .proc_
-        };
+        let p = st.process(&req.id, &req.exec_id)?;
         let pty = p
             .pty
             .as_ref()
@@ -757,18 +741,7 @@ impl containerd_shim::Task for TaskService {
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         let st = self.lock();
-        let c = st
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| not_found(&req.id))?;
-        let p = if req.exec_id.is_empty() {
-            &c.init
-        } else {
-            &c.execs
-                .get(&req.exec_id)
-                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?
-                .proc_
-        };
+        let p = st.process(&req.id, &req.exec_id)?;
         if req.stdin {
             if let Some(w) = &p.stdin_writer {
                 w.lock().unwrap().take();
@@ -779,10 +752,7 @@ impl containerd_shim::Task for TaskService {
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let st = self.lock();
-        let c = st
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let c = st.container(&req.id)?;
         let mut pids = Self::cgroup_pids(&self.app_cgroups(&st, c));
         if pids.is_empty() && c.init.state == PState::Running {
             pids.push(c.init.pid);
@@ -805,10 +775,7 @@ impl containerd_shim::Task for TaskService {
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         let st = self.lock();
-        let c = st
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let c = st.container(&req.id)?;
         let metrics = crate::stats::metrics(&self.app_cgroups(&st, c));
         let any = containerd_shim::util::convert_to_any(Box::new(metrics))
             .map_err(|e| err(Code::INTERNAL, e))?;
