@@ -571,19 +571,23 @@ mod tests {
     fn control_distrusts_the_guest() {
         let d = tempfile::tempdir().unwrap();
         let p = pod(vec![app("a", RootfsSpec::Dir("/x".into()))]);
+        // Output and the ready hook do not matter here, only the outcome.
+        let serve = |host: &mut UnixStream| {
+            serve_control(
+                host,
+                d.path(),
+                &p,
+                &mut Vec::new(),
+                &mut Vec::new(),
+                &mut || {},
+            )
+        };
         // An app number out of range ends the pod with an error, nothing is written.
         let (mut host, _g) = fake_guest(vec![
             Msg::AppExited { app: 7, code: 0 },
             Msg::PodDone { code: 0 },
         ]);
-        let o = serve_control(
-            &mut host,
-            d.path(),
-            &p,
-            &mut Vec::new(),
-            &mut Vec::new(),
-            &mut || {},
-        );
+        let o = serve(&mut host);
         assert_eq!(o.code, None);
         assert!(o.error.unwrap().contains("unexpected message"));
         assert!(!d.path().join("status").exists());
@@ -594,30 +598,14 @@ mod tests {
             env: vec![],
             tty: false,
         }]);
-        assert!(serve_control(
-            &mut host,
-            d.path(),
-            &p,
-            &mut Vec::new(),
-            &mut Vec::new(),
-            &mut || {}
-        )
-        .error
-        .is_some());
+        assert!(serve(&mut host).error.is_some());
         // An oversized frame header: error, no allocation, no panic.
         let (mut host, mut guest) = UnixStream::pair().unwrap();
         let t = std::thread::spawn(move || {
             proto::handshake(&mut guest).unwrap();
             guest.write_all(&u32::MAX.to_le_bytes()).unwrap();
         });
-        let o = serve_control(
-            &mut host,
-            d.path(),
-            &p,
-            &mut Vec::new(),
-            &mut Vec::new(),
-            &mut || {},
-        );
+        let o = serve(&mut host);
         t.join().unwrap();
         assert!(
             o.error.unwrap().contains("exceeds"),
@@ -629,28 +617,14 @@ mod tests {
             proto::write_msg(&mut guest, &Msg::Hello { version: 99 }).unwrap();
             let _ = proto::read_msg(&mut guest);
         });
-        let o = serve_control(
-            &mut host,
-            d.path(),
-            &p,
-            &mut Vec::new(),
-            &mut Vec::new(),
-            &mut || {},
-        );
+        let o = serve(&mut host);
         t.join().unwrap();
         assert!(o.error.unwrap().contains("version 99"));
         // Control characters in a guest error do not reach the terminal.
         let (mut host, _g) = fake_guest(vec![Msg::Error {
             message: "bad\x1b[2J\nthing".into(),
         }]);
-        let o = serve_control(
-            &mut host,
-            d.path(),
-            &p,
-            &mut Vec::new(),
-            &mut Vec::new(),
-            &mut || {},
-        );
+        let o = serve(&mut host);
         assert_eq!(o.error.unwrap(), "guest: bad[2Jthing");
     }
 
