@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile_dir();
     // virtio-net's backend: a socketpair whose other end holds frames for the RX path: a
     // header-only one, then one whose length (from the device byte: up to ~2.3 KiB, past the
-    // 1514-byte frames a 1500 MTU allows) the guest's RX buffers may or may not fit.
+    // 1514-byte frames a 1500 MTU allows; with offloads offered, bit 2, up to ~64 KiB, a TSO
+    // segment) the guest's RX buffers, merged or not, may or may not fit. Its virtio-net
+    // header is the input's last 12 bytes (GSO and checksum fields the guest may not have acked).
     let mut peer: Option<std::os::fd::OwnedFd> = None;
     let device: Box<dyn VirtioDevice> = match which % 4 {
         0 => Box::new(rkt_vmm::devices::virtio::rng::Rng::new(false)),
@@ -39,7 +41,15 @@ fuzz_target!(|data: &[u8]| {
         2 => Box::new(rkt_vmm::devices::virtio::fs::Fs::new("rkt", &dir, false).unwrap()),
         _ => {
             let (ours, theirs) = seqpacket_pair();
-            let frame = vec![0xa5u8; 12 + usize::from(which >> 2) * 37];
+            let offload = which & 4 != 0;
+            let len = if offload {
+                12 + usize::from(which >> 3) * 2111
+            } else {
+                12 + usize::from(which >> 2) * 37
+            };
+            let mut frame = vec![0xa5u8; len];
+            let tail = &data[data.len().saturating_sub(12)..];
+            frame[..tail.len()].copy_from_slice(tail);
             for f in [&frame[..12], &frame[..]] {
                 // SAFETY: write(2) of a local buffer.
                 unsafe {
@@ -51,12 +61,24 @@ fuzz_target!(|data: &[u8]| {
                 };
             }
             peer = Some(theirs);
-            Box::new(rkt_vmm::devices::virtio::net::Net::new(
-                ours,
-                [2, 0, 0, 0, 0, 1],
-                1500,
-                false,
-            ))
+            if offload {
+                // Every offload offered; the backend's TUNSETOFFLOAD is a no-op.
+                Box::new(rkt_vmm::devices::virtio::net::Net::with_offload(
+                    ours,
+                    [2, 0, 0, 0, 0, 1],
+                    1500,
+                    false,
+                    u64::MAX,
+                    Some(|_, _| Ok(())),
+                ))
+            } else {
+                Box::new(rkt_vmm::devices::virtio::net::Net::new(
+                    ours,
+                    [2, 0, 0, 0, 0, 1],
+                    1500,
+                    false,
+                ))
+            }
         }
     };
     let nq = device.queue_max_sizes().len();

@@ -71,8 +71,15 @@ pub fn wire_vm(pod_dir: &Path, netns: &OwnedFd) -> Result<(Vec<VmNic>, Vec<NetIn
 }
 
 /// The VM template key's part for the cards (template.rs): the guest's driver state at the
-/// template point depends on how many cards there are and the MTU each offered. The MAC does
-/// not matter: the guest init sets each card's own.
+/// template point depends on how many cards there are, the MTU each offered and the offload
+/// features it acked (`RKT_VIRTIO_NET_OFFLOAD`; a restore into a device offering fewer would be
+/// refused). The MAC does not matter: the guest init sets each card's own.
 pub fn template_devices(nics: &[VmNic]) -> String {
-    nics.iter().map(|n| format!(",net{}", n.mtu)).collect()
+    let mode = rkt_vmm::devices::virtio::net::offload_mode();
+    let sfx = if mode == "all" {
+        String::new()
+    } else {
+        format!("-offload{mode}")
+    };
+    nics.iter().map(|n| format!(",net{}{sfx}", n.mtu)).collect()
 }

@@ -5,4 +5,4 @@
 mod device;
 pub mod tap;
 
-pub use device::{Net, HDR_LEN, MAX_FRAME};
+pub use device::{offload_mode, Net, SetOffload, HDR_LEN, MAX_FRAME};

@@ -1,7 +1,7 @@
 //! Opening a tap device in the calling thread's network namespace.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::HDR_LEN;
 
@@ -11,6 +11,15 @@ const IFF_VNET_HDR: libc::c_short = 0x4000;
 // _IOW('T', 202, int), _IOW('T', 216, int)
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+// _IOW('T', 208, unsigned int)
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+
+/// TUNSETOFFLOAD bits: what the reader of the tap (here: the guest) takes from the kernel.
+/// `CSUM`: frames may carry a partial checksum (`NEEDS_CSUM`); `TSO4`/`TSO6` (need `CSUM`):
+/// frames may be TCP segments up to 64 KiB for the reader to cut (a GSO header).
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
 
 #[repr(C)]
 struct IfReq {
@@ -53,6 +62,18 @@ pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
+}
+
+/// Tells the tap which offloads its reader takes (`TUN_F_*`; 0: every frame is a complete,
+/// checksummed frame of at most the MTU, what a tap does before it is told anything). What a
+/// writer sends (a GSO or partial-checksum header on TX) needs no setting: a `IFF_VNET_HDR` tap
+/// always takes it.
+pub fn set_offload(fd: RawFd, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes the flags by value; a non-tap fd just fails.
+    if unsafe { libc::ioctl(fd, TUNSETOFFLOAD as _, flags as libc::c_ulong) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
