@@ -24,11 +24,15 @@ pub struct NetRequest {
     pub args: String,
 }
 
-/// `--net`: the host's network, loopback only, or CNI networks.
+/// `--net`: the host's network, loopback only, CNI networks, or an existing network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetArg {
     Host,
     None,
+    /// `--net=/path/to/netns` (an rkt extension for the containerd shim): the pod joins a
+    /// network namespace someone else made and configured (CRI's CNI); rkt runs no plugin for it
+    /// and leaves it in place when the pod ends.
+    Join(PathBuf),
     /// `all` = every configured network.
     Cni {
         nets: Vec<NetRequest>,
@@ -71,6 +75,16 @@ pub fn parse_net(v: Option<&str>) -> Result<NetArg> {
         "none" => return Ok(NetArg::None),
         "" => bail!("--net needs a network name"),
         _ => {}
+    }
+    // Network names never hold '/': an absolute path names a namespace to join.
+    if v.starts_with('/') {
+        let p = Path::new(v);
+        if v.contains(',') || p.components().any(|c| c == std::path::Component::ParentDir) {
+            bail!(
+                "--net={v}: a network namespace path must be a single absolute path without '..'"
+            );
+        }
+        return Ok(NetArg::Join(p.to_path_buf()));
     }
     let mut nets: Vec<NetRequest> = Vec::new();
     let mut all = false;
@@ -295,6 +309,13 @@ mod tests {
 
     #[test]
     fn net_flag_values() {
+        assert_eq!(
+            parse_net(Some("/var/run/netns/cni-1")).unwrap(),
+            NetArg::Join("/var/run/netns/cni-1".into())
+        );
+        assert!(parse_net(Some("/run/netns/../../etc/passwd")).is_err());
+        assert!(parse_net(Some("/run/netns/a,default")).is_err());
+        assert!(parse_net(Some("default,/run/netns/a")).is_err());
         assert_eq!(
             parse_net(None).unwrap(),
             parse_net(Some("default")).unwrap()

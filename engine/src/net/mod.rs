@@ -38,9 +38,19 @@ pub fn plugin_path(local_config: &Path) -> Vec<PathBuf> {
     ]
 }
 
-/// Named networks (and `all`) are set up by stage1 ns and kvm (`cni`); refused elsewhere (fly,
-/// which shares the host's network), before anything of the pod exists.
+/// Named networks (and `all`) and a namespace to join are for stage1 ns and kvm (`cni`); refused
+/// elsewhere (fly, which shares the host's network), before anything of the pod exists.
 pub fn check_flavor(cni: bool, arg: &conf::NetArg) -> Result<()> {
+    if let conf::NetArg::Join(p) = arg {
+        if !cni {
+            bail!(
+                "--net={}: joining a network namespace needs --stage1=ns or kvm (not implemented on this stage1)",
+                p.display()
+            );
+        }
+        // Checked here too, before anything of the pod exists.
+        open_netns(p)?;
+    }
     if let conf::NetArg::Cni { nets, all } = arg {
         let named = *all
             || nets
@@ -79,6 +89,10 @@ pub struct Plan {
     /// The pod's resolv.conf comes from the CNI results' DNS settings (no `--dns` flag given).
     #[serde(default)]
     pub use_dns: bool,
+    /// An existing network namespace the pod joins (`--net=<path>`): no networks of rkt's, and
+    /// the namespace is not rkt's to release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<PathBuf>,
 }
 
 /// One entry of `<pod>/net-info.json` (rkt v1's fields, plus the CNI result).
@@ -108,6 +122,19 @@ pub fn plan(
     ports: Vec<Value>,
     use_dns: bool,
 ) -> Result<Option<Plan>> {
+    if let conf::NetArg::Join(p) = arg {
+        if !ports.is_empty() {
+            bail!("--port cannot be used with --net={}", p.display());
+        }
+        open_netns(p)?;
+        return Ok(Some(Plan {
+            networks: Vec::new(),
+            plugin_path: Vec::new(),
+            capabilities: Map::new(),
+            use_dns: false,
+            join: Some(p.clone()),
+        }));
+    }
     let resolved = conf::resolve(arg, &local_config.join("net.d"))?;
     if resolved.is_empty() {
         return Ok(None);
@@ -145,7 +172,24 @@ pub fn plan(
         plugin_path: path,
         capabilities,
         use_dns,
+        join: None,
     }))
+}
+
+/// Opens a network namespace to join, refusing anything else (a plain file, another kind of
+/// namespace): `NS_GET_NSTYPE` answers only on nsfs files.
+fn open_netns(p: &Path) -> Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(p)
+        .with_context(|| format!("opening the network namespace {}", p.display()))?;
+    // NS_GET_NSTYPE = _IO(0xb7, 0x3)
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: an ioctl without arguments on a descriptor we own.
+    let t = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if t != libc::CLONE_NEWNET {
+        bail!("{} is not a network namespace", p.display());
+    }
+    Ok(f.into())
 }
 
 /// Records the plan in the pod, for its stage1 and for gc.
@@ -302,6 +346,9 @@ pub fn setup(pod_dir: &Path, uuid: &str, verify: bool) -> Result<Option<OwnedFd>
     let Some(plan) = read_plan(pod_dir)? else {
         return Ok(None);
     };
+    if let Some(p) = &plan.join {
+        return open_netns(p).map(Some);
+    }
     let ns = netns_path(uuid);
     // Recorded before the namespace exists, so that gc finds it whenever we are killed.
     crate::pod::write_runtime(
@@ -337,6 +384,10 @@ pub fn teardown(pod_dir: &Path) -> Result<()> {
     let Some(plan) = read_plan(pod_dir)? else {
         return Ok(());
     };
+    if plan.join.is_some() {
+        // A joined namespace belongs to whoever made it (containerd's CRI plugin).
+        return std::fs::remove_file(pod_dir.join(PLAN_FILE)).context("removing the network plan");
+    }
     let ns = match std::fs::read_to_string(pod_dir.join(NETNS_FILE)) {
         Ok(s) => PathBuf::from(s.trim()),
         Err(_) => {
@@ -433,6 +484,9 @@ pub fn check(pod_dir: &Path) -> Result<()> {
     let Some(plan) = read_plan(pod_dir)? else {
         return Ok(());
     };
+    if plan.join.is_some() {
+        return Ok(());
+    }
     let ns = std::fs::read_to_string(pod_dir.join(NETNS_FILE)).context("the pod has no netns")?;
     let ns = PathBuf::from(ns.trim());
     let uuid = pod_uuid_of(&ns);
@@ -457,6 +511,7 @@ mod tests {
             plugin_path: vec![],
             capabilities: Map::new(),
             use_dns: true,
+            join: None,
         };
         std::fs::write(d.path().join(PLAN_FILE), serde_json::to_vec(&plan).unwrap()).unwrap();
         let info = serde_json::json!([{

@@ -765,7 +765,9 @@ pub fn start_options(s: &StartFlags) -> Result<Start> {
     let net = match net_arg {
         crate::net::conf::NetArg::Host => NetMode::Host,
         crate::net::conf::NetArg::None => NetMode::None,
-        crate::net::conf::NetArg::Cni { .. } => NetMode::Default,
+        crate::net::conf::NetArg::Cni { .. } | crate::net::conf::NetArg::Join(_) => {
+            NetMode::Default
+        }
     };
     if s.mds_register {
         bail!("--mds-register is not supported");
