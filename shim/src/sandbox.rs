@@ -87,10 +87,10 @@ impl Sandbox {
             Net::Own => {
                 cmd.arg("--net=none");
             }
-            Net::Join(p) => bail!(
-                "joining the network namespace {} is not supported yet",
-                p.display()
-            ),
+            // CRI's namespace, set up by its CNI: the pod joins it and leaves it to containerd.
+            Net::Join(p) => {
+                cmd.arg(format!("--net={}", p.display()));
+            }
         }
         if let Some(h) = hostname {
             cmd.arg(format!("--hostname={h}"));

@@ -1,0 +1,651 @@
+//! Kubernetes' CRI through containerd's CRI plugin onto `containerd-shim-rkt-ns-v2`: a real
+//! containerd 1.6 with its CRI plugin, a CNI bridge network of its own and a local registry,
+//! driven by a CRI client generated from the CRI protocol (build.rs, proto/cri/api.proto), as a
+//! kubelet would drive it. Needs `cargo build -p rkt -p rkt-shim`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rkt_tests::{cleanup_tree, images, mounts_under, require_root, rkt_bin, target_dir, Registry};
+use sha2::Digest;
+
+#[allow(clippy::all, clippy::pedantic)]
+mod cri {
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
+}
+
+use cri::image_service_client::ImageServiceClient;
+use cri::runtime_service_client::RuntimeServiceClient;
+
+/// The sandbox ("pause") image, built from the busybox test image and imported with `ctr`.
+const PAUSE: &str = "rkt.test/pause:1";
+/// The CNI bridge of this file's containerd and its subnet (gateway .1 on the host).
+const BRIDGE: &str = "rktcri0";
+const SUBNET: &str = "10.233.77.0/24";
+
+fn shim_bin() -> PathBuf {
+    let p = target_dir().join("debug/containerd-shim-rkt-v2");
+    assert!(
+        p.is_file(),
+        "build the shim first: cargo build -p rkt-shim (no {})",
+        p.display()
+    );
+    p
+}
+
+/// containerd with the CRI plugin: its own root, state, sockets, CNI configuration and rkt
+/// directory; `rkt-ns` is the runtime handler (a RuntimeClass's `handler`).
+struct CriContainerd {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// CRI's namespaces (`/run/netns/cni-*`) that existed before: the others are this test's.
+    netns_before: Vec<PathBuf>,
+}
+
+fn cri_netns() -> Vec<PathBuf> {
+    std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("cni-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl CriContainerd {
+    fn start(registry: &str) -> CriContainerd {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("rkt-cri-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let bin = d.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for name in ["containerd-shim-rkt-v2", "containerd-shim-rkt-ns-v2"] {
+            std::os::unix::fs::symlink(shim_bin(), bin.join(name)).unwrap();
+        }
+        std::fs::create_dir_all(d.join("rkt")).unwrap();
+        std::fs::create_dir_all(d.join("net.d")).unwrap();
+        std::fs::write(
+            d.join("net.d/10-rkt-cri.conflist"),
+            format!(
+                r#"{{"cniVersion": "0.4.0", "name": "rkt-cri-test", "plugins": [
+  {{"type": "bridge", "bridge": "{BRIDGE}", "isGateway": true, "ipMasq": false,
+   "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{SUBNET}"}}]],
+            "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{}/cni-ipam"}}}}]}}"#,
+                d.display()
+            ),
+        )
+        .unwrap();
+        let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+        // restrict_oom_score_adj: CRI asks -998 for the pause container, which needs
+        // CAP_SYS_RESOURCE; hosts without it (this CI's container) clamp to containerd's own score.
+        std::fs::write(
+            d.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 [grpc]\n  address = \"{0}/containerd.sock\"\n\
+                 [ttrpc]\n  address = \"{0}/containerd.sock.ttrpc\"\n\
+                 [{cri}]\n  sandbox_image = \"{PAUSE}\"\n  disable_apparmor = true\n\
+                 \x20 restrict_oom_score_adj = true\n\
+                 \x20 stream_server_port = \"0\"\n\
+                 [{cri}.containerd]\n  snapshotter = \"overlayfs\"\n  default_runtime_name = \"rkt-ns\"\n\
+                 [{cri}.containerd.runtimes.rkt-ns]\n  runtime_type = \"io.containerd.rkt-ns.v2\"\n\
+                 [{cri}.cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{0}/net.d\"\n\
+                 [{cri}.registry.mirrors.\"{registry}\"]\n  endpoint = [\"http://{registry}\"]\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("RKT_SHIM_DIR", d.join("rkt"))
+            .env("RKT_SHIM_RKT", rkt_bin())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("running containerd (scripts/deps.sh installs it)");
+        let c = CriContainerd {
+            dir,
+            child,
+            netns_before: cri_netns(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg("120")
+            .arg("ctr")
+            .arg("--address")
+            .arg(self.path().join("containerd.sock"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn rkt(&self, args: &[&str]) -> Output {
+        Command::new(rkt_bin())
+            .arg(format!("--dir={}", self.path().join("rkt").display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Pod directories in rkt's data directory (any state).
+    fn pods(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for d in [
+            "embryo",
+            "prepare",
+            "prepared",
+            "run",
+            "exited-garbage",
+            "garbage",
+        ] {
+            if let Ok(rd) = std::fs::read_dir(self.path().join("rkt/pods").join(d)) {
+                v.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        v
+    }
+}
+
+impl Drop for CriContainerd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(300).collect();
+            eprintln!("containerd log (last lines):");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        cleanup_tree(self.dir.path());
+        // A failed test leaves CRI's namespaces (and the veths in them) behind.
+        for ns in cri_netns() {
+            if !self.netns_before.contains(&ns) {
+                let _ = Command::new("ip")
+                    .arg("netns")
+                    .arg("del")
+                    .arg(ns.file_name().unwrap())
+                    .status();
+            }
+        }
+        // The bridge plugin leaves its bridge behind on DEL.
+        let _ = Command::new("ip")
+            .args(["link", "del", BRIDGE])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The pause image: the busybox test image with `sleep` as its command, as an OCI archive.
+fn pause_archive(dir: &Path) -> PathBuf {
+    let layout = dir.join("pause-oci");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&images().busybox_oci)
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let blobs = layout.join("blobs/sha256");
+    let read = |d: &str| -> serde_json::Value {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(blobs.join(hex)).unwrap()).unwrap()
+    };
+    let write = |v: &serde_json::Value| -> (String, usize) {
+        let b = serde_json::to_vec(v).unwrap();
+        let hex = hex::encode(sha2::Sha256::digest(&b));
+        std::fs::write(blobs.join(&hex), &b).unwrap();
+        (format!("sha256:{hex}"), b.len())
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    config["config"]["Cmd"] = serde_json::json!(["/bin/sleep", "1000000"]);
+    config["config"]["Entrypoint"] = serde_json::Value::Null;
+    let (cd, cs) = write(&config);
+    manifest["config"]["digest"] = cd.into();
+    manifest["config"]["size"] = cs.into();
+    let (md, ms) = write(&manifest);
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+        "annotations": {"io.containerd.image.name": PAUSE,
+                        "org.opencontainers.image.ref.name": "1"}}]});
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let tar = dir.join("pause-oci.tar");
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&layout)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tar
+}
+
+/// A blocking CRI client over containerd's socket (a runtime of its own per client).
+struct Cri {
+    rt: tokio::runtime::Runtime,
+    rs: RuntimeServiceClient<tonic::transport::Channel>,
+    is: ImageServiceClient<tonic::transport::Channel>,
+}
+
+impl Cri {
+    fn connect(sock: PathBuf) -> Cri {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ch = rt
+            .block_on(
+                tonic::transport::Endpoint::from_static("http://localhost").connect_with_connector(
+                    tower::service_fn(move |_: tonic::transport::Uri| {
+                        let sock = sock.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                tokio::net::UnixStream::connect(sock).await?,
+                            ))
+                        }
+                    }),
+                ),
+            )
+            .expect("connecting to containerd's CRI socket");
+        Cri {
+            rt,
+            rs: RuntimeServiceClient::new(ch.clone()),
+            is: ImageServiceClient::new(ch),
+        }
+    }
+}
+
+/// Runs one CRI call and unwraps its answer, naming the call on failure.
+macro_rules! call {
+    ($cri:expr, $svc:ident . $method:ident ( $req:expr )) => {{
+        let c = &mut $cri;
+        let fut = c.$svc.$method($req);
+        c.rt.block_on(fut)
+            .unwrap_or_else(|e| panic!("{}: {e}", stringify!($method)))
+            .into_inner()
+    }};
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET /` from `addr`, the body (None while nothing answers).
+fn http_get(addr: &str) -> Option<String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Interfaces enslaved to the test bridge (the pods' veths).
+fn bridge_ports() -> String {
+    let o = Command::new("ip")
+        .args(["-o", "link", "show", "master", BRIDGE])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn container_config(
+    name: &str,
+    image: &str,
+    script: &str,
+    sandbox: &cri::PodSandboxConfig,
+) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into()],
+        args: vec!["-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        labels: sandbox.labels.clone(),
+        ..Default::default()
+    }
+}
+
+/// RunPodSandbox through RemovePodSandbox on the `rkt-ns` handler: the sandbox is an rkt pod
+/// that joined the network namespace CRI's CNI set up, its containers are apps of that pod and
+/// share the namespace, and nothing is left afterwards (no pod, no rkt namespace, CRI's
+/// namespace and veth released).
+#[test]
+fn cri_sandbox_with_two_containers_ns() {
+    require_root();
+    let reg = Registry::start();
+    reg.push(&images().busybox_oci_ref(), "cri/busybox:1");
+    let image = format!("{}/cri/busybox:1", reg.addr);
+    let c = CriContainerd::start(&reg.addr);
+    let pause = pause_archive(c.path());
+    let imp = c.ctr(&["-n", "k8s.io", "images", "import", pause.to_str().unwrap()]);
+    assert!(imp.status.success(), "{:?}", imp);
+    let mut cri = Cri::connect(c.path().join("containerd.sock"));
+
+    let v = call!(cri, rs.version(cri::VersionRequest::default()));
+    assert_eq!(v.runtime_name, "containerd");
+
+    let pulled = call!(
+        cri,
+        is.pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    );
+    assert!(pulled.image_ref.starts_with("sha256:"), "{pulled:?}");
+
+    let logs = c.path().join("pod-logs");
+    let sandbox_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: "uid-web-1".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "web-pod".into(),
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    };
+    let sb = call!(
+        cri,
+        rs.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: "rkt-ns".into(),
+        })
+    )
+    .pod_sandbox_id;
+
+    // The sandbox is one running rkt pod, in the namespace CRI made (rkt ran no CNI of its own).
+    let status = call!(
+        cri,
+        rs.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sb.clone(),
+            verbose: true,
+        })
+    );
+    let st = status.status.clone().unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    let ip = st.network.unwrap().ip;
+    assert!(ip.starts_with("10.233.77."), "pod IP {ip:?}");
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let netns = info["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .expect("the sandbox spec names CRI's network namespace")
+        .to_string();
+    assert!(Path::new(&netns).exists(), "{netns}");
+    let pods = c.pods();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let pod = pods[0].clone();
+    let uuid = pod.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(pod.parent().unwrap().ends_with("run"), "{pod:?}");
+    assert!(
+        !Path::new(&format!("/run/netns/rkt-{uuid}")).exists(),
+        "rkt made a namespace of its own"
+    );
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pod.join("net-plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["join"], netns.as_str(), "{plan}");
+    assert_eq!(plan["networks"], serde_json::json!([]), "{plan}");
+
+    // Two containers: a web server and a side container.
+    let web_script = "mkdir -p /tmp/www && echo hello-from-rkt > /tmp/www/index.html && \
+                      echo web started && exec httpd -f -p 8080 -h /tmp/www";
+    let web = call!(
+        cri,
+        rs.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sb.clone(),
+            config: Some(container_config("web", &image, web_script, &sandbox_config)),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+    )
+    .container_id;
+    let side = call!(
+        cri,
+        rs.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sb.clone(),
+            config: Some(container_config(
+                "side",
+                &image,
+                "echo side started; echo side err >&2; exec sleep 100000",
+                &sandbox_config
+            )),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+    )
+    .container_id;
+    for id in [&web, &side] {
+        call!(
+            cri,
+            rs.start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+        );
+    }
+
+    // Containers are apps of the sandbox's pod (pause + 2): still one pod.
+    assert_eq!(c.pods(), vec![pod.clone()]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pod.join("pod")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["apps"].as_array().unwrap().len(),
+        3,
+        "{manifest:#}"
+    );
+
+    let cs = call!(
+        cri,
+        rs.container_status(cri::ContainerStatusRequest {
+            container_id: web.clone(),
+            verbose: false,
+        })
+    )
+    .status
+    .unwrap();
+    assert_eq!(cs.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(cs.metadata.unwrap().name, "web");
+    assert!(cs.log_path.ends_with("web.log"), "{}", cs.log_path);
+
+    // The pod IP from CNI answers from the host.
+    let addr = format!("{ip}:8080");
+    wait_until("the pod's web server to answer from the host", 60, || {
+        http_get(&addr).is_some()
+    });
+    assert_eq!(http_get(&addr).unwrap(), "hello-from-rkt\n");
+
+    // ExecSync: output, error output and exit code; the side container reaches the web server
+    // on the pod's loopback (one network namespace).
+    let ex = call!(
+        cri,
+        rs.exec_sync(cri::ExecSyncRequest {
+            container_id: side.clone(),
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "wget -q -O - http://127.0.0.1:8080/; hostname; echo oops >&2; exit 3".into()
+            ],
+            timeout: 30,
+        })
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ex.stdout),
+        "hello-from-rkt\nweb-pod\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&ex.stderr), "oops\n");
+    assert_eq!(ex.exit_code, 3);
+
+    // The CRI log files: `<RFC3339Nano> <stream> F <line>`.
+    let side_log = logs.join("side.log");
+    wait_until("the side container's log", 30, || {
+        std::fs::read_to_string(&side_log)
+            .unwrap_or_default()
+            .contains("side err")
+    });
+    let text = std::fs::read_to_string(&side_log).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.splitn(4, ' ').collect()).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l[1..] == ["stdout", "F", "side started"]),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l[1..] == ["stderr", "F", "side err"]),
+        "{text}"
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l[0].ends_with('Z') && l[0].contains('T')));
+    assert!(std::fs::read_to_string(logs.join("web.log"))
+        .unwrap()
+        .contains(" stdout F web started"));
+
+    // StopContainer: the app ends, CRI sees it exited.
+    call!(
+        cri,
+        rs.stop_container(cri::StopContainerRequest {
+            container_id: web.clone(),
+            timeout: 10,
+        })
+    );
+    let cs = call!(
+        cri,
+        rs.container_status(cri::ContainerStatusRequest {
+            container_id: web.clone(),
+            verbose: false,
+        })
+    )
+    .status
+    .unwrap();
+    assert_eq!(cs.state, cri::ContainerState::ContainerExited as i32);
+    assert!(http_get(&addr).is_none());
+
+    call!(
+        cri,
+        rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: sb.clone(),
+        })
+    );
+    call!(
+        cri,
+        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sb.clone(),
+        })
+    );
+    let left = call!(
+        cri,
+        rs.list_pod_sandbox(cri::ListPodSandboxRequest::default())
+    );
+    assert!(left.items.is_empty(), "{left:?}");
+
+    // Nothing left: the pod removed, rkt gc has nothing to do, CRI's namespace and veth gone,
+    // no mount below the test directory but containerd's snapshots.
+    wait_until("the rkt pod to be removed", 30, || c.pods().is_empty());
+    let gc = c.rkt(&["gc", "--grace-period=0s"]);
+    assert!(gc.status.success(), "{gc:?}");
+    assert!(c.pods().is_empty());
+    assert!(!Path::new(&netns).exists(), "{netns} left");
+    assert_eq!(bridge_ports(), "", "veths left on {BRIDGE}");
+    let mounts: Vec<_> = mounts_under(c.path())
+        .into_iter()
+        .filter(|m| !m.starts_with(c.path().join("root")))
+        .collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert!(
+        !c.log().contains("level=error"),
+        "containerd logged errors:\n{}",
+        c.log()
+    );
+}
+
+/// `--net=<path>` accepts only a network namespace: a plain file, another kind of namespace and
+/// a relative or `..` path are refused before any pod exists, with rkt's one-line error.
+#[test]
+fn join_netns_refuses_what_is_not_a_network_namespace() {
+    require_root();
+    let env = rkt_tests::RktEnv::new();
+    for (net, want) in [
+        ("/etc/hostname", "is not a network namespace"),
+        ("/proc/self/ns/mnt", "is not a network namespace"),
+        ("/run/netns/../../etc/hostname", "without '..'"),
+        ("/nonexistent/netns", "opening the network namespace"),
+    ] {
+        let out = env.rkt(&[
+            "run",
+            &format!("--net={net}"),
+            "--insecure-options=image",
+            &images().busybox_oci_ref(),
+            "--exec=/bin/true",
+        ]);
+        assert_eq!(out.code, 254, "{net}: {out}");
+        assert!(out.stderr.contains(want), "{net}: {out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{net}: {out}");
+    }
+    let pods = env.rkt(&["list", "--no-legend"]);
+    assert_eq!(pods.stdout.trim(), "", "{pods}");
+}
