@@ -26,6 +26,7 @@ mod apps;
 mod apps_dynamic;
 mod enter;
 mod mounts;
+mod notify;
 use apps::*;
 use enter::*;
 use mounts::*;
@@ -206,7 +207,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
         names: Arc::new(pod.apps.iter().map(|a| a.name.clone()).collect()),
     };
     trace("control connected");
-    match supervise_pod(&pod, &ctl) {
+    // Before any app starts: their sd_notify sockets must be there to be mounted.
+    match notify::start(&pod, &ctl).and_then(|()| supervise_pod(&pod, &ctl)) {
         Ok(()) => Ok(()),
         Err(e) => {
             ctl.send(&Msg::Error {

@@ -17,11 +17,13 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 /// Bumped on any incompatible change of the messages below.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Largest frame body accepted or produced.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest app spec (JSON) in one [`Msg::AppStart`].
 pub const MAX_APP_SPEC: usize = 256 * 1024;
+/// Largest sd_notify message in one [`Msg::Notify`] (systemd reads at most a page too).
+pub const MAX_NOTIFY: usize = 4096;
 /// Largest stdio chunk put in one [`Msg::Data`] (leaves room for the header).
 pub const MAX_DATA: usize = 64 * 1024;
 /// vsock CID of the host.
@@ -76,6 +78,9 @@ impl Handover {
 /// the guest spec, never the rest of the pod directory), and where the guest mounts it.
 pub const SHARE_TAG: &str = "rkt";
 pub const SHARE_MOUNT: &str = "/rkt";
+/// Where the guest init binds the notify socket of an app that speaks sd_notify (`<dir>/<app>`,
+/// in the guest's own `/run`; the app sees it only as its `/run/systemd/notify`).
+pub const NOTIFY_DIR: &str = "/run/rkt/notify";
 /// The guest copy of the pod spec, relative to the share (paths in it are guest paths).
 pub const GUEST_SPEC_FILE: &str = "guest-spec.json";
 
@@ -147,6 +152,10 @@ pub enum Msg {
     /// host -> guest, mutable pods (`rkt app stop`): stop the app of channel `chan` (SIGTERM,
     /// SIGKILL after the guest supervisor's stop timeout); the guest reports its `AppExited`.
     AppStop { chan: u32 },
+    /// guest -> host: the app of channel `chan`, whose image speaks sd_notify, sent `message`
+    /// (newline-separated `KEY=VALUE` lines, at most [`MAX_NOTIFY`] bytes) to its
+    /// `NOTIFY_SOCKET`. The host decides what reaches systemd.
+    Notify { chan: u32, message: String },
 }
 
 #[derive(Debug)]
@@ -197,6 +206,7 @@ mod tag {
     pub const RESIZE: u8 = 11;
     pub const APP_START: u8 = 12;
     pub const APP_STOP: u8 = 13;
+    pub const NOTIFY: u8 = 14;
 }
 
 fn put_u32(b: &mut Vec<u8>, v: u32) {
@@ -282,6 +292,11 @@ impl Msg {
             Msg::AppStop { chan } => {
                 b.push(tag::APP_STOP);
                 put_u32(&mut b, *chan);
+            }
+            Msg::Notify { chan, message } => {
+                b.push(tag::NOTIFY);
+                put_u32(&mut b, *chan);
+                put_bytes(&mut b, message.as_bytes());
             }
         }
         b
@@ -371,6 +386,17 @@ impl Msg {
                 Msg::AppStart { chan, spec }
             }
             tag::APP_STOP => Msg::AppStop { chan: r.u32()? },
+            tag::NOTIFY => {
+                let chan = r.u32()?;
+                let message = r.string()?;
+                if message.len() > MAX_NOTIFY {
+                    return Err(ProtoError::Malformed(format!(
+                        "notify message of {} bytes exceeds {MAX_NOTIFY}",
+                        message.len()
+                    )));
+                }
+                Msg::Notify { chan, message }
+            }
             t => return Err(ProtoError::Malformed(format!("unknown message tag {t}"))),
         };
         if r.pos != body.len() {
@@ -554,6 +580,10 @@ mod tests {
                 spec: "{\"name\":\"web\"}".into(),
             },
             Msg::AppStop { chan: 4 },
+            Msg::Notify {
+                chan: 1,
+                message: "READY=1\nSTATUS=up".into(),
+            },
             Msg::Error {
                 message: "no such app \"x\"".into(),
             },
@@ -614,7 +644,19 @@ mod tests {
             vec![tag::APP_START, 1, 0, 0, 0, 1, 0, 0, 0, 0xff],
             // AppStop with a truncated channel.
             vec![tag::APP_STOP, 1, 0, 0],
+            // Notify whose message is longer than the body, or not UTF-8.
+            vec![tag::NOTIFY, 1, 0, 0, 0, 4, 0, 0, 0, b'R'],
+            vec![tag::NOTIFY, 1, 0, 0, 0, 1, 0, 0, 0, 0xc3],
         ];
+        // A notify message over its own bound.
+        let big = Msg::Notify {
+            chan: 0,
+            message: "x".repeat(MAX_NOTIFY + 1),
+        };
+        assert!(matches!(
+            Msg::decode_body(&big.encode_body()),
+            Err(ProtoError::Malformed(_))
+        ));
         // An app spec over its own bound, in a frame under MAX_FRAME.
         let big = Msg::AppStart {
             chan: 0,

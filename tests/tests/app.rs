@@ -94,6 +94,24 @@ fn manifest_apps(env: &RktEnv, uuid: &str) -> Vec<String> {
         .collect()
 }
 
+/// `rkt logs UUID --app=APP` once its stdout has `want` (the relay writes a moment after the
+/// app did).
+fn wait_logs(env: &RktEnv, uuid: &str, app: &str, want: &str) -> RktOutput {
+    let start = Instant::now();
+    loop {
+        let out = env.rkt(&["logs", uuid, &format!("--app={app}")]);
+        out.assert_ok();
+        if out.stdout.contains(want) {
+            return out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no {want:?} in the logs of {app}:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn mounts_under(p: &Path) -> Vec<PathBuf> {
     rkt_tests::mounts_under(p)
 }
@@ -145,7 +163,7 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
         "--exec=/bin/sh",
         "--",
         "-c",
-        "exit 3",
+        "echo job line 1; echo job err >&2; echo job line 2; exit 3",
     ])
     .assert_ok();
     let created = app_status(&env, &uuid, "web");
@@ -162,6 +180,20 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
     let job = wait_state(&env, &uuid, "job", "exited");
     assert_eq!(job["exit_code"], 3, "{job}");
     assert!(job["finished_at"].as_i64().unwrap() >= job["started_at"].as_i64().unwrap());
+    // Added apps' output is in the pod's logs, as a boot-time app's is.
+    let logs = wait_logs(&env, &uuid, "job", "job line 2");
+    assert_eq!(logs.stdout, "job line 1\njob line 2\n", "{logs}");
+    assert_eq!(logs.stderr, "job err\n", "{logs}");
+    let tail = env.rkt(&["logs", &uuid, "--app=job", "--tail=1"]);
+    tail.assert_ok();
+    assert_eq!(tail.stdout, "job line 2\n", "{tail}");
+    // The CRI line format on disk.
+    let raw = std::fs::read_to_string(pod_dir(&env, &uuid).join("logs/job.log")).unwrap();
+    assert!(
+        raw.lines().any(|l| l.ends_with(" stderr F job err")),
+        "{raw}"
+    );
+    wait_logs(&env, &uuid, "web", "web says hi");
     // One app's failure does not stop the others, nor the pod.
     let list = env.rkt(&["app", "list", "--no-legend", &uuid]);
     list.assert_ok();
@@ -215,9 +247,10 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
     let web = app_status(&env, &uuid, "web");
     assert_eq!(web["state"], "exited", "{web}");
     assert_eq!(web["exit_code"], 143, "{web}");
-    // rm: gone from the manifest, the spec, the mount table and the pod directory.
+    // rm: gone from the manifest, the spec, the mount table and the pod directory (its logs too).
     let root = pod_dir(&env, &uuid).join("stage1/rootfs/opt/stage2/web");
     env.rkt(&["app", "rm", &uuid, "--app=web"]).assert_ok();
+    assert!(!pod_dir(&env, &uuid).join("logs/web.log").exists());
     assert_eq!(manifest_apps(&env, &uuid), vec!["job"]);
     assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
     assert!(!root.exists());
@@ -240,6 +273,13 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
     assert_eq!(st.expect_value("app-job"), "3", "{st}");
     let job = app_status(&env, &uuid, "job");
     assert_eq!(job["state"], "exited");
+    // The logs outlive the pod.
+    let logs = env.rkt(&["logs", &uuid, "--app=job"]);
+    logs.assert_ok();
+    assert_eq!(logs.stdout, "job line 1\njob line 2\n", "{logs}");
+    let all = env.rkt(&["logs", &uuid]);
+    all.assert_ok();
+    assert_eq!(all.stdout, "job line 1\njob line 2\n", "{all}");
     env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
     assert!(
         mounts_under(&env.dir).is_empty(),

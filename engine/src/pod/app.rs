@@ -412,6 +412,9 @@ fn remove_app_files(pod_dir: &Path, name: &str, image_id: &str) -> Result<()> {
             .join("work")
             .join(name),
         rkt_stage2::app_status_path(pod_dir, name),
+        // Its logs: an app added again under this name starts a log of its own.
+        super::logs::log_path(pod_dir, name),
+        super::logs::rotated_path(pod_dir, name),
     ] {
         super::remove_tree(&p)?;
     }

@@ -209,6 +209,35 @@ impl PodLogs {
         }
     }
 
+    /// Opens the log of an app added while the pod runs (`rkt app start`); returns its index.
+    /// An app whose log cannot be opened is not logged, as in [`PodLogs::open`].
+    pub fn add(&mut self, pod_dir: &Path, app: &str) -> usize {
+        let l = match AppLog::open(pod_dir, app, max_bytes()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                crate::print_error(&format!(
+                    "warning: app {app:?} is not logged: {}",
+                    crate::one_line(&e)
+                ));
+                None
+            }
+        };
+        self.apps.push(l);
+        self.apps.len() - 1
+    }
+
+    /// App `app`'s output ended: its file is closed (an app removed with `rkt app rm` and added
+    /// again under its name opens it anew).
+    pub fn close(&mut self, app: usize) {
+        if let Some(slot) = self.apps.get_mut(app) {
+            if let Some(l) = slot.as_mut() {
+                l.finish(Stream::Stdout);
+                l.finish(Stream::Stderr);
+            }
+            *slot = None;
+        }
+    }
+
     pub fn write(&mut self, app: usize, stream: Stream, data: &[u8]) {
         if let Some(Some(l)) = self.apps.get_mut(app) {
             l.write(stream, data);

@@ -7,6 +7,10 @@
 //! such app has sent `READY=1` itself, and their `STATUS=`, `WATCHDOG=1`, `RELOADING=1`,
 //! `STOPPING=1`, `ERRNO=` and `EXTEND_TIMEOUT_USEC=` lines are forwarded (a pid an app names
 //! means nothing on the host: `MAINPID=` is dropped).
+//!
+//! On kvm the socket is the guest's: the host adds it to the guest spec ([`guest_sockets`]), the
+//! guest init binds it in the guest's `/run` and sends what the app writes there over the control
+//! connection (`Msg::Notify`), and the host's control loop judges it with [`app_message`].
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -83,6 +87,50 @@ pub fn app_supports_notify(pod_dir: &Path, app: &str) -> bool {
         a.iter()
             .any(|nv| nv["name"] == SUPPORTS_NOTIFY && nv["value"] == "true")
     })
+}
+
+/// For each app of `spec`, whether it gets a notify socket of its own: it speaks sd_notify and
+/// `rkt run` runs under a notify socket.
+pub fn notifying_apps(pod_dir: &Path, spec: &PodSpec) -> Vec<bool> {
+    spec.apps
+        .iter()
+        .map(|a| enabled() && app_supports_notify(pod_dir, &a.name))
+        .collect()
+}
+
+/// kvm: gives each app of the guest spec `guest` that [`notifying_apps`] names its socket, bound
+/// by the guest init at `proto::NOTIFY_DIR/<app>` (the guest's `/run`) and mounted on
+/// [`APP_SOCKET`] in the app, which finds it in `NOTIFY_SOCKET`.
+pub fn guest_sockets(pod_dir: &Path, guest: &mut PodSpec) {
+    let which = notifying_apps(pod_dir, guest);
+    for (app, yes) in guest.apps.iter_mut().zip(which) {
+        if !yes {
+            continue;
+        }
+        app.mounts.push(rkt_stage2::MountSpec {
+            source: Path::new(rkt_guest_init::proto::NOTIFY_DIR).join(&app.name),
+            target: APP_SOCKET.into(),
+            read_only: false,
+            recursive: false,
+        });
+        app.env.retain(|(k, _)| k != "NOTIFY_SOCKET");
+        app.env.push(("NOTIFY_SOCKET".into(), APP_SOCKET.into()));
+    }
+}
+
+/// One datagram an app sent to its notify socket: whether it says `READY=1`, and the lines to
+/// pass on to systemd (joined; empty for none).
+pub fn app_message(msg: &str) -> (bool, String) {
+    let mut ready = false;
+    let mut fwd = Vec::new();
+    for line in msg.lines() {
+        if line == "READY=1" {
+            ready = true;
+        } else if forwarded(line) {
+            fwd.push(line);
+        }
+    }
+    (ready, fwd.join("\n"))
 }
 
 /// The apps' notify sockets: for each app that speaks sd_notify (and only under a notify socket
@@ -206,17 +254,10 @@ fn watch_loop(started: OwnedFd, apps: AppSockets) {
                 continue;
             }
             while let Ok(n) = s.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]);
-                let mut fwd = Vec::new();
-                for line in msg.lines() {
-                    if line == "READY=1" {
-                        ready[k] = true;
-                    } else if forwarded(line) {
-                        fwd.push(line);
-                    }
-                }
+                let (r, fwd) = app_message(&String::from_utf8_lossy(&buf[..n]));
+                ready[k] |= r;
                 if !fwd.is_empty() {
-                    send(&fwd.join("\n"));
+                    send(&fwd);
                 }
             }
         }
@@ -248,6 +289,11 @@ mod tests {
         assert!(!forwarded("MAINPID=1"));
         assert!(!forwarded("FDSTORE=1"));
         assert!(!forwarded("READY=1"));
+        assert_eq!(
+            app_message("STATUS=a\nREADY=1\nMAINPID=1\nWATCHDOG=1"),
+            (true, "STATUS=a\nWATCHDOG=1".into())
+        );
+        assert_eq!(app_message("MAINPID=7\nFDSTORE=1"), (false, String::new()));
     }
 
     #[test]

@@ -49,14 +49,22 @@ pub fn start_with_stdio(
     let stdio = match own_stdio {
         Some(fds) => fds.into(),
         None => {
-            // The pod's output: the supervisor's stdout and stderr, as for the apps it started.
-            let mut fds = control::request(pod_dir, &Request::Stdio)?;
-            if fds.len() != 2 {
-                bail!("the pod's supervisor sent no output descriptors");
+            let null = OwnedFd::from(std::fs::File::open("/dev/null").context("/dev/null")?);
+            // The pod's output and logs, through the sandbox's `rkt run` as for its first apps.
+            if let Some([o, e]) = super::output::hand_over(pod_dir, &app.name)
+                .with_context(|| format!("app {:?}: output", app.name))?
+            {
+                vec![null, o, e]
+            } else {
+                // A pod started without the output socket (an older rkt): the supervisor's stdout
+                // and stderr, unlogged.
+                let mut fds = control::request(pod_dir, &Request::Stdio)?;
+                if fds.len() != 2 {
+                    bail!("the pod's supervisor sent no output descriptors");
+                }
+                fds.insert(0, null);
+                fds
             }
-            let null = std::fs::File::open("/dev/null").context("/dev/null")?;
-            fds.insert(0, OwnedFd::from(null));
-            fds
         }
     };
     let nss = ["net", "uts", "ipc", "pid"]

@@ -5,13 +5,21 @@
 //! apps that write, as before, never the supervisor's stop handling.
 //!
 //! Interactive pods are not captured: the app's terminal is relayed by the supervisor.
+//!
+//! A mutable pod's `rkt run` (`rkt app sandbox`) also takes the output of the apps added while it
+//! runs: it listens on [`OUTPUT_SOCKET`] in the pod directory, where `rkt app start` passes it
+//! the read ends of the new app's two pipes ([`hand_over`]), so an added app's output goes
+//! where a boot-time app's goes: the sandbox's stdout/stderr and the pod's logs.
 
 use std::cell::RefCell;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::pod::logs::{PodLogs, Stream};
@@ -67,15 +75,22 @@ impl AppPipes {
     }
 
     /// In `rkt run`, once the supervisor exists: drops the write ends (the end of an app's
-    /// output is then the end of its pipe) and starts copying `apps` output.
-    pub fn relay(self, pod_dir: &Path, apps: &[&str]) -> Result<OutputRelay> {
+    /// output is then the end of its pipe) and starts copying `apps` output, and that of the
+    /// apps handed over on `adds` (a mutable pod's [`OUTPUT_SOCKET`]).
+    pub fn relay(
+        self,
+        pod_dir: &Path,
+        apps: &[&str],
+        adds: Option<UnixListener>,
+    ) -> Result<OutputRelay> {
         self.close_write();
         let fds = self.read.into_inner();
         let (stop_r, stop_w) = pipe()?;
         let logs = PodLogs::open(pod_dir, apps);
+        let pod_dir = pod_dir.to_path_buf();
         let handle = std::thread::Builder::new()
             .name("app-output".into())
-            .spawn(move || relay_loop(fds, logs, stop_r))
+            .spawn(move || relay_loop(fds, logs, stop_r, adds, &pod_dir))
             .context("starting the output relay")?;
         Ok(OutputRelay {
             stop: Some(stop_w),
@@ -110,7 +125,13 @@ impl Drop for OutputRelay {
     }
 }
 
-fn relay_loop(fds: Vec<(OwnedFd, OwnedFd)>, mut logs: PodLogs, stop: OwnedFd) {
+fn relay_loop(
+    fds: Vec<(OwnedFd, OwnedFd)>,
+    mut logs: PodLogs,
+    stop: OwnedFd,
+    mut adds: Option<UnixListener>,
+    pod_dir: &Path,
+) {
     let mut open: Vec<(usize, Stream, OwnedFd)> = Vec::new();
     for (i, (o, e)) in fds.into_iter().enumerate() {
         open.push((i, Stream::Stdout, o));
@@ -121,13 +142,17 @@ fn relay_loop(fds: Vec<(OwnedFd, OwnedFd)>, mut logs: PodLogs, stop: OwnedFd) {
     // A writer that never stops (a daemon the app left behind on fly) does not hold `rkt run`.
     let mut drain_deadline = None;
     let mut buf = vec![0u8; 64 << 10];
-    while !open.is_empty() {
+    // A mutable pod relays until it is stopped, with or without apps.
+    while !open.is_empty() || (adds.is_some() && !draining) {
         let mut pfds: Vec<PollFd> = open
             .iter()
             .map(|(_, _, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
             .collect();
         if !draining {
             pfds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
+            if let Some(l) = &adds {
+                pfds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            }
         }
         let timeout = if draining {
             PollTimeout::ZERO
@@ -145,8 +170,16 @@ fn relay_loop(fds: Vec<(OwnedFd, OwnedFd)>, mut logs: PodLogs, stop: OwnedFd) {
             .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(pfds);
+        if !draining && adds.is_some() && ready[open.len() + 1] {
+            if let Some(l) = &adds {
+                accept_apps(l, pod_dir, &mut logs, &mut open);
+            }
+            continue;
+        }
         if !draining && ready[open.len()] {
             draining = true;
+            // No app is added to a pod that is stopping.
+            adds = None;
             drain_deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(2));
         }
         if drain_deadline.is_some_and(|d| std::time::Instant::now() > d) {
@@ -177,12 +210,158 @@ fn relay_loop(fds: Vec<(OwnedFd, OwnedFd)>, mut logs: PodLogs, stop: OwnedFd) {
             }
         }
         for k in closed.into_iter().rev() {
-            open.remove(k);
+            let (app, _, _) = open.remove(k);
+            if !open.iter().any(|(a, _, _)| *a == app) {
+                logs.close(app);
+            }
         }
     }
     for (app, stream, _) in &open {
         logs.finish(*app, *stream);
     }
+}
+
+/// Where a mutable pod's `rkt run` takes the output pipes of added apps, in the pod directory.
+pub const OUTPUT_SOCKET: &str = "output.sock";
+/// Largest request or reply line on [`OUTPUT_SOCKET`].
+const MAX_LINE: usize = 4096;
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Handover {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    app: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Binds [`OUTPUT_SOCKET`] (a mutable pod's `rkt run`, before the supervisor exists): 0600 in
+/// the pod directory, close-on-exec, non-blocking; only root's requests are taken.
+fn bind_output_socket(pod_dir: &Path) -> Result<UnixListener> {
+    let p = pod_dir.join(OUTPUT_SOCKET);
+    let _ = std::fs::remove_file(&p);
+    let l = UnixListener::bind(&p).with_context(|| format!("binding {}", p.display()))?;
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Takes every pending hand-over on `l`: the app's name and the read ends of its stdout and
+/// stderr pipes. A bad one is answered with its error and dropped; it never stops the relay.
+fn accept_apps(
+    l: &UnixListener,
+    pod_dir: &Path,
+    logs: &mut PodLogs,
+    open: &mut Vec<(usize, Stream, OwnedFd)>,
+) {
+    while let Ok((s, _)) = l.accept() {
+        let r = take_app(&s);
+        let reply = match r {
+            Ok((app, out, err)) => {
+                let i = logs.add(pod_dir, &app);
+                open.push((i, Stream::Stdout, out));
+                open.push((i, Stream::Stderr, err));
+                Handover::default()
+            }
+            Err(e) => Handover {
+                error: Some(format!("{e:#}")),
+                ..Default::default()
+            },
+        };
+        if let Ok(line) = serde_json::to_string(&reply) {
+            let _ = (&s).write_all(format!("{line}\n").as_bytes());
+        }
+    }
+}
+
+fn take_app(s: &UnixStream) -> Result<(String, OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    s.set_nonblocking(false)?;
+    // A client that connects and says nothing holds the relay (the apps' output) this long.
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    s.set_write_timeout(Some(Duration::from_secs(1)))?;
+    let mut buf = vec![0u8; MAX_LINE];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("reading the request")?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().context("control message")? {
+        if let ControlMessageOwned::ScmRights(v) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let n = msg.bytes;
+    // Checked after taking the descriptors, so that a refused request's are closed.
+    let cred = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+        .context("peer credentials")?;
+    if cred.uid() != 0 {
+        bail!("permission denied: only root may add an app's output");
+    }
+    let req: Handover = serde_json::from_slice(buf[..n].trim_ascii()).context("bad request")?;
+    if !rkt_stage2::control::valid_app_name(&req.app) {
+        bail!("invalid app name {:?}", req.app);
+    }
+    let (Some(err), Some(out), None) = (fds.pop(), fds.pop(), fds.pop()) else {
+        bail!("expected the app's stdout and stderr");
+    };
+    for fd in [&out, &err] {
+        let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            bail!("expected pipes");
+        }
+    }
+    Ok((req.app, out, err))
+}
+
+/// `rkt app start` on ns: makes app `app`'s stdout and stderr pipes and hands their read ends to
+/// the pod's `rkt run`, which copies them to its output and into the pod's logs. Returns the
+/// write ends for the app; None if the pod has no [`OUTPUT_SOCKET`].
+pub fn hand_over(pod_dir: &Path, app: &str) -> Result<Option<[OwnedFd; 2]>> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let p: PathBuf = pod_dir.join(OUTPUT_SOCKET);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let s = UnixStream::connect(&p)
+        .with_context(|| format!("connecting to the pod's rkt run ({})", p.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let body = format!(
+        "{}\n",
+        serde_json::to_string(&Handover {
+            app: app.into(),
+            error: None
+        })?
+    );
+    let raw = [out_r.as_raw_fd(), err_r.as_raw_fd()];
+    sendmsg::<()>(
+        s.as_raw_fd(),
+        &[std::io::IoSlice::new(body.as_bytes())],
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("passing the app's output to the pod's rkt run")?;
+    drop((out_r, err_r));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(std::io::Read::take(&s, MAX_LINE as u64)),
+        &mut line,
+    )
+    .context("reading the reply of the pod's rkt run")?;
+    let r: Handover = serde_json::from_str(line.trim())
+        .with_context(|| format!("bad reply from the pod's rkt run: {:?}", line.trim()))?;
+    if let Some(e) = r.error {
+        bail!("{e}");
+    }
+    Ok(Some([out_w, err_w]))
 }
 
 /// What `rkt run` shares with a host-process pod (ns, fly) while it runs: the apps' output pipes
@@ -194,6 +373,8 @@ pub struct HostIo {
     started_r: RefCell<Option<OwnedFd>>,
     started_w: RefCell<Option<OwnedFd>>,
     sockets: RefCell<Option<super::notify::AppSockets>>,
+    /// A mutable pod's [`OUTPUT_SOCKET`].
+    adds: RefCell<Option<UnixListener>>,
 }
 
 impl HostIo {
@@ -211,11 +392,16 @@ impl HostIo {
             (None, None)
         };
         let sockets = super::notify::AppSockets::bind(pod_dir, spec)?;
+        let adds = match pipes.is_some() && crate::pod::app::is_mutable(pod_dir) {
+            true => Some(bind_output_socket(pod_dir)?),
+            false => None,
+        };
         Ok(HostIo {
             pipes,
             started_r: RefCell::new(r),
             started_w: RefCell::new(w),
             sockets: RefCell::new(Some(sockets)),
+            adds: RefCell::new(adds),
         })
     }
 
@@ -226,6 +412,7 @@ impl HostIo {
         }
         self.started_r.borrow_mut().take();
         self.sockets.borrow_mut().take();
+        self.adds.borrow_mut().take();
     }
 
     /// In app `i`'s child.
@@ -253,7 +440,10 @@ impl HostIo {
             super::notify::watch(r, s);
         }
         let names: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
-        self.pipes.map(|p| p.relay(pod_dir, &names)).transpose()
+        let adds = self.adds.take();
+        self.pipes
+            .map(|p| p.relay(pod_dir, &names, adds))
+            .transpose()
     }
 }
 
@@ -268,4 +458,123 @@ fn write_all(fd: i32, mut b: &[u8]) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Serves `l` on a thread until `n` apps were taken; returns their (app index, stream, fd).
+    fn take(l: UnixListener, dir: &Path, n: usize) -> Vec<(usize, Stream, OwnedFd)> {
+        let mut logs = PodLogs::open(dir, &[]);
+        let mut open = Vec::new();
+        let start = std::time::Instant::now();
+        while open.len() < 2 * n && start.elapsed() < Duration::from_secs(10) {
+            accept_apps(&l, dir, &mut logs, &mut open);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        open
+    }
+
+    /// A raw request with `fds`; returns the reply line.
+    fn raw(dir: &Path, body: &str, fds: &[i32]) -> String {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let s = UnixStream::connect(dir.join(OUTPUT_SOCKET)).unwrap();
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        sendmsg::<()>(
+            s.as_raw_fd(),
+            &[std::io::IoSlice::new(body.as_bytes())],
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).unwrap();
+        line
+    }
+
+    #[test]
+    fn added_apps_output_is_handed_over_and_hostile_requests_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(hand_over(d.path(), "web").unwrap().is_none(), "no socket");
+        let l = bind_output_socket(d.path()).unwrap();
+        let mode = std::fs::metadata(d.path().join(OUTPUT_SOCKET)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
+        let dir = d.path().to_path_buf();
+        let t = std::thread::spawn(move || {
+            let open = take(l, &dir, 1);
+            (open, dir)
+        });
+        let [o, e] = hand_over(d.path(), "web").unwrap().unwrap();
+        let (open, dir) = t.join().unwrap();
+        assert_eq!(open.len(), 2);
+        nix::unistd::write(&o, b"out\n").unwrap();
+        nix::unistd::write(&e, b"err\n").unwrap();
+        let mut b = [0u8; 8];
+        let n = nix::unistd::read(open[0].2.as_raw_fd(), &mut b).unwrap();
+        assert_eq!(&b[..n], b"out\n");
+        let n = nix::unistd::read(open[1].2.as_raw_fd(), &mut b).unwrap();
+        assert_eq!(&b[..n], b"err\n");
+
+        // Hostile requests: bad names, no or wrong descriptors, garbage.
+        let l = bind_output_socket(&dir).unwrap();
+        let dir2 = dir.clone();
+        let t = std::thread::spawn(move || take(l, &dir2, 1).len());
+        let (pr, pw) = pipe().unwrap();
+        let (pr2, _pw2) = pipe().unwrap();
+        let pipes = [pr.as_raw_fd(), pr2.as_raw_fd()];
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let nulls = [null.as_raw_fd(), null.as_raw_fd()];
+        for (body, fds, want) in [
+            (r#"{"app":"../x"}"#, &pipes[..], "invalid app name"),
+            (r#"{"app":""}"#, &pipes[..], "invalid app name"),
+            (r#"{"app":"web"}"#, &[][..], "expected the app's stdout"),
+            (r#"{"app":"web"}"#, &pipes[..1], "expected the app's stdout"),
+            (r#"{"app":"web"}"#, &nulls[..], "expected pipes"),
+            ("garbage", &pipes[..], "bad request"),
+        ] {
+            let r = raw(&dir, &format!("{body}\n"), fds);
+            assert!(r.contains(want), "{body}: {r}");
+        }
+        // A refused request's descriptors are closed: the relay holds no read end of ours.
+        drop(pr);
+        drop(pr2);
+        assert_eq!(
+            nix::unistd::write(&pw, b"x"),
+            Err(nix::errno::Errno::EPIPE),
+            "a read end was kept"
+        );
+        // Not root: refused by credentials even when the socket is open to everyone.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            dir.join(OUTPUT_SOCKET),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        // SAFETY: the child only switches users, makes one request and exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = nix::unistd::setgid(65534.into()).is_ok()
+                    && nix::unistd::setuid(65534.into()).is_ok()
+                    && hand_over(&dir, "web")
+                        .is_err_and(|e| format!("{e:#}").contains("permission denied"));
+                // SAFETY: leaving the forked child.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+        // Only a good request was ever taken: none here.
+        let (_pr3, _pw3) = pipe().unwrap();
+        let [_o, _e] = hand_over(&dir, "late").unwrap().unwrap();
+        assert_eq!(t.join().unwrap(), 2);
+    }
 }

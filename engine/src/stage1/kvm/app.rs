@@ -325,6 +325,49 @@ mod tests {
         let st = std::fs::read_to_string(rkt_stage2::app_status_path(d.path(), "web")).unwrap();
         assert_eq!(st, "143");
         assert!(dynamic.name(0).is_none(), "the channel is done");
+        // Kept in the pod's logs as a boot-time app's output is (`rkt logs --app=web`).
+        let logged = crate::pod::logs::read(d.path(), "web").unwrap();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(
+            (logged[0].stream, logged[0].full, &logged[0].content[..]),
+            (crate::pod::logs::Stream::Stdout, true, &b"hi"[..])
+        );
+    }
+
+    /// A guest's sd_notify message about an added app (none has a socket) or a channel the
+    /// host does not know is not passed on; the unknown channel ends the pod.
+    #[test]
+    fn notify_messages_of_unknown_channels_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dynamic = Dynamic::new(0);
+        dynamic.lock().apps.insert(0, ("web".into(), false));
+        let (mut host, t) = guest(vec![
+            Msg::Notify {
+                chan: 0,
+                message: "READY=1".into(),
+            },
+            Msg::Notify {
+                chan: 9,
+                message: "READY=1".into(),
+            },
+        ]);
+        let o = serve_control_with(
+            &mut host,
+            d.path(),
+            &empty_pod(),
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &mut || {},
+            &dynamic,
+        );
+        drop(host);
+        t.join().unwrap();
+        assert!(
+            o.error
+                .as_deref()
+                .is_some_and(|e| e.contains("unexpected message") && e.contains("chan: 9")),
+            "{o:?}"
+        );
     }
 
     /// A hostile guest's report about a channel the host never started, or one that already

@@ -57,6 +57,19 @@ pub fn serve_control_with<S: Read + Write>(
         _ => crate::pod::logs::Stream::Stdout,
     };
     let name = |i: u32| spec.apps.get(i as usize).map(|a| a.name.as_str());
+    // systemd's READY=1 waits for every app to have started and, for an app that speaks
+    // sd_notify, for its own READY=1 (docs/systemd.md).
+    let notifying = crate::stage1::notify::notifying_apps(pod_dir, spec);
+    let mut app_ready: Vec<bool> = notifying.iter().map(|n| !n).collect();
+    let mut sent_ready = false;
+    let mut maybe_ready = |started: usize, app_ready: &[bool]| {
+        if !sent_ready && n > 0 && started == n && app_ready.iter().all(|r| *r) {
+            crate::stage1::notify::send("READY=1");
+            sent_ready = true;
+        }
+    };
+    // Added apps' channels -> their index in `logs`, opened at their first output.
+    let mut added_logs: std::collections::HashMap<u32, usize> = Default::default();
     loop {
         let m = match proto::read_msg(conn) {
             Ok(Some(m)) => m,
@@ -85,25 +98,52 @@ pub fn serve_control_with<S: Read + Write>(
                 o.started += 1;
                 if o.started == n {
                     let _ = rkt_stage2::supervisor::write_atomic(&pod_dir.join(READY_FILE), "");
-                    crate::stage1::notify::send("READY=1");
+                }
+                maybe_ready(o.started, &app_ready);
+            }
+            // Only an app that was given a socket may speak; what it says is filtered as on ns.
+            Msg::Notify { chan, message } if (chan as usize) < n => {
+                if notifying[chan as usize] {
+                    let (ready, fwd) = crate::stage1::notify::app_message(&message);
+                    app_ready[chan as usize] |= ready;
+                    if !fwd.is_empty() {
+                        crate::stage1::notify::send(&fwd);
+                    }
+                    maybe_ready(o.started, &app_ready);
                 }
             }
+            Msg::Notify { chan, .. } if dynamic.name(chan).is_some() => {}
             Msg::AppExited { app, code } if (app as usize) < n => {
                 let p = rkt_stage2::app_status_path(pod_dir, name(app).unwrap());
                 if let Err(e) = rkt_stage2::supervisor::write_atomic(&p, &format!("{code}")) {
                     o.error = Some(format!("{e:#}"));
                 }
             }
-            // Added apps (`rkt app start`): output to ours, exit codes to their status files.
+            // Added apps (`rkt app start`): output to ours and their logs, exit codes to their
+            // status files.
             Msg::Data { chan, stream, data } if dynamic.name(chan).is_some() => {
                 let w: &mut dyn Write = if stream == Stream::Stderr { err } else { out };
                 let _ = w.write_all(&data);
                 let _ = w.flush();
+                if let Some(l) = logs.as_mut() {
+                    let i = *added_logs
+                        .entry(chan)
+                        .or_insert_with(|| l.add(pod_dir, &dynamic.name(chan).unwrap_or_default()));
+                    l.write(i, log_stream(stream), &data);
+                }
             }
-            Msg::Eof { chan, .. } if dynamic.name(chan).is_some() => {}
+            Msg::Eof { chan, stream } if dynamic.name(chan).is_some() => {
+                if let (Some(l), Some(i)) = (logs.as_mut(), added_logs.get(&chan)) {
+                    l.finish(*i, log_stream(stream));
+                }
+            }
             Msg::AppStarted { app, .. } if dynamic.name(app).is_some() => dynamic.reported(app),
             Msg::AppExited { app, code } if dynamic.name(app).is_some() => {
                 let name = dynamic.name(app).unwrap_or_default();
+                // Its last output came first (the guest drains it before the exit).
+                if let (Some(l), Some(i)) = (logs.as_mut(), added_logs.remove(&app)) {
+                    l.close(i);
+                }
                 let p = rkt_stage2::app_status_path(pod_dir, &name);
                 if let Err(e) = rkt_stage2::supervisor::write_atomic(&p, &format!("{code}")) {
                     o.error = Some(format!("{e:#}"));

@@ -126,6 +126,8 @@ fn run_vm(
     // Known only now: whether the interactive app gets a pty (our stdin is a terminal) or a pipe.
     plan.guest.tty = spec.interactive && super::term::is_tty(0);
     plan.guest.interfaces = interfaces;
+    // Apps that speak sd_notify get a socket in the guest (docs/systemd.md).
+    super::notify::guest_sockets(pod_dir, &mut plan.guest);
     // Without --dns, the DNS settings of a CNI result become the pod's resolv.conf (rkt v1).
     if let Some(r) = crate::net::resolv_conf(pod_dir) {
         plan.guest.resolv_conf = Some(r);
