@@ -596,6 +596,87 @@ fn api_service_serves_pods_images_events_and_logs() {
 
 /// This test binary where uid 65534 can run it: the checkout may sit below a directory only root
 /// may enter (a clone in a `mktemp -d` directory).
+/// GetLogs serves an app added to a sandbox (`rkt app add|start`) as it serves `rkt run`'s apps,
+/// while the pod runs and after it exited.
+#[test]
+fn get_logs_serves_an_added_apps_output() {
+    require_root();
+    let env = RktEnv::new();
+    let uuid_file = env.scratch.join("uuid");
+    let uf = format!("--uuid-file-save={}", uuid_file.display());
+    let mut sandbox = env.spawn(&["app", "sandbox", "--stage1=ns", "--net=none", &uf]);
+    let start = Instant::now();
+    while !uuid_file.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            sandbox.output_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uuid = std::fs::read_to_string(&uuid_file).unwrap();
+    env.rkt(&["status", "--wait-ready=60s", &uuid]).assert_ok();
+    env.rkt(&[
+        "app",
+        "add",
+        &uuid,
+        &images().busybox_oci_ref(),
+        "--name=added",
+        "--exec=/bin/sh",
+        "--",
+        "-c",
+        "echo added says hi; echo added err >&2",
+    ])
+    .assert_ok();
+    env.rkt(&["app", "start", &uuid, "--app=added"]).assert_ok();
+    let (_service, addr) = start_service(&env);
+    let lines = |c: PublicApiClient<Channel>| {
+        let uuid = uuid.clone();
+        async move {
+            let mut c = c;
+            let mut s = c
+                .get_logs(api::GetLogsRequest {
+                    pod_id: uuid,
+                    app_name: "added".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut lines = Vec::new();
+            while let Some(r) = s.message().await.unwrap() {
+                lines.extend(r.lines);
+            }
+            lines
+        }
+    };
+    rt().block_on(async {
+        let c = client(&addr).await;
+        let start = Instant::now();
+        loop {
+            let l = lines(c.clone()).await;
+            if l.iter().any(|l| l.ends_with(" stderr F added err")) {
+                assert!(
+                    l.iter().any(|l| l.ends_with(" stdout F added says hi")),
+                    "{l:?}"
+                );
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{l:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    env.rkt(&["stop", &uuid]).assert_ok();
+    sandbox.wait_timeout(60).assert_ok();
+    rt().block_on(async {
+        let l = lines(client(&addr).await).await;
+        assert!(
+            l.iter().any(|l| l.ends_with(" stdout F added says hi")),
+            "{l:?}"
+        );
+    });
+}
+
 fn exe_for_nobody() -> (tempfile::TempDir, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let d = tempfile::tempdir().unwrap();
