@@ -347,6 +347,14 @@ pub fn setup(pod_dir: &Path, uuid: &str, verify: bool) -> Result<Option<OwnedFd>
         return Ok(None);
     };
     if let Some(p) = &plan.join {
+        // The VM's card is wired to the CNI interfaces rkt made (net/kvm.rs), not yet to those of
+        // a namespace it joins.
+        if crate::stage1::Flavor::of_pod(pod_dir)? == crate::stage1::Flavor::Kvm {
+            bail!(
+                "--net={}: joining a network namespace is not implemented on stage1 kvm yet",
+                p.display()
+            );
+        }
         return open_netns(p).map(Some);
     }
     let ns = netns_path(uuid);
