@@ -539,6 +539,59 @@ fn cri_sandbox_with_two_containers_ns() {
     assert_eq!(String::from_utf8_lossy(&ex.stderr), "oops\n");
     assert_eq!(ex.exit_code, 3);
 
+    // ContainerStats: the app's cgroup figures (task Metrics).
+    let stats = call!(
+        cri,
+        rs.container_stats(cri::ContainerStatsRequest {
+            container_id: web.clone(),
+        })
+    )
+    .stats
+    .unwrap();
+    let mem = stats.memory.unwrap();
+    assert!(mem.usage_bytes.unwrap().value > 0, "{mem:?}");
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+
+    // A container that ends by itself: CRI sees its exit code (the shim's exit event).
+    let oneshot = call!(
+        cri,
+        rs.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sb.clone(),
+            config: Some(container_config(
+                "oneshot",
+                &image,
+                "exit 7",
+                &sandbox_config
+            )),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+    )
+    .container_id;
+    call!(
+        cri,
+        rs.start_container(cri::StartContainerRequest {
+            container_id: oneshot.clone(),
+        })
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        let st = call!(
+            cri,
+            rs.container_status(cri::ContainerStatusRequest {
+                container_id: oneshot.clone(),
+                verbose: false,
+            })
+        )
+        .status
+        .unwrap();
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "oneshot did not exit: {st:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(exited.exit_code, 7, "{exited:?}");
+
     // The CRI log files: `<RFC3339Nano> <stream> F <line>`.
     let side_log = logs.join("side.log");
     wait_until("the side container's log", 30, || {
