@@ -21,9 +21,11 @@ use cri::runtime_service_client::RuntimeServiceClient;
 
 /// The sandbox ("pause") image, built from the busybox test image and imported with `ctr`.
 const PAUSE: &str = "rkt.test/pause:1";
-/// The CNI bridge of this file's containerd and its subnet (gateway .1 on the host).
-const BRIDGE: &str = "rktcri0";
-const SUBNET: &str = "10.233.77.0/24";
+/// Each test's containerd has a CNI bridge `rktcri<n>` on 10.233.<70+n>.0/24 (gateway .1 on the
+/// host): tests run in parallel.
+fn bridge(n: u8) -> String {
+    format!("rktcri{n}")
+}
 
 fn shim_bin() -> PathBuf {
     let p = target_dir().join("debug/containerd-shim-rkt-v2");
@@ -42,6 +44,8 @@ struct CriContainerd {
     child: Child,
     /// CRI's namespaces (`/run/netns/cni-*`) that existed before: the others are this test's.
     netns_before: Vec<PathBuf>,
+    /// The test's network number (bridge and subnet).
+    net: u8,
 }
 
 fn cri_netns() -> Vec<PathBuf> {
@@ -59,7 +63,7 @@ fn cri_netns() -> Vec<PathBuf> {
 }
 
 impl CriContainerd {
-    fn start(registry: &str) -> CriContainerd {
+    fn start(registry: &str, net: u8) -> CriContainerd {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("rkt-cri-")
@@ -77,9 +81,11 @@ impl CriContainerd {
             d.join("net.d/10-rkt-cri.conflist"),
             format!(
                 r#"{{"cniVersion": "0.4.0", "name": "rkt-cri-test", "plugins": [
-  {{"type": "bridge", "bridge": "{BRIDGE}", "isGateway": true, "ipMasq": false,
-   "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{SUBNET}"}}]],
+  {{"type": "bridge", "bridge": "{}", "isGateway": true, "ipMasq": false,
+   "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "10.233.{}.0/24"}}]],
             "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{}/cni-ipam"}}}}]}}"#,
+                bridge(net),
+                70 + u32::from(net),
                 d.display()
             ),
         )
@@ -125,6 +131,7 @@ impl CriContainerd {
             dir,
             child,
             netns_before: cri_netns(),
+            net,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !c.ctr(&["version"]).status.success() {
@@ -192,6 +199,18 @@ impl Drop for CriContainerd {
                 eprintln!("{l}");
             }
         }
+        // A failed test's pods still run; their processes live in the pod's root (not below the
+        // test directory), out of cleanup_tree's reach: stopped and collected first.
+        for p in self.pods() {
+            if p.parent().is_some_and(|d| d.ends_with("run")) {
+                let uuid = p.file_name().unwrap().to_string_lossy().into_owned();
+                let _ = self.rkt(&["stop", "--force", &uuid]);
+            }
+        }
+        if !self.pods().is_empty() {
+            std::thread::sleep(Duration::from_secs(1));
+            let _ = self.rkt(&["gc", "--grace-period=0s"]);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         cleanup_tree(self.dir.path());
@@ -207,7 +226,7 @@ impl Drop for CriContainerd {
         }
         // The bridge plugin leaves its bridge behind on DEL.
         let _ = Command::new("ip")
-            .args(["link", "del", BRIDGE])
+            .args(["link", "del", &bridge(self.net)])
             .stderr(Stdio::null())
             .status();
     }
@@ -331,13 +350,137 @@ fn http_get(addr: &str) -> Option<String> {
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
 }
 
-/// Interfaces enslaved to the test bridge (the pods' veths).
-fn bridge_ports() -> String {
+/// Interfaces enslaved to the test's bridge (the pods' veths).
+fn bridge_ports(net: u8) -> String {
     let o = Command::new("ip")
-        .args(["-o", "link", "show", "master", BRIDGE])
+        .args(["-o", "link", "show", "master", &bridge(net)])
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A node: registry with the busybox image, containerd with CRI, the pause image imported, a
+/// CRI client, the image pulled through CRI.
+struct Node {
+    reg: Registry,
+    c: CriContainerd,
+    cri: Cri,
+    image: String,
+}
+
+impl Node {
+    fn start(net: u8) -> Node {
+        require_root();
+        let reg = Registry::start();
+        reg.push(&images().busybox_oci_ref(), "cri/busybox:1");
+        let image = format!("{}/cri/busybox:1", reg.addr);
+        let c = CriContainerd::start(&reg.addr, net);
+        let pause = pause_archive(c.path());
+        let imp = c.ctr(&["-n", "k8s.io", "images", "import", pause.to_str().unwrap()]);
+        assert!(imp.status.success(), "{:?}", imp);
+        let mut cri = Cri::connect(c.path().join("containerd.sock"));
+        let v = call!(cri, rs.version(cri::VersionRequest::default()));
+        assert_eq!(v.runtime_name, "containerd");
+        let pulled = call!(
+            cri,
+            is.pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        );
+        assert!(pulled.image_ref.starts_with("sha256:"), "{pulled:?}");
+        Node { reg, c, cri, image }
+    }
+}
+
+fn sandbox_config(logs: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: "uid-web-1".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "web-pod".into(),
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// RunPodSandbox on the `rkt-ns` handler (a RuntimeClass's `handler`).
+fn run_sandbox(cri: &mut Cri, config: &cri::PodSandboxConfig) -> String {
+    call!(
+        *cri,
+        rs.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "rkt-ns".into(),
+        })
+    )
+    .pod_sandbox_id
+}
+
+/// A ready sandbox's pod IP and the network namespace its spec names.
+fn sandbox_network(cri: &mut Cri, sb: &str) -> (String, String) {
+    let status = call!(
+        *cri,
+        rs.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sb.to_string(),
+            verbose: true,
+        })
+    );
+    let st = status.status.clone().unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    let ip = st.network.unwrap().ip;
+    assert!(ip.starts_with("10.233.7"), "pod IP {ip:?}");
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let netns = info["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .expect("the sandbox spec names CRI's network namespace")
+        .to_string();
+    assert!(Path::new(&netns).exists(), "{netns}");
+    (ip, netns)
+}
+
+/// Stop and remove the sandbox; then nothing is left: no sandbox listed, no rkt pod (`rkt gc`
+/// has nothing to do), CRI's namespace and the veth gone, no mount below the test directory
+/// but containerd's snapshots.
+fn remove_sandbox_and_check_clean(c: &CriContainerd, cri: &mut Cri, sb: &str, netns: &str) {
+    call!(
+        *cri,
+        rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: sb.to_string(),
+        })
+    );
+    call!(
+        *cri,
+        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sb.to_string(),
+        })
+    );
+    let left = call!(
+        *cri,
+        rs.list_pod_sandbox(cri::ListPodSandboxRequest::default())
+    );
+    assert!(left.items.is_empty(), "{left:?}");
+    wait_until("the rkt pod to be removed", 30, || c.pods().is_empty());
+    let gc = c.rkt(&["gc", "--grace-period=0s"]);
+    assert!(gc.status.success(), "{gc:?}");
+    assert!(c.pods().is_empty());
+    assert!(!Path::new(netns).exists(), "{netns} left");
+    assert_eq!(bridge_ports(c.net), "", "veths left on {}", bridge(c.net));
+    let mounts: Vec<_> = mounts_under(c.path())
+        .into_iter()
+        .filter(|m| !m.starts_with(c.path().join("root")))
+        .collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
 }
 
 fn container_config(
@@ -370,75 +513,18 @@ fn container_config(
 /// namespace and veth released).
 #[test]
 fn cri_sandbox_with_two_containers_ns() {
-    require_root();
-    let reg = Registry::start();
-    reg.push(&images().busybox_oci_ref(), "cri/busybox:1");
-    let image = format!("{}/cri/busybox:1", reg.addr);
-    let c = CriContainerd::start(&reg.addr);
-    let pause = pause_archive(c.path());
-    let imp = c.ctr(&["-n", "k8s.io", "images", "import", pause.to_str().unwrap()]);
-    assert!(imp.status.success(), "{:?}", imp);
-    let mut cri = Cri::connect(c.path().join("containerd.sock"));
-
-    let v = call!(cri, rs.version(cri::VersionRequest::default()));
-    assert_eq!(v.runtime_name, "containerd");
-
-    let pulled = call!(
-        cri,
-        is.pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-    );
-    assert!(pulled.image_ref.starts_with("sha256:"), "{pulled:?}");
-
+    let Node {
+        reg: _reg,
+        c,
+        mut cri,
+        image,
+    } = Node::start(0);
     let logs = c.path().join("pod-logs");
-    let sandbox_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "web".into(),
-            uid: "uid-web-1".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "web-pod".into(),
-        log_directory: logs.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    };
-    let sb = call!(
-        cri,
-        rs.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: "rkt-ns".into(),
-        })
-    )
-    .pod_sandbox_id;
+    let sandbox_config = sandbox_config(&logs);
+    let sb = run_sandbox(&mut cri, &sandbox_config);
 
     // The sandbox is one running rkt pod, in the namespace CRI made (rkt ran no CNI of its own).
-    let status = call!(
-        cri,
-        rs.pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: sb.clone(),
-            verbose: true,
-        })
-    );
-    let st = status.status.clone().unwrap();
-    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
-    let ip = st.network.unwrap().ip;
-    assert!(ip.starts_with("10.233.77."), "pod IP {ip:?}");
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    let netns = info["runtimeSpec"]["linux"]["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["type"] == "network")
-        .and_then(|n| n["path"].as_str())
-        .expect("the sandbox spec names CRI's network namespace")
-        .to_string();
-    assert!(Path::new(&netns).exists(), "{netns}");
+    let (ip, netns) = sandbox_network(&mut cri, &sb);
     let pods = c.pods();
     assert_eq!(pods.len(), 1, "{pods:?}");
     let pod = pods[0].clone();
@@ -638,37 +724,7 @@ fn cri_sandbox_with_two_containers_ns() {
     assert_eq!(cs.state, cri::ContainerState::ContainerExited as i32);
     assert!(http_get(&addr).is_none());
 
-    call!(
-        cri,
-        rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: sb.clone(),
-        })
-    );
-    call!(
-        cri,
-        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: sb.clone(),
-        })
-    );
-    let left = call!(
-        cri,
-        rs.list_pod_sandbox(cri::ListPodSandboxRequest::default())
-    );
-    assert!(left.items.is_empty(), "{left:?}");
-
-    // Nothing left: the pod removed, rkt gc has nothing to do, CRI's namespace and veth gone,
-    // no mount below the test directory but containerd's snapshots.
-    wait_until("the rkt pod to be removed", 30, || c.pods().is_empty());
-    let gc = c.rkt(&["gc", "--grace-period=0s"]);
-    assert!(gc.status.success(), "{gc:?}");
-    assert!(c.pods().is_empty());
-    assert!(!Path::new(&netns).exists(), "{netns} left");
-    assert_eq!(bridge_ports(), "", "veths left on {BRIDGE}");
-    let mounts: Vec<_> = mounts_under(c.path())
-        .into_iter()
-        .filter(|m| !m.starts_with(c.path().join("root")))
-        .collect();
-    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    remove_sandbox_and_check_clean(&c, &mut cri, &sb, &netns);
     assert!(
         !c.log().contains("level=error"),
         "containerd logged errors:\n{}",
@@ -769,4 +825,71 @@ fn join_netns_uses_and_keeps_the_given_namespace_ns() {
     gc.assert_ok();
     assert!(Path::new(&path).exists(), "rkt removed {path}");
     assert!(ip(&["-n", &name, "-o", "-4", "addr", "show", "rktjoin0"]).contains("10.99.0.2/24"));
+}
+
+/// The shim daemon serving sandbox `sb` (its `-id`, with a `-socket`: not a start/delete call).
+fn shim_pid(sb: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let is_shim = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"containerd-shim-rkt-v2") || a.ends_with(b"-rkt-ns-v2"));
+        let serves = args
+            .windows(2)
+            .any(|w| w[0] == b"-id" && w[1] == sb.as_bytes())
+            && args.contains(&b"-socket".as_slice());
+        (is_shim && serves).then_some(pid)
+    })
+}
+
+/// The sandbox's shim killed with SIGKILL while a container runs: the pod stops with it
+/// (PDEATHSIG), containerd's clean-up (`shim delete`) removes it, CRI reports the sandbox not
+/// ready, and Stop/RemovePodSandbox still leave nothing behind.
+#[test]
+fn cri_shim_sigkill_leaves_nothing_ns() {
+    let Node {
+        reg: _reg,
+        c,
+        mut cri,
+        image,
+    } = Node::start(1);
+    let config = sandbox_config(&c.path().join("pod-logs"));
+    let sb = run_sandbox(&mut cri, &config);
+    let (_, netns) = sandbox_network(&mut cri, &sb);
+    let id = call!(
+        cri,
+        rs.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sb.clone(),
+            config: Some(container_config("w", &image, "exec sleep 100000", &config)),
+            sandbox_config: Some(config.clone()),
+        })
+    )
+    .container_id;
+    call!(
+        cri,
+        rs.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+    );
+    let pid = shim_pid(&sb).expect("the sandbox's shim");
+    // SAFETY: plain kill(2) of the shim this test's containerd started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    wait_until("CRI to see the sandbox's end", 60, || {
+        let st = call!(
+            cri,
+            rs.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sb.clone(),
+                verbose: false,
+            })
+        );
+        st.status.unwrap().state == cri::PodSandboxState::SandboxNotready as i32
+    });
+    wait_until("the pod to stop", 60, || {
+        c.pods()
+            .iter()
+            .all(|p| !p.parent().unwrap().ends_with("run"))
+    });
+    remove_sandbox_and_check_clean(&c, &mut cri, &sb, &netns);
 }
