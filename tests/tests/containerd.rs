@@ -165,6 +165,18 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // A failed test's pods still run; their processes live in the pod's root (not below the
+        // test directory), out of cleanup_tree's reach: stopped and collected first.
+        for p in self.pods() {
+            if p.parent().is_some_and(|d| d.ends_with("run")) {
+                let uuid = p.file_name().unwrap().to_string_lossy().into_owned();
+                let _ = self.rkt(&["stop", "--force", &uuid]);
+            }
+        }
+        if !self.pods().is_empty() {
+            std::thread::sleep(Duration::from_secs(1));
+            let _ = self.rkt(&["gc", "--grace-period=0s"]);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Shims run with their bundle as cwd: cleanup_tree ends them too.
