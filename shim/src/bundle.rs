@@ -176,12 +176,7 @@ pub fn app_spec(spec: &Spec, bundle: &Path, name: &str, image_id: &str) -> Resul
         });
     }
     let res = spec.linux().as_ref().and_then(|l| l.resources().clone());
-    let mem = res.as_ref().and_then(|r| *r.memory());
-    let cpu = res.as_ref().and_then(|r| r.cpu().clone());
-    let cpu_millis = cpu.as_ref().and_then(|c| match (c.quota(), c.period()) {
-        (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).saturating_mul(1000) / p),
-        _ => None,
-    });
+    let (memory_limit, cpu_millis, cpu_shares) = limits(res.as_ref());
     Ok(AppSpec {
         name: name.to_string(),
         image_id: image_id.to_string(),
@@ -196,14 +191,55 @@ pub fn app_spec(spec: &Spec, bundle: &Path, name: &str, image_id: &str) -> Resul
         mounts,
         capabilities: caps,
         seccomp: SeccompSpec::Default,
-        memory_limit: mem
-            .and_then(|m| m.limit())
+        memory_limit,
+        cpu_millis,
+        cpu_shares,
+        oom_score_adj: p.oom_score_adj(),
+    })
+}
+
+/// The limits rkt applies from the spec's resources (also Update's): memory limit in bytes, CPU
+/// quota/period as millicores, CPU shares; unset or non-positive values are no limit.
+pub fn limits(
+    res: Option<&oci_spec::runtime::LinuxResources>,
+) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let mem = res.and_then(|r| *r.memory());
+    let cpu = res.and_then(|r| r.cpu().clone());
+    let cpu_millis = cpu.as_ref().and_then(|c| match (c.quota(), c.period()) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).saturating_mul(1000) / p),
+        _ => None,
+    });
+    (
+        mem.and_then(|m| m.limit())
             .filter(|l| *l > 0)
             .map(|l| l as u64),
         cpu_millis,
-        cpu_shares: cpu.and_then(|c| c.shares()).filter(|s| *s > 0),
-        oom_score_adj: p.oom_score_adj(),
-    })
+        cpu.and_then(|c| c.shares()).filter(|s| *s > 0),
+    )
+}
+
+/// An app setting with no limit, for [`rkt_stage2::cgroup::limit_files`] (which reads only the
+/// limits) when Update sets new ones.
+pub fn no_limits(name: &str) -> AppSpec {
+    AppSpec {
+        name: name.to_string(),
+        image_id: String::new(),
+        rootfs: RootfsSpec::Dir(PathBuf::new()),
+        exec: Vec::new(),
+        env: Vec::new(),
+        user: String::new(),
+        group: String::new(),
+        supplementary_gids: Vec::new(),
+        working_dir: String::new(),
+        readonly_rootfs: false,
+        mounts: Vec::new(),
+        capabilities: Vec::new(),
+        seccomp: SeccompSpec::Default,
+        memory_limit: None,
+        cpu_millis: None,
+        cpu_shares: None,
+        oom_score_adj: None,
+    }
 }
 
 /// Mounts what containerd prepared for the root (`CreateTaskRequest.rootfs`: an overlay or a

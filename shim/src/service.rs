@@ -750,6 +750,53 @@ impl containerd_shim::Task for TaskService {
         Ok(api::Empty::new())
     }
 
+    /// New limits for a running container (CRI's UpdateContainerResources): memory, CPU quota
+    /// and shares written to the app's cgroup, as at its start.
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let value = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&value)
+            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("update resources: {e}")))?;
+        let st = self.lock();
+        let c = st.container(&req.id)?;
+        if c.init.state != PState::Running {
+            return Err(err(Code::FAILED_PRECONDITION, "container is not running"));
+        }
+        let sb = st.sandbox_of(&req.id)?;
+        let layout = rkt_engine::stage1::ns::pod_layout(&sb.dir).map_err(internal)?;
+        let (memory_limit, cpu_millis, cpu_shares) = bundle::limits(Some(&res));
+        let limits = rkt_stage2::AppSpec {
+            memory_limit,
+            cpu_millis,
+            cpu_shares,
+            ..bundle::no_limits(&c.app)
+        };
+        let dirs = layout.dirs(&rkt_stage2::cgroup::app_path(&sb.uuid, &c.app));
+        for (controller, file, value) in rkt_stage2::cgroup::limit_files(&layout, &limits) {
+            // The hierarchy that has the file is the controller's.
+            let path = dirs
+                .iter()
+                .map(|d| d.join(file))
+                .find(|p| p.exists())
+                .ok_or_else(|| {
+                    err(
+                        Code::FAILED_PRECONDITION,
+                        format!("the {controller} cgroup controller is not available"),
+                    )
+                })?;
+            std::fs::write(&path, &value).map_err(|e| {
+                err(
+                    Code::INTERNAL,
+                    format!("writing {value} to {}: {e}", path.display()),
+                )
+            })?;
+        }
+        Ok(api::Empty::new())
+    }
+
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let st = self.lock();
         let c = st.container(&req.id)?;

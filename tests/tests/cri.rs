@@ -638,6 +638,52 @@ fn cri_sandbox_with_two_containers_ns() {
     assert!(mem.usage_bytes.unwrap().value > 0, "{mem:?}");
     assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
 
+    // UpdateContainerResources: the new limits land in the app's cgroup (task Update).
+    call!(
+        cri,
+        rs.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: web.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_quota: 50_000,
+                cpu_shares: 256,
+                memory_limit_in_bytes: 96 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    );
+    let verbose = call!(
+        cri,
+        rs.container_status(cri::ContainerStatusRequest {
+            container_id: web.clone(),
+            verbose: true,
+        })
+    );
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let pid = info["pid"].as_u64().expect("the container's pid");
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let dir = |controller: &str| -> PathBuf {
+        let (hier, path) = cg
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ':').skip(1);
+                Some((f.next()?, f.next()?))
+            })
+            .find(|(h, _)| h.split(',').any(|c| c == controller))
+            .unwrap_or_else(|| panic!("no {controller} cgroup in {cg}"));
+        Path::new("/sys/fs/cgroup")
+            .join(hier)
+            .join(path.trim_start_matches('/'))
+    };
+    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap().trim().to_string();
+    assert_eq!(
+        read(dir("memory").join("memory.limit_in_bytes")),
+        "100663296"
+    );
+    assert_eq!(read(dir("cpu").join("cpu.cfs_quota_us")), "50000");
+    assert_eq!(read(dir("cpu").join("cpu.shares")), "256");
+
     // A container that ends by itself: CRI sees its exit code (the shim's exit event).
     let oneshot = call!(
         cri,
