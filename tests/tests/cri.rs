@@ -939,3 +939,92 @@ fn cri_shim_sigkill_leaves_nothing_ns() {
     });
     remove_sandbox_and_check_clean(&c, &mut cri, &sb, &netns);
 }
+
+/// The interface of the host's default route (else its first interface but `lo`).
+fn host_interface() -> String {
+    let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    route
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
+        })
+        .or_else(|| {
+            std::fs::read_dir("/sys/class/net")
+                .ok()?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|n| n != "lo")
+        })
+        .expect("a host network interface")
+}
+
+/// A `hostNetwork` pod (network namespace mode NODE): CRI makes no namespace and runs no CNI,
+/// the spec names none, and the rkt pod shares the host's network (`--net=host`).
+#[test]
+fn cri_host_network_sandbox_ns() {
+    let Node {
+        reg: _reg,
+        c,
+        mut cri,
+        image,
+    } = Node::start(2);
+    let netns_before = cri_netns();
+    let host_net = Some(cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        ..Default::default()
+    });
+    let mut config = sandbox_config(&c.path().join("pod-logs"));
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: host_net.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let sb = run_sandbox(&mut cri, &config);
+    assert_eq!(cri_netns(), netns_before, "CRI made a namespace");
+    let pods = c.pods();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert!(!pods[0].join("net-plan.json").exists());
+    let mut cc = container_config("h", &image, "exec sleep 100000", &config);
+    cc.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: host_net,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = call!(
+        cri,
+        rs.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sb.clone(),
+            config: Some(cc),
+            sandbox_config: Some(config.clone()),
+        })
+    )
+    .container_id;
+    call!(
+        cri,
+        rs.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+    );
+    let ex = call!(
+        cri,
+        rs.exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["cat".into(), "/proc/net/dev".into()],
+            timeout: 30,
+        })
+    );
+    let dev = String::from_utf8_lossy(&ex.stdout);
+    let host = host_interface();
+    assert!(
+        dev.lines()
+            .any(|l| l.trim_start().starts_with(&format!("{host}:"))),
+        "{host} not in the container's /proc/net/dev:\n{dev}"
+    );
+    remove_sandbox_and_check_clean(&c, &mut cri, &sb, "/nonexistent/netns");
+}
