@@ -538,6 +538,13 @@ fn cri_sandbox_with_two_containers_ns() {
         serde_json::from_slice(&std::fs::read(pod.join("net-plan.json")).unwrap()).unwrap();
     assert_eq!(plan["join"], netns.as_str(), "{plan}");
     assert_eq!(plan["networks"], serde_json::json!([]), "{plan}");
+    // `rkt list` shows the address CRI's CNI gave the namespace.
+    let list = c.rkt(&["list", "--no-legend", "--full"]);
+    let ns_name = Path::new(&netns).file_name().unwrap().to_string_lossy();
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains(&format!("{ns_name}:ip4={ip}")),
+        "{list:?}"
+    );
 
     // Two containers: a web server and a side container.
     let web_script = "mkdir -p /tmp/www && echo hello-from-rkt > /tmp/www/index.html && \
@@ -853,6 +860,11 @@ fn join_netns_uses_and_keeps_the_given_namespace_ns() {
     ]);
     out.assert_ok();
     assert!(out.stdout.contains("10.99.0.2/24"), "{out}");
+    let list = env.rkt(&["list", "--no-legend"]);
+    assert!(
+        list.stdout.contains(&format!("{name}:ip4=10.99.0.2")),
+        "{list}"
+    );
     // Not on kvm yet: refused with one line, before the VM boots.
     let kvm = env.rkt(&[
         "run",

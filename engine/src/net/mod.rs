@@ -355,7 +355,17 @@ pub fn setup(pod_dir: &Path, uuid: &str, verify: bool) -> Result<Option<OwnedFd>
                 p.display()
             );
         }
-        return open_netns(p).map(Some);
+        let fd = open_netns(p)?;
+        // Best effort: the addresses only inform `rkt list`/`status` and the api-service.
+        match joined_info(&fd, p) {
+            Ok(infos) => write_info(pod_dir, &infos)?,
+            Err(e) => crate::print_error(&format!(
+                "reading the addresses of {}: {}",
+                p.display(),
+                crate::one_line(&e)
+            )),
+        }
+        return Ok(Some(fd));
     }
     let ns = netns_path(uuid);
     // Recorded before the namespace exists, so that gc finds it whenever we are killed.
@@ -384,6 +394,57 @@ pub fn setup(pod_dir: &Path, uuid: &str, verify: bool) -> Result<Option<OwnedFd>
         }
     }
     r.map(Some)
+}
+
+/// The interfaces and addresses of a joined namespace (someone else's CNI set them up), as
+/// `net-info.json` entries named after the namespace (its file name), without a CNI result.
+fn joined_info(ns: &OwnedFd, path: &Path) -> Result<Vec<NetInfo>> {
+    use std::os::fd::AsFd;
+    let ns = ns.try_clone().context("duplicating the namespace fd")?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::thread::spawn(move || -> Result<Vec<NetInfo>> {
+        // This thread only: /proc/thread-self/net and the netlink socket then see the namespace.
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("entering the namespace")?;
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev")
+            .context("listing its interfaces")?;
+        let mut out = Vec::new();
+        for l in dev.lines().skip(2) {
+            let ifname = l.split(':').next().unwrap_or_default().trim();
+            if ifname.is_empty() || ifname == "lo" {
+                continue;
+            }
+            let iface = rkt_guest_init::net::read_interface(ifname)
+                .with_context(|| format!("reading {ifname}"))?;
+            let Some(a) = iface.addresses.iter().find(|a| a.addr.is_ipv4()) else {
+                continue;
+            };
+            let gw = iface
+                .routes
+                .iter()
+                .find(|r| r.prefix == 0)
+                .and_then(|r| r.gateway)
+                .map(|g| g.to_string())
+                .unwrap_or_default();
+            out.push(NetInfo {
+                net_name: name.clone(),
+                net_conf: String::new(),
+                plugin_path: String::new(),
+                if_name: ifname.to_string(),
+                ip: a.addr.to_string(),
+                args: String::new(),
+                mask: mask_of(a.prefix),
+                host_ip: gw,
+                result: Value::Null,
+            });
+        }
+        Ok(out)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
 }
 
 /// Runs DEL for every planned network (last first, each with its ADD result when there is one)
