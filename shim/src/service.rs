@@ -337,6 +337,7 @@ impl TaskService {
             anyhow::bail!("container {id} has already been started");
         }
         let io = stdio::open(
+            &format!("container {id}"),
             &c.init.stdin,
             &c.init.stdout,
             &c.init.stderr,
@@ -376,6 +377,7 @@ impl TaskService {
             anyhow::bail!("exec {exec_id} has already been started");
         }
         let io = stdio::open(
+            &format!("exec {exec_id} of container {id}"),
             &e.proc_.stdin,
             &e.proc_.stdout,
             &e.proc_.stderr,

@@ -66,10 +66,39 @@ fn feed_stdin(path: String, to: StdinWriter) {
     });
 }
 
+/// stderr that containerd does not want (CRI's pause container, `ctr run --null-io`): a pipe
+/// whose last line is logged (in containerd's log) once the process and its children are gone,
+/// so that rkt's one-line error for an app that could not start is not lost. Only the last
+/// KiB is kept.
+fn logged_stderr(label: &str) -> Result<OwnedFd> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let label = label.to_string();
+    std::thread::spawn(move || {
+        let mut from = File::from(r);
+        let (mut tail, mut buf) = (Vec::new(), [0u8; 4096]);
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    tail.extend_from_slice(&buf[..n]);
+                    let excess = tail.len().saturating_sub(1024);
+                    tail.drain(..excess);
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&tail);
+        if let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+            log::warn!("{label}: last line of its unread stderr: {last}");
+        }
+    });
+    Ok(w)
+}
+
 /// `ptmx`: the multiplexer of the devpts instance the process will see (an app's own, for an
 /// exec: `/proc/<app>/root/dev/ptmx`), so that its terminal has a name there (`tty`, `ps`);
-/// None takes the host's.
+/// None takes the host's. `label` names the process in the shim's log.
 pub fn open(
+    label: &str,
     stdin: &str,
     stdout: &str,
     stderr: &str,
@@ -95,8 +124,13 @@ pub fn open(
             Ok(out_fifo(p)?.into())
         }
     };
+    let err = if stderr.is_empty() {
+        logged_stderr(label)?
+    } else {
+        out(stderr)?
+    };
     Ok(Stdio {
-        fds: [input, out(stdout)?, out(stderr)?],
+        fds: [input, out(stdout)?, err],
         stdin: writer,
         pty: None,
     })

@@ -390,3 +390,35 @@ fn bad_command_fails_and_cleans_up_ns() {
     let _ = c.ctr(&["container", "rm", "b1"]);
     c.assert_clean();
 }
+
+/// With no stdio wanted (`--null-io`, as CRI's pause container), rkt's one-line error for an app
+/// that cannot start still reaches containerd's log (the shim logs the last line of the app's
+/// unread stderr).
+#[test]
+fn null_io_start_error_reaches_containerds_log_ns() {
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--null-io",
+        "--runtime",
+        NS,
+        IMAGE,
+        "n1",
+        "/no/such/binary",
+    ]);
+    let log = || std::fs::read_to_string(c.path().join("containerd.log")).unwrap_or_default();
+    c.wait_until("the app's error in containerd's log", 30, || {
+        log().contains("last line of its unread stderr")
+    });
+    let line = log()
+        .lines()
+        .find(|l| l.contains("last line of its unread stderr"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("container n1"), "{line}\n{}", text(&out));
+    assert!(line.contains("/no/such/binary"), "{line}");
+    let _ = c.ctr(&["task", "rm", "-f", "n1"]);
+    let _ = c.ctr(&["container", "rm", "n1"]);
+    c.assert_clean();
+}
