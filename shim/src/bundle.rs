@@ -64,6 +64,50 @@ pub fn net(spec: &Spec) -> Net {
     }
 }
 
+/// The spec's sysctls (CRI's pod `sysctls`), checked: only network ones (`net.*`), which the
+/// shim sets in the namespace CRI made; others (IPC's `kernel.shm*`, ...) are refused rather
+/// than ignored.
+pub fn sysctls(spec: &Spec) -> Result<Vec<(String, String)>> {
+    let Some(m) = spec.linux().as_ref().and_then(|l| l.sysctl().clone()) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<(String, String)> = m.into_iter().collect();
+    out.sort();
+    for (k, v) in &out {
+        let key_ok = k.starts_with("net.")
+            && k.split('.').all(|c| {
+                !c.is_empty()
+                    && c.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            });
+        if !key_ok {
+            bail!("sysctl {k:?}: only network sysctls (net.*) are supported");
+        }
+        if v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_control()) {
+            bail!("sysctl {k}: bad value {v:?}");
+        }
+    }
+    Ok(out)
+}
+
+/// Sets `sysctls` in the network namespace at `ns`, from a thread of its own (`/proc/sys/net` is
+/// the writing thread's namespace's).
+pub fn apply_sysctls(ns: &Path, sysctls: &[(String, String)]) -> Result<()> {
+    let f = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+    let sysctls = sysctls.to_vec();
+    std::thread::spawn(move || -> Result<()> {
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("entering the pod's network namespace")?;
+        for (k, v) in &sysctls {
+            let p = Path::new("/proc/sys").join(k.replace('.', "/"));
+            std::fs::write(&p, v).with_context(|| format!("sysctl {k}={v}"))?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the sysctl thread panicked"))?
+}
+
 pub fn hostname(spec: &Spec) -> Option<String> {
     spec.hostname().clone().filter(|h| !h.is_empty())
 }
@@ -315,6 +359,35 @@ mod tests {
 
     fn spec(json: &str) -> Spec {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn sysctls_only_network_ones() {
+        let spec = |sysctl: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"linux":{{"sysctl":{sysctl}}}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            sysctls(&spec(
+                r#"{"net.ipv4.ip_forward":"1","net.core.somaxconn":"512"}"#
+            ))
+            .unwrap(),
+            vec![
+                ("net.core.somaxconn".to_string(), "512".to_string()),
+                ("net.ipv4.ip_forward".to_string(), "1".to_string())
+            ]
+        );
+        for bad in [
+            r#"{"kernel.panic":"1"}"#,
+            r#"{"net..ipv4":"1"}"#,
+            r#"{"net.ipv4/../../kernel/panic":"1"}"#,
+            r#"{"net.ipv4.ip_forward":"1\nx"}"#,
+            r#"{"net.ipv4.ip_forward":""}"#,
+        ] {
+            assert!(sysctls(&spec(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

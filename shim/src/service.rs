@@ -277,6 +277,15 @@ impl TaskService {
         };
         let sandbox = bundle::sandbox_of(&spec).unwrap_or_else(|| req.id.clone());
         let r = (|| -> anyhow::Result<()> {
+            let sysctls = bundle::sysctls(&spec)?;
+            if !sysctls.is_empty() {
+                match bundle::net(&spec) {
+                    bundle::Net::Join(ns) => bundle::apply_sysctls(&ns, &sysctls)?,
+                    _ => anyhow::bail!(
+                        "network sysctls need a network namespace made by CRI (this pod has the host's or a new one)"
+                    ),
+                }
+            }
             if !st.sandboxes.contains_key(&sandbox) {
                 if sandbox != req.id {
                     anyhow::bail!("sandbox {sandbox} is not served by this shim");

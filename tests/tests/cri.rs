@@ -520,7 +520,13 @@ fn cri_sandbox_with_two_containers_ns() {
         image,
     } = Node::start(0);
     let logs = c.path().join("pod-logs");
-    let sandbox_config = sandbox_config(&logs);
+    let mut sandbox_config = sandbox_config(&logs);
+    // A network sysctl of the pod's, set in CRI's namespace.
+    sandbox_config.linux.as_mut().unwrap().sysctls = [(
+        "net.ipv4.ip_unprivileged_port_start".to_string(),
+        "80".to_string(),
+    )]
+    .into();
     let sb = run_sandbox(&mut cri, &sandbox_config);
 
     // The sandbox is one running rkt pod, in the namespace CRI made (rkt ran no CNI of its own).
@@ -620,14 +626,16 @@ fn cri_sandbox_with_two_containers_ns() {
             cmd: vec![
                 "/bin/sh".into(),
                 "-c".into(),
-                "wget -q -O - http://127.0.0.1:8080/; hostname; echo oops >&2; exit 3".into()
+                "wget -q -O - http://127.0.0.1:8080/; hostname; \
+                 cat /proc/sys/net/ipv4/ip_unprivileged_port_start; echo oops >&2; exit 3"
+                    .into()
             ],
             timeout: 30,
         })
     );
     assert_eq!(
         String::from_utf8_lossy(&ex.stdout),
-        "hello-from-rkt\nweb-pod\n"
+        "hello-from-rkt\nweb-pod\n80\n"
     );
     assert_eq!(String::from_utf8_lossy(&ex.stderr), "oops\n");
     assert_eq!(ex.exit_code, 3);
@@ -1039,4 +1047,28 @@ fn cri_host_network_sandbox_ns() {
         "{host} not in the container's /proc/net/dev:\n{dev}"
     );
     remove_sandbox_and_check_clean(&c, &mut cri, &sb, "/nonexistent/netns");
+
+    // Refused, not ignored: a network sysctl on the host's network, a non-network sysctl.
+    for (key, want) in [
+        (
+            "net.ipv4.ip_unprivileged_port_start",
+            "network sysctls need a network namespace",
+        ),
+        ("kernel.shm_rmid_forced", "only network sysctls"),
+    ] {
+        let mut bad = config.clone();
+        if key.starts_with("kernel") {
+            bad.linux = Some(cri::LinuxPodSandboxConfig::default());
+        }
+        bad.linux.as_mut().unwrap().sysctls = [(key.to_string(), "1".to_string())].into();
+        let r = cri
+            .rt
+            .block_on(cri.rs.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(bad),
+                runtime_handler: "rkt-ns".into(),
+            }));
+        let e = r.expect_err(key);
+        assert!(e.message().contains(want), "{key}: {e}");
+    }
+    wait_until("the refused pods to be removed", 30, || c.pods().is_empty());
 }
