@@ -635,7 +635,9 @@ fn cri_sandbox_with_two_containers_ns() {
     );
     assert_eq!(
         String::from_utf8_lossy(&ex.stdout),
-        "hello-from-rkt\nweb-pod\n80\n"
+        "hello-from-rkt\nweb-pod\n80\n",
+        "{}",
+        String::from_utf8_lossy(&ex.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&ex.stderr), "oops\n");
     assert_eq!(ex.exit_code, 3);
@@ -990,7 +992,6 @@ fn cri_host_network_sandbox_ns() {
         mut cri,
         image,
     } = Node::start(2);
-    let netns_before = cri_netns();
     let host_net = Some(cri::NamespaceOption {
         network: cri::NamespaceMode::Node as i32,
         ..Default::default()
@@ -1004,7 +1005,22 @@ fn cri_host_network_sandbox_ns() {
         ..Default::default()
     });
     let sb = run_sandbox(&mut cri, &config);
-    assert_eq!(cri_netns(), netns_before, "CRI made a namespace");
+    let status = call!(
+        cri,
+        rs.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sb.clone(),
+            verbose: true,
+        })
+    );
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let nss = &info["runtimeSpec"]["linux"]["namespaces"];
+    assert!(
+        !nss.as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network"),
+        "{nss}"
+    );
     let pods = c.pods();
     assert_eq!(pods.len(), 1, "{pods:?}");
     assert!(!pods[0].join("net-plan.json").exists());
@@ -1044,7 +1060,7 @@ fn cri_host_network_sandbox_ns() {
     assert!(
         dev.lines()
             .any(|l| l.trim_start().starts_with(&format!("{host}:"))),
-        "{host} not in the container's /proc/net/dev:\n{dev}"
+        "{host} not in the container's /proc/net/dev:\n{dev}\n{ex:?}"
     );
     remove_sandbox_and_check_clean(&c, &mut cri, &sb, "/nonexistent/netns");
 
