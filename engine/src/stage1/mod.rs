@@ -281,7 +281,10 @@ pub(crate) fn stop_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-/// The app `name` of a host-process pod (ns, fly) and the host pid its stage1 recorded for it.
+/// The app `name` of a host-process pod (ns, fly) and the host pid its stage1 recorded for it,
+/// once that process runs the app's own program. The pid is recorded before the app's mounts,
+/// root and privileges are set up; entering it then would land in the stage1's view (its root,
+/// mounts and /proc), not the app's, so wait until it has exec'd (bounded).
 pub(crate) fn started_app<'a>(
     pod_dir: &Path,
     spec: &'a PodSpec,
@@ -299,7 +302,30 @@ pub(crate) fn started_app<'a>(
         .trim()
         .parse()
         .with_context(|| format!("bad pid in {}", pid_file.display()))?;
+    wait_for_exec(pid, Duration::from_secs(30))
+        .with_context(|| format!("app {name:?} has not started"))?;
     Ok((a, pid))
+}
+
+/// Waits until process `pid` no longer runs this very binary (the stage1 that forked it, which
+/// is `rkt` itself): it has exec'd the app's program. Compared by device and inode, so it holds
+/// across mount namespaces and for deleted files.
+fn wait_for_exec(pid: i32, timeout: Duration) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self/exe").context("/proc/self/exe")?;
+    let me = (me.dev(), me.ino());
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let exe = std::fs::metadata(format!("/proc/{pid}/exe"))
+            .with_context(|| format!("process {pid} is gone"))?;
+        if (exe.dev(), exe.ino()) != me {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("process {pid} is still setting the app up after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Forks `entered` (built by `rkt_stage2::app::entered_app`) into the app's namespaces this
@@ -346,6 +372,33 @@ pub(crate) fn run_entered(entered: &rkt_stage2::AppSpec, rules: &PodSpec) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entering_waits_until_the_app_runs_its_own_program() {
+        let prog = std::ffi::CString::new("/bin/sleep").unwrap();
+        let args = [prog.clone(), std::ffi::CString::new("5").unwrap()];
+        // SAFETY: the child only sleeps and execs (async-signal-safe).
+        let child = match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = nix::unistd::execv(&prog, &args);
+                // SAFETY: leaving the forked child.
+                unsafe { libc::_exit(127) }
+            }
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        let t = Instant::now();
+        // Still this binary for a while: a short wait times out.
+        assert!(wait_for_exec(child.as_raw(), Duration::from_millis(50)).is_err());
+        wait_for_exec(child.as_raw(), Duration::from_secs(10)).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(250));
+        let exe = std::fs::read_link(format!("/proc/{}/exe", child.as_raw())).unwrap();
+        assert!(exe.ends_with("sleep"), "{exe:?}");
+        nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::wait::waitpid(child, None).unwrap();
+        // A process that is gone is an error, not a wait.
+        assert!(wait_for_exec(child.as_raw(), Duration::from_secs(10)).is_err());
+    }
 
     #[test]
     fn flavour_names() {
