@@ -8,7 +8,7 @@ pkgs=(
   busybox-static                                       # test images
   gnupg openssl                                        # test image signatures, test registry TLS cert
   containernetworking-plugins iproute2                 # CNI networking
-  runc podman iperf3 hyperfine                         # benchmark peers and timing
+  runc podman iperf3 hyperfine time                    # benchmark peers and timing
   iptables                                             # CNI portmap/masquerade rules (tests read iptables-save)
   containerd                                           # the shim's tests and benchmark (docs/containerd.md)
   linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio  # guest kernel build
