@@ -1,7 +1,8 @@
 //! GetLogs from the logs the pod keeps (`rkt_engine::pod::logs`: `<pod>/logs/<app>.log`, CRI
 //! format). Each line sent is one record as the file has it (`TIME STREAM F|P TEXT`, text made
 //! valid UTF-8); without `app_name` every app's records are merged by time and, when the pod has
-//! several apps, each starts with `APP: ` as `rkt logs` prints them.
+//! several apps (or is a sandbox, whose apps come and go), each starts with `APP: ` as `rkt logs`
+//! prints them; following a sandbox's every app takes in the apps added meanwhile.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub struct Source {
     pod_dir: PathBuf,
     apps: Vec<String>,
     prefix: bool,
+    /// Every app of a sandbox: apps added while following are followed too.
+    grows: bool,
 }
 
 impl Source {
@@ -54,11 +57,13 @@ impl Source {
         } else {
             return Err(Status::not_found(format!("pod {uuid} has no app {app:?}")));
         };
+        let mutable = rkt_engine::pod::app::is_mutable(&pod.path);
         Ok(Source {
             pods_root: pods.root,
             uuid: pod.uuid,
+            prefix: app.is_empty() && (apps.len() > 1 || mutable),
+            grows: app.is_empty() && mutable,
             pod_dir: pod.path,
-            prefix: app.is_empty() && apps.len() > 1,
             apps,
         })
     }
@@ -76,7 +81,7 @@ impl Source {
     /// Sends the records `r` asks for; with `follow`, keeps sending new ones until the pod stops
     /// running, `until_time` passes or the caller goes away.
     pub fn stream(
-        &self,
+        &mut self,
         r: &api::GetLogsRequest,
         tx: &Sender<Result<api::GetLogsResponse, Status>>,
     ) {
@@ -103,6 +108,9 @@ impl Source {
         }
         loop {
             let done = !self.running();
+            if self.grows {
+                self.add_new_apps(&mut followers);
+            }
             let next = match poll_all(&mut followers) {
                 Ok(v) => v,
                 Err(e) => {
@@ -118,6 +126,25 @@ impl Source {
                 return;
             }
             std::thread::sleep(FOLLOW_POLL);
+        }
+    }
+
+    /// Apps `rkt app add` added since: followed from their start.
+    fn add_new_apps(&mut self, followers: &mut Vec<Follower>) {
+        let Ok(pod) = Pod::load(
+            &Pods {
+                root: self.pods_root.clone(),
+            },
+            &self.uuid,
+        ) else {
+            return;
+        };
+        let names = pod.and_then(|p| p.manifest().ok()).map(|m| m.apps);
+        for ra in names.unwrap_or_default() {
+            if !self.apps.contains(&ra.name) {
+                followers.push(Follower::new(&self.pod_dir, &ra.name));
+                self.apps.push(ra.name);
+            }
         }
     }
 

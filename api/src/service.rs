@@ -267,7 +267,7 @@ impl PublicApi for Service {
         let dir = self.dir();
         let (id, app) = (r.pod_id.clone(), r.app_name.clone());
         // The pod and app are checked before the stream opens: a wrong one is the RPC's status.
-        let src = blocking(move || logs::Source::open(&dir, &id, &app)).await?;
+        let mut src = blocking(move || logs::Source::open(&dir, &id, &app)).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let _slot = slot;

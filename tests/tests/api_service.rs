@@ -616,6 +616,31 @@ fn get_logs_serves_an_added_apps_output() {
     }
     let uuid = std::fs::read_to_string(&uuid_file).unwrap();
     env.rkt(&["status", "--wait-ready=60s", &uuid]).assert_ok();
+    let (_service, addr) = start_service(&env);
+    // Following every app of the still empty sandbox: the app added later is taken in.
+    let follower = {
+        let (addr, uuid) = (addr.clone(), uuid.clone());
+        std::thread::spawn(move || {
+            rt().block_on(async {
+                let mut s = client(&addr)
+                    .await
+                    .get_logs(api::GetLogsRequest {
+                        pod_id: uuid,
+                        follow: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let mut lines = Vec::new();
+                while let Some(r) = s.message().await.unwrap() {
+                    lines.extend(r.lines);
+                }
+                lines
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
     env.rkt(&[
         "app",
         "add",
@@ -629,7 +654,6 @@ fn get_logs_serves_an_added_apps_output() {
     ])
     .assert_ok();
     env.rkt(&["app", "start", &uuid, "--app=added"]).assert_ok();
-    let (_service, addr) = start_service(&env);
     let lines = |c: PublicApiClient<Channel>| {
         let uuid = uuid.clone();
         async move {
@@ -668,6 +692,13 @@ fn get_logs_serves_an_added_apps_output() {
     });
     env.rkt(&["stop", &uuid]).assert_ok();
     sandbox.wait_timeout(60).assert_ok();
+    let followed = follower.join().unwrap();
+    assert!(
+        followed
+            .iter()
+            .any(|l| l.starts_with("added: ") && l.ends_with(" stdout F added says hi")),
+        "{followed:?}"
+    );
     rt().block_on(async {
         let l = lines(client(&addr).await).await;
         assert!(

@@ -68,6 +68,7 @@ fn app_status(env: &RktEnv, uuid: &str, app: &str) -> Value {
     serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}\n{out}"))
 }
 
+/// Bounded generously: a kvm guest under a loaded host forks and execs slowly.
 fn wait_state(env: &RktEnv, uuid: &str, app: &str, state: &str) -> Value {
     let start = Instant::now();
     loop {
@@ -76,7 +77,7 @@ fn wait_state(env: &RktEnv, uuid: &str, app: &str, state: &str) -> Value {
             return v;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < Duration::from_secs(120),
             "app {app} never {state}: {v}"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -105,7 +106,7 @@ fn wait_logs(env: &RktEnv, uuid: &str, app: &str, want: &str) -> RktOutput {
             return out;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < Duration::from_secs(120),
             "no {want:?} in the logs of {app}:\n{out}"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -131,6 +132,8 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
             "--user-label=tier=web",
         ],
     );
+    // Following every app of the empty pod: the apps added later are taken in.
+    let mut follow = env.spawn(&["logs", "--follow", &uuid]);
     // An empty pod: running, no apps.
     let list = env.rkt(&["app", "list", &uuid]);
     list.assert_ok();
@@ -151,7 +154,7 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
         "--exec=/bin/sh",
         "--",
         "-c",
-        "echo web says $GREETING; exec sleep 300",
+        "echo web says $GREETING; exec sleep 3600",
     ])
     .assert_ok();
     env.rkt(&[
@@ -163,7 +166,8 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
         "--exec=/bin/sh",
         "--",
         "-c",
-        "echo job line 1; echo job err >&2; echo job line 2; exit 3",
+        // The pause orders the last line after the stderr one (streams are read apart).
+        "echo job line 1; echo job err >&2; sleep 0.3; echo job line 2; exit 3",
     ])
     .assert_ok();
     let created = app_status(&env, &uuid, "web");
@@ -277,9 +281,21 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
     let logs = env.rkt(&["logs", &uuid, "--app=job"]);
     logs.assert_ok();
     assert_eq!(logs.stdout, "job line 1\njob line 2\n", "{logs}");
+    // A sandbox's lines are prefixed with their app (its apps come and go).
     let all = env.rkt(&["logs", &uuid]);
     all.assert_ok();
-    assert_eq!(all.stdout, "job line 1\njob line 2\n", "{all}");
+    assert_eq!(all.stdout, "job: job line 1\njob: job line 2\n", "{all}");
+    // The follower started before any app saw both, and ended with the pod.
+    let followed = follow.wait_timeout(60);
+    followed.assert_ok();
+    for want in [
+        "web: web says hi\n",
+        "job: job line 1\n",
+        "job: job line 2\n",
+    ] {
+        assert!(followed.stdout.contains(want), "{want:?}:\n{followed}");
+    }
+    assert!(followed.stderr.contains("job: job err\n"), "{followed}");
     env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
     assert!(
         mounts_under(&env.dir).is_empty(),

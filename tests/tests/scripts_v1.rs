@@ -461,6 +461,8 @@ fn systemd_notify_waits_for_an_app_that_speaks_it(flavor: Flavor) {
         "{seen:?}"
     );
     assert!(!seen.iter().any(|m| m.contains("MAINPID")), "{seen:?}");
+    // The app exits on its own a second later: STOPPING=1 as the pod is torn down.
+    sd.wait_for("STOPPING=1", 60);
     let out = child.wait_timeout(60);
     out.assert_ok();
     assert_eq!(out.expect_value("SD_NOTIFY"), "sent", "{out}");

@@ -1,6 +1,8 @@
 //! `rkt logs UUID [--app=NAME] [--follow] [--tail=N] [--timestamps]`: what a pod's apps wrote on
 //! stdout and stderr, from the logs kept in the pod directory (`rkt_engine::pod::logs`). Stdout
-//! lines go to stdout, stderr lines to stderr; with several apps each line starts with `APP: `.
+//! lines go to stdout, stderr lines to stderr; with several apps (or a sandbox's, whose apps
+//! come and go) each line starts with `APP: `. Following a sandbox's every app takes in the apps
+//! added meanwhile.
 
 use std::time::Duration;
 
@@ -49,13 +51,14 @@ pub fn run(g: &Globals, a: LogsArgs) -> Result<i32> {
         );
     }
     let names: Vec<String> = pod.manifest()?.apps.into_iter().map(|ra| ra.name).collect();
-    let apps: Vec<String> = match &a.app {
+    let mutable = rkt_engine::pod::app::is_mutable(&pod.path);
+    let mut apps: Vec<String> = match &a.app {
         Some(n) if names.contains(n) => vec![n.clone()],
         Some(n) => bail!("pod {} has no app named {n:?}", pod.uuid),
         None => names,
     };
     let mut out = Printer {
-        prefix: apps.len() > 1,
+        prefix: a.app.is_none() && (apps.len() > 1 || mutable),
         timestamps: a.timestamps,
         at_line_start: vec![[true; 2]; apps.len()],
     };
@@ -70,6 +73,17 @@ pub fn run(g: &Globals, a: LogsArgs) -> Result<i32> {
     }
     loop {
         let done = !running(&pods, &pod);
+        if a.app.is_none() && mutable {
+            // `rkt app add` may have added apps since: follow them too, from their start.
+            let now = pod.manifest().map(|m| m.apps).unwrap_or_default();
+            for ra in now {
+                if !apps.contains(&ra.name) {
+                    followers.push(Follower::new(&pod.path, &ra.name));
+                    out.at_line_start.push([true; 2]);
+                    apps.push(ra.name);
+                }
+            }
+        }
         let next = poll_all(&mut followers)?;
         for (i, e) in &next {
             out.print(&apps[*i], *i, e);

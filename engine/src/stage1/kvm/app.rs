@@ -19,8 +19,9 @@ use rkt_stage2::control::valid_app_name;
 pub const APP_SOCKET: &str = "kvm-app.sock";
 /// Largest request or reply line.
 const MAX_LINE: u64 = 4096;
-/// How long `rkt app start` waits for the guest to report the app.
-const START_WAIT: Duration = Duration::from_secs(120);
+/// How long `rkt app start` waits for the guest to report the app: a fork and exec in a guest
+/// whose code is emulated (nested PVM) on a loaded host took 80 s here.
+const START_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]

@@ -152,6 +152,9 @@ pub fn serve_control_with<S: Read + Write>(
             }
             Msg::PodDone { code } => {
                 o.code = Some(code);
+                // The apps are down and the pod is torn down from here (as ns says it once its
+                // supervisor exited): systemd's STOPPING=1, once, if no stop request sent it.
+                crate::stage1::notify::stopping();
                 break;
             }
             Msg::Error { message } => {
