@@ -24,15 +24,16 @@ export RKT_TEMPLATE_CACHE=${RKT_TEMPLATE_CACHE:-$W/templates}
 timed() {
     local start first end
     start=$(date +%s.%N)
-    first=$(/usr/bin/time -f "%U %S" -o "$W/cpu" "$@" 2>"$W/err" |
-        { IFS= read -r _ && date +%s.%N; cat >/dev/null; })
+    first=$(/usr/bin/time -f "%U %S" -o "$W/cpu" "$@" "${cmd[@]}" 2>"$W/err" |
+        { IFS= read -r _ && date +%s.%N; cat >/dev/null; }) || true
     end=$(date +%s.%N)
     [ -n "$first" ] || { cat "$W/err" >&2; exit 1; }
     echo "$(echo "$first - $start" | bc) $(echo "$end - $start" | bc) $(awk '{print $1 + $2}' "$W/cpu")"
 }
-run() { # run VMLINUX
-    RKT_STAGE1_KVM_KERNEL=$1 "$RKT" --dir="$W/data" run --insecure-options=image --stage1=kvm \
-        --net=none "$IMG" --exec=/bin/echo -- hello
+cmd=("$RKT" --dir="$W/data" run --insecure-options=image --stage1=kvm --net=none "$IMG"
+    --exec=/bin/echo -- hello)
+run() { # run VMLINUX (a plain command line, which time(1) can start)
+    timed env RKT_STAGE1_KVM_KERNEL="$1"
 }
 boot() { ls -td "$W"/data/pods/*/* | head -1 | xargs -I{} cat {}/stage1/kvm-boot 2>/dev/null || true; }
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
@@ -41,12 +42,12 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg
 echo "# A=$A"
 echo "# B=$B"
 # One cold boot per kernel makes its template.
-for k in "$A" "$B"; do timed run "$k" >/dev/null; done
+for k in "$A" "$B"; do run "$k" >/dev/null; done
 : >"$W/rows"
 for i in $(seq "$ROUNDS"); do
-    read -r af at ac < <(timed run "$A")
+    read -r af at ac < <(run "$A")
     ab=$(boot)
-    read -r bf bt bc < <(timed run "$B")
+    read -r bf bt bc < <(run "$B")
     bb=$(boot)
     echo "$af $bf $at $bt $ac $bc" >>"$W/rows"
     printf 'round %d: first output A %.3f s, B %.3f s; exit A %.3f s, B %.3f s; CPU A %.2f s, B %.2f s (%s / %s)\n' \
