@@ -87,6 +87,7 @@ impl AppPipes {
         let fds = self.read.into_inner();
         let (stop_r, stop_w) = pipe()?;
         let logs = PodLogs::open(pod_dir, apps);
+        let adds = adds.map(Adds::start).transpose()?;
         let pod_dir = pod_dir.to_path_buf();
         let handle = std::thread::Builder::new()
             .name("app-output".into())
@@ -129,7 +130,7 @@ fn relay_loop(
     fds: Vec<(OwnedFd, OwnedFd)>,
     mut logs: PodLogs,
     stop: OwnedFd,
-    mut adds: Option<UnixListener>,
+    mut adds: Option<Adds>,
     pod_dir: &Path,
 ) {
     let mut open: Vec<(usize, Stream, OwnedFd)> = Vec::new();
@@ -150,8 +151,8 @@ fn relay_loop(
             .collect();
         if !draining {
             pfds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
-            if let Some(l) = &adds {
-                pfds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            if let Some(a) = &adds {
+                pfds.push(PollFd::new(a.wake.as_fd(), PollFlags::POLLIN));
             }
         }
         let timeout = if draining {
@@ -171,14 +172,18 @@ fn relay_loop(
             .collect();
         drop(pfds);
         if !draining && adds.is_some() && ready[open.len() + 1] {
-            if let Some(l) = &adds {
-                accept_apps(l, pod_dir, &mut logs, &mut open);
+            if let Some(a) = &adds {
+                for (app, out, err) in a.take() {
+                    let i = logs.add(pod_dir, &app);
+                    open.push((i, Stream::Stdout, out));
+                    open.push((i, Stream::Stderr, err));
+                }
             }
             continue;
         }
         if !draining && ready[open.len()] {
             draining = true;
-            // No app is added to a pod that is stopping.
+            // No app is added to a pod that is stopping (the acceptor then refuses them).
             adds = None;
             drain_deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(2));
         }
@@ -245,21 +250,51 @@ fn bind_output_socket(pod_dir: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-/// Takes every pending hand-over on `l`: the app's name and the read ends of its stdout and
-/// stderr pipes. A bad one is answered with its error and dropped; it never stops the relay.
-fn accept_apps(
-    l: &UnixListener,
-    pod_dir: &Path,
-    logs: &mut PodLogs,
-    open: &mut Vec<(usize, Stream, OwnedFd)>,
-) {
-    while let Ok((s, _)) = l.accept() {
-        let r = take_app(&s);
-        let reply = match r {
-            Ok((app, out, err)) => {
-                let i = logs.add(pod_dir, &app);
-                open.push((i, Stream::Stdout, out));
-                open.push((i, Stream::Stderr, err));
+/// An app handed over: its name and the read ends of its stdout and stderr pipes.
+type Added = (String, OwnedFd, OwnedFd);
+
+/// The apps handed over on [`OUTPUT_SOCKET`], taken by a thread of their own: neither a client
+/// that says nothing nor a relay held up by a reader that stopped reading `rkt run`'s stdout
+/// holds up the other (`rkt app start` is answered at once; the app's output waits in its pipes
+/// as a boot-time app's does).
+struct Adds {
+    rx: std::sync::mpsc::Receiver<Added>,
+    /// Readable when `rx` has apps.
+    wake: OwnedFd,
+}
+
+impl Adds {
+    fn start(l: UnixListener) -> Result<Adds> {
+        let (wake, wake_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .context("pipe")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        l.set_nonblocking(false)?;
+        std::thread::Builder::new()
+            .name("app-output-adds".into())
+            .spawn(move || serve_adds(l, tx, wake_w))
+            .context("starting the output socket")?;
+        Ok(Adds { rx, wake })
+    }
+
+    /// The apps handed over since the last call.
+    fn take(&self) -> Vec<Added> {
+        let mut b = [0u8; 64];
+        while matches!(nix::unistd::read(self.wake.as_raw_fd(), &mut b), Ok(1..)) {}
+        self.rx.try_iter().collect()
+    }
+}
+
+/// Answers every hand-over on `l`; a bad one gets its error and is dropped.
+fn serve_adds(l: UnixListener, tx: std::sync::mpsc::Sender<Added>, wake: OwnedFd) {
+    for s in l.incoming() {
+        let Ok(s) = s else { continue };
+        let reply = match take_app(&s).and_then(|a| {
+            tx.send(a)
+                .map_err(|_| anyhow::anyhow!("the pod is stopping"))
+        }) {
+            Ok(()) => {
+                let _ = nix::unistd::write(&wake, b"a");
                 Handover::default()
             }
             Err(e) => Handover {
@@ -276,7 +311,7 @@ fn accept_apps(
 fn take_app(s: &UnixStream) -> Result<(String, OwnedFd, OwnedFd)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     s.set_nonblocking(false)?;
-    // A client that connects and says nothing holds the relay (the apps' output) this long.
+    // A client that connects and says nothing holds the next hand-over this long.
     s.set_read_timeout(Some(Duration::from_secs(1)))?;
     s.set_write_timeout(Some(Duration::from_secs(1)))?;
     let mut buf = vec![0u8; MAX_LINE];
@@ -465,16 +500,15 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    /// Serves `l` on a thread until `n` apps were taken; returns their (app index, stream, fd).
-    fn take(l: UnixListener, dir: &Path, n: usize) -> Vec<(usize, Stream, OwnedFd)> {
-        let mut logs = PodLogs::open(dir, &[]);
-        let mut open = Vec::new();
+    /// What `adds` took within a few seconds, until `n` apps.
+    fn take(adds: &Adds, n: usize) -> Vec<Added> {
+        let mut got = Vec::new();
         let start = std::time::Instant::now();
-        while open.len() < 2 * n && start.elapsed() < Duration::from_secs(10) {
-            accept_apps(&l, dir, &mut logs, &mut open);
+        while got.len() < n && start.elapsed() < Duration::from_secs(5) {
+            got.extend(adds.take());
             std::thread::sleep(Duration::from_millis(5));
         }
-        open
+        got
     }
 
     /// A raw request with `fds`; returns the reply line.
@@ -507,25 +541,21 @@ mod tests {
             0o600
         );
         let dir = d.path().to_path_buf();
-        let t = std::thread::spawn(move || {
-            let open = take(l, &dir, 1);
-            (open, dir)
-        });
+        let adds = Adds::start(l).unwrap();
+        // Answered at once, whether or not the relay looks.
         let [o, e] = hand_over(d.path(), "web").unwrap().unwrap();
-        let (open, dir) = t.join().unwrap();
-        assert_eq!(open.len(), 2);
+        let got = take(&adds, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "web");
         nix::unistd::write(&o, b"out\n").unwrap();
         nix::unistd::write(&e, b"err\n").unwrap();
         let mut b = [0u8; 8];
-        let n = nix::unistd::read(open[0].2.as_raw_fd(), &mut b).unwrap();
+        let n = nix::unistd::read(got[0].1.as_raw_fd(), &mut b).unwrap();
         assert_eq!(&b[..n], b"out\n");
-        let n = nix::unistd::read(open[1].2.as_raw_fd(), &mut b).unwrap();
+        let n = nix::unistd::read(got[0].2.as_raw_fd(), &mut b).unwrap();
         assert_eq!(&b[..n], b"err\n");
 
         // Hostile requests: bad names, no or wrong descriptors, garbage.
-        let l = bind_output_socket(&dir).unwrap();
-        let dir2 = dir.clone();
-        let t = std::thread::spawn(move || take(l, &dir2, 1).len());
         let (pr, pw) = pipe().unwrap();
         let (pr2, _pw2) = pipe().unwrap();
         let pipes = [pr.as_raw_fd(), pr2.as_raw_fd()];
@@ -572,9 +602,14 @@ mod tests {
                 assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
             }
         }
-        // Only a good request was ever taken: none here.
-        let (_pr3, _pw3) = pipe().unwrap();
+        // None of them was taken; a good one still is.
         let [_o, _e] = hand_over(&dir, "late").unwrap().unwrap();
-        assert_eq!(t.join().unwrap(), 2);
+        let got = take(&adds, 2);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "late");
+        // A stopping pod's relay has gone: the hand-over is refused, not silently lost.
+        drop(adds);
+        let e = hand_over(&dir, "later").unwrap_err();
+        assert!(format!("{e:#}").contains("the pod is stopping"), "{e:#}");
     }
 }
