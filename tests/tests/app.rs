@@ -143,6 +143,14 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
     manifest.assert_stdout_contains("coreos.com/rkt/user-label/tier");
 
     let img = busybox();
+    // A host directory as the web app's own volume (rktlet's Kubernetes volumes).
+    let host = env.scratch.join("web-data");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("in"), "from-host").unwrap();
+    let mnt = format!(
+        "--mnt-volume=name=web-data,kind=host,source={},target=/data",
+        host.display()
+    );
     env.rkt(&[
         "app",
         "add",
@@ -151,10 +159,11 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
         "--name=web",
         "--user-label=role=frontend",
         "--environment=GREETING=hi",
+        &mnt,
         "--exec=/bin/sh",
         "--",
         "-c",
-        "echo web says $GREETING; exec sleep 3600",
+        "echo web says $GREETING $(cat /data/in); echo w >/data/out; exec sleep 3600",
     ])
     .assert_ok();
     env.rkt(&[
@@ -178,7 +187,18 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
 
     env.rkt(&["app", "start", &uuid, "--app=web"]).assert_ok();
     env.rkt(&["app", "start", &uuid, "--app=job"]).assert_ok();
-    assert!(child.wait_for_stdout("web says hi", 30), "no output");
+    assert!(
+        child.wait_for_stdout("web says hi from-host", 120),
+        "no output"
+    );
+    let start = Instant::now();
+    while std::fs::read_to_string(host.join("out")).ok().as_deref() != Some("w\n") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "web wrote no /data/out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let web = wait_state(&env, &uuid, "web", "running");
     assert!(web["started_at"].as_i64().unwrap() >= web["created_at"].as_i64().unwrap());
     let job = wait_state(&env, &uuid, "job", "exited");
@@ -289,7 +309,7 @@ fn rktlet_sequence_on_a_sandbox(flavor: Flavor) {
     let followed = follow.wait_timeout(60);
     followed.assert_ok();
     for want in [
-        "web: web says hi\n",
+        "web: web says hi from-host\n",
         "job: job line 1\n",
         "job: job line 2\n",
     ] {
@@ -463,6 +483,91 @@ fn hostile_app_requests_are_refused_with_one_line() {
         &env.rkt(&["app", "add", &uuid, &img, "--name=late"]),
         "is not running",
     );
+    env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
+    assert!(mounts_under(&env.dir).is_empty());
+}
+
+/// `rkt app add --mnt-volume` (rkt v1; rktlet's Kubernetes volumes): a host directory read-write
+/// and read-only, and an empty volume, in an added app; a name the pod already has, or a value
+/// without a target, is one line and leaves no app behind.
+#[test]
+fn added_apps_get_their_mnt_volumes() {
+    let env = Flavor::Ns.env();
+    let (mut child, uuid) = sandbox(&env, &[]);
+    let img = busybox();
+    let host = env.scratch.join("host-vol");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("in"), "from the host").unwrap();
+    let vol = |name: &str, extra: &str, target: &str| {
+        format!(
+            "--mnt-volume=name={name},kind=host,source={}{extra},target={target}",
+            host.display()
+        )
+    };
+    let (rw, ro) = (vol("hv", "", "/data"), vol("ro", ",readOnly=true", "/ro"));
+    env.rkt(&[
+        "app",
+        "add",
+        &uuid,
+        &img,
+        "--name=writer",
+        &rw,
+        &ro,
+        "--mnt-volume=name=scratch,kind=empty,target=/scratch",
+        "--exec=/bin/sh",
+        "--",
+        "-c",
+        "cat /data/in && echo out >/data/out && echo s >/scratch/s && cat /scratch/s \
+         && if echo x >/ro/x; then echo RO-WRITABLE; fi",
+    ])
+    .assert_ok();
+    env.rkt(&["app", "start", &uuid, "--app=writer"])
+        .assert_ok();
+    let st = wait_state(&env, &uuid, "writer", "exited");
+    assert_eq!(st["exit_code"], 0, "{st}");
+    assert_eq!(std::fs::read_to_string(host.join("out")).unwrap(), "out\n");
+    assert!(!host.join("x").exists());
+    let logs = wait_logs(&env, &uuid, "writer", "from the host");
+    assert!(logs.stdout.contains('s'), "{logs}");
+    assert!(!logs.stdout.contains("RO-WRITABLE"), "{logs}");
+
+    // The pod's volume names are taken; a value without a target is no mount.
+    one_line_254(
+        &env.rkt(&[
+            "app",
+            "add",
+            &uuid,
+            &img,
+            "--name=two",
+            &vol("hv", "", "/x"),
+        ]),
+        "already has a volume named \"hv\"",
+    );
+    one_line_254(
+        &env.rkt(&[
+            "app",
+            "add",
+            &uuid,
+            &img,
+            "--name=two",
+            "--mnt-volume=name=v,kind=empty",
+        ]),
+        "invalid --mnt-volume",
+    );
+    one_line_254(
+        &env.rkt(&[
+            "app",
+            "add",
+            &uuid,
+            &img,
+            "--name=two",
+            "--mnt-volume=name=v,kind=host,source=relative,target=/x",
+        ]),
+        "",
+    );
+    assert_eq!(manifest_apps(&env, &uuid), vec!["writer"]);
+    env.rkt(&["stop", &uuid]).assert_ok();
+    child.wait_timeout(60).assert_ok();
     env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
     assert!(mounts_under(&env.dir).is_empty());
 }

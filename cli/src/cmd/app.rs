@@ -4,7 +4,7 @@
 //! commands behind `RKT_EXPERIMENT_APP=true`; here they are always there (the variable is
 //! accepted and changes nothing).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
@@ -129,6 +129,15 @@ fn print_help(
             c = c.arg(a);
         }
     }
+    if what == "add" {
+        c = c.arg(
+            clap::Arg::new("mnt-volume")
+                .long("mnt-volume")
+                .value_name("name=NAME,kind=host|empty,source=PATH,target=PATH,readOnly=BOOL")
+                .help("A volume of this app, mounted at target (repeatable)")
+                .help_heading("App flags (after their image)"),
+        );
+    }
     crate::out!("{}", c.render_help());
     Ok(0)
 }
@@ -245,7 +254,8 @@ fn add(g: &Globals, r: RawArgs) -> Result<i32> {
     let Some((uuid, rest)) = r.args.split_first().filter(|(u, _)| !u.starts_with('-')) else {
         bail!("rkt app add needs the pod UUID and an image (rkt app add UUID IMAGE [flags])");
     };
-    let p = args::parse(Mode::Run, rest)?;
+    let (mnt_volumes, rest) = take_mnt_volumes(rest)?;
+    let p = args::parse(Mode::Run, &rest)?;
     if p.apps.len() != 1 {
         bail!("rkt app add takes exactly one image");
     }
@@ -272,8 +282,30 @@ fn add(g: &Globals, r: RawArgs) -> Result<i32> {
         store: &store,
         fetch: &fetch,
     };
-    engine_app::add(&ctx, &pod, &p.apps[0])?;
+    engine_app::add(&ctx, &pod, &p.apps[0], &mnt_volumes)?;
     Ok(0)
+}
+
+/// `--mnt-volume=V` / `--mnt-volume V` (app add's own flag, rkt v1) taken out of the flags
+/// `rkt run`'s parser reads; what follows `--` belongs to the app.
+fn take_mnt_volumes(args: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+    let (mut vols, mut rest) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            rest.push(a.clone());
+            rest.extend(it.cloned());
+            break;
+        }
+        if let Some(v) = a.strip_prefix("--mnt-volume=") {
+            vols.push(v.to_string());
+        } else if a == "--mnt-volume" {
+            vols.push(it.next().context("--mnt-volume needs a value")?.clone());
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    Ok((vols, rest))
 }
 
 fn simple(

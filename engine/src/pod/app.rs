@@ -176,17 +176,35 @@ pub struct AddContext<'a> {
 }
 
 /// `rkt app add`: adds one app (its image and per-app flags as `rkt run` takes them) to a
-/// running mutable pod, in state `created`. Returns the app's name.
-pub fn add(ctx: &AddContext, pod: &Pod, flags: &AppFlags) -> Result<String> {
+/// running mutable pod, in state `created`, with the volumes of its `--mnt-volume` values
+/// (new to the pod). Returns the app's name.
+pub fn add(
+    ctx: &AddContext,
+    pod: &Pod,
+    flags: &AppFlags,
+    mnt_volumes: &[String],
+) -> Result<String> {
     let flavor = check_mutable_running(pod)?;
     if !flags.mounts.is_empty() {
-        bail!("rkt app add: --mount is not supported (the sandbox has no volumes to mount)");
+        bail!("rkt app add: --mount is not supported (the sandbox has no volumes; use --mnt-volume)");
     }
+    let mut flags = flags.clone();
+    let mut pod_flags = PodFlags::default();
+    for v in mnt_volumes {
+        let (vol, mount) = build::mnt_volume(v)?;
+        pod_flags.volumes.push(vol);
+        flags.mounts.push(mount);
+    }
+    let given: Vec<String> = pod_flags
+        .volumes
+        .iter()
+        .map(|v| build::parse_volume(v).map(|v| v.name))
+        .collect::<Result<_>>()?;
     // The image is fetched and the app's manifest entry built exactly as for `rkt run`.
     let plan = build::plan(
         ctx.store,
-        &PodFlags::default(),
-        std::slice::from_ref(flags),
+        &pod_flags,
+        std::slice::from_ref(&flags),
         ctx.fetch,
         flavor,
         None,
@@ -206,6 +224,10 @@ pub fn add(ctx: &AddContext, pod: &Pod, flags: &AppFlags) -> Result<String> {
             pod.uuid,
             ra.name
         );
+    }
+    // Another app's volume is its own: a name already in the pod is not taken over.
+    if let Some(n) = given.iter().find(|n| m.volumes.iter().any(|v| &v.name == *n)) {
+        bail!("pod {} already has a volume named {n:?}", pod.uuid);
     }
     let mut spec = PodSpec::load(&pod.path)?;
     let overlay = pod.path.join(super::OVERLAY_MARKER).exists();

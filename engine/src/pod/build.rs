@@ -438,6 +438,28 @@ fn kv_pairs(s: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `rkt app add --mnt-volume=name=NAME,kind=host|empty,source=PATH,target=PATH,readOnly=BOOL`
+/// (rkt v1): a volume and its mount in the added app, returned as the `--volume` and `--mount`
+/// values `rkt run` takes, so both go through the same checks.
+pub fn mnt_volume(s: &str) -> Result<(String, String)> {
+    let (mut name, mut target, mut rest) = (None, None, Vec::new());
+    for (k, v) in kv_pairs(s) {
+        match k.as_str() {
+            "name" if name.is_none() => name = Some(v),
+            "target" if target.is_none() => target = Some(v),
+            "name" | "target" => bail!("invalid --mnt-volume {s:?}: {k} given twice"),
+            _ => rest.push(format!("{k}={v}")),
+        }
+    }
+    let (Some(name), Some(target)) = (name, target) else {
+        bail!("invalid --mnt-volume {s:?}: expected name=NAME,kind=host|empty,...,target=PATH");
+    };
+    let vol = std::iter::once(name.clone()).chain(rest).collect::<Vec<_>>();
+    let vol = vol.join(",");
+    parse_volume(&vol).with_context(|| format!("invalid --mnt-volume {s:?}"))?;
+    Ok((vol, format!("volume={name},target={target}")))
+}
+
 /// `--volume NAME,kind=host|empty,source=PATH,readOnly=BOOL,recursive=BOOL,mode=,uid=,gid=`.
 pub fn parse_volume(s: &str) -> Result<Volume> {
     let mut it = kv_pairs(s).into_iter();
