@@ -635,22 +635,38 @@ fn memory_and_cpu_limits_are_visible_in_the_app(f: Flavor) {
 }
 
 /// The first app to fail stops the others (SIGTERM: 143) and its code is the pod's; every app's
-/// code is in `rkt status`.
+/// code is in `rkt status`. The failer waits for the good app's marker in a shared volume, so
+/// the good one has finished first however slowly a loaded host starts the apps.
 fn first_failure_stops_the_other_apps_and_is_the_pods_code(f: Flavor) {
     let env = f.env();
     let f_uuid = env.scratch.join("uuid");
     let start = Instant::now();
+    const SHARED: &str = "--mount=volume=shared,target=/shared";
     let out = run_pod(
         &env,
         f,
         &[
             "--net=none",
+            "--volume=shared,kind=empty",
             &format!("--uuid-file-save={}", f_uuid.display()),
         ],
         &[
             app("sleeper", &[], &["--sleep=600"]),
-            app("failer", &[], &["--sleep=0.5", "--exit-code=7"]),
-            app("good", &[], &["--exit-code=0"]),
+            app(
+                "failer",
+                &[SHARED],
+                // The sleep covers the good app's exit after its write.
+                &[
+                    "--wait-file=/shared/good-done",
+                    "--sleep=5",
+                    "--exit-code=7",
+                ],
+            ),
+            app(
+                "good",
+                &[SHARED],
+                &["--write-file=/shared/good-done", "--content=1"],
+            ),
         ],
     );
     out.assert_code(7);
