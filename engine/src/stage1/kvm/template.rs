@@ -543,9 +543,11 @@ pub fn run(mut vm: Vm, plan: Plan, uds: &Path) -> Result<ExitReason> {
 
 /// Gives the waiting guest init its wall clock and fresh entropy; retries (the guest may not
 /// listen yet, or a restored guest's vsock transport reset may drop the first connection)
-/// until it acknowledges, the VM ends, or 300 s passed.
+/// until it acknowledges, the VM ends, or 30 minutes passed. Generous on purpose: under PVM a
+/// cold boot is ~60-100 s of CPU, and 10 pods started at once on 2 busy cores overran 300 s
+/// (7 of 10 failed); a guest that is stuck is still ended by `rkt stop`.
 fn handover(uds: &Path, ended: &AtomicBool) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(1800);
     let mut last = String::new();
     // Each try costs the guest a (PVM-emulated) connection request: back off while it boots.
     let mut pause = Duration::from_millis(5);
