@@ -63,6 +63,14 @@ fn version_passes_nomads_fingerprint() {
         "{out}"
     );
     assert!(!at_least("1.26.9", &[1, 27, 0]) && at_least("1.30.0", &[1, 27, 0]));
+    // The compiler's version where rkt v1 had Go's, and TPM measurement as a feature.
+    let rust = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Rust Version: "))
+        .unwrap_or_else(|| panic!("no Rust Version line\n{out}"));
+    assert!(at_least(rust, &[1, 88]), "{out}");
+    out.assert_stdout_contains("Features: +TPM");
 }
 
 #[test]

@@ -18,6 +18,7 @@ pub fn run() -> anyhow::Result<i32> {
         std::env::consts::OS,
         std::env::consts::ARCH
     );
-    crate::outln!("Features: -TPM +SDJOURNAL=false +stage1-ns +stage1-kvm");
+    // TPM: every stage is measured when a TPM is there (--tpm).
+    crate::outln!("Features: +TPM +SDJOURNAL=false +stage1-ns +stage1-kvm");
     Ok(0)
 }
