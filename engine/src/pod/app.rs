@@ -186,7 +186,9 @@ pub fn add(
 ) -> Result<String> {
     let flavor = check_mutable_running(pod)?;
     if !flags.mounts.is_empty() {
-        bail!("rkt app add: --mount is not supported (the sandbox has no volumes; use --mnt-volume)");
+        bail!(
+            "rkt app add: --mount is not supported (the sandbox has no volumes; use --mnt-volume)"
+        );
     }
     let mut flags = flags.clone();
     let mut pod_flags = PodFlags::default();
@@ -226,7 +228,10 @@ pub fn add(
         );
     }
     // Another app's volume is its own: a name already in the pod is not taken over.
-    if let Some(n) = given.iter().find(|n| m.volumes.iter().any(|v| &v.name == *n)) {
+    if let Some(n) = given
+        .iter()
+        .find(|n| m.volumes.iter().any(|v| &v.name == *n))
+    {
         bail!("pod {} already has a volume named {n:?}", pod.uuid);
     }
     let mut spec = PodSpec::load(&pod.path)?;

@@ -454,7 +454,9 @@ pub fn mnt_volume(s: &str) -> Result<(String, String)> {
     let (Some(name), Some(target)) = (name, target) else {
         bail!("invalid --mnt-volume {s:?}: expected name=NAME,kind=host|empty,...,target=PATH");
     };
-    let vol = std::iter::once(name.clone()).chain(rest).collect::<Vec<_>>();
+    let vol = std::iter::once(name.clone())
+        .chain(rest)
+        .collect::<Vec<_>>();
     let vol = vol.join(",");
     parse_volume(&vol).with_context(|| format!("invalid --mnt-volume {s:?}"))?;
     Ok((vol, format!("volume={name},target={target}")))
