@@ -386,12 +386,12 @@ fn ns_dns_from_the_cni_result_unless_dns_flags() {
     let _ = std::fs::remove_dir_all(Path::new(HOST_LOCAL).join(&net));
 }
 
-/// Pods started at the same time never share an address (host-local's lock).
+/// Pods started at the same time never share an address (host-local's lock): 20 at once.
 #[test]
 fn ns_concurrent_pods_get_distinct_addresses() {
     let f = Flavor::Ns;
     let env = f.env();
-    let n = 8;
+    let n = 20;
     let outs: Vec<RktOutput> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..n)
             .map(|_| {
