@@ -192,16 +192,13 @@ pub fn add(
     }
     let mut flags = flags.clone();
     let mut pod_flags = PodFlags::default();
+    let mut given = Vec::new();
     for v in mnt_volumes {
-        let (vol, mount) = build::mnt_volume(v)?;
+        let (name, vol, mount) = build::mnt_volume(v)?;
+        given.push(name);
         pod_flags.volumes.push(vol);
         flags.mounts.push(mount);
     }
-    let given: Vec<String> = pod_flags
-        .volumes
-        .iter()
-        .map(|v| build::parse_volume(v).map(|v| v.name))
-        .collect::<Result<_>>()?;
     // The image is fetched and the app's manifest entry built exactly as for `rkt run`.
     let plan = build::plan(
         ctx.store,

@@ -439,9 +439,9 @@ fn kv_pairs(s: &str) -> Vec<(String, String)> {
 }
 
 /// `rkt app add --mnt-volume=name=NAME,kind=host|empty,source=PATH,target=PATH,readOnly=BOOL`
-/// (rkt v1): a volume and its mount in the added app, returned as the `--volume` and `--mount`
-/// values `rkt run` takes, so both go through the same checks.
-pub fn mnt_volume(s: &str) -> Result<(String, String)> {
+/// (rkt v1): a volume and its mount in the added app, returned as its name and the `--volume`
+/// and `--mount` values `rkt run` takes, so both go through the same checks.
+pub fn mnt_volume(s: &str) -> Result<(String, String, String)> {
     let (mut name, mut target, mut rest) = (None, None, Vec::new());
     for (k, v) in kv_pairs(s) {
         match k.as_str() {
@@ -456,10 +456,11 @@ pub fn mnt_volume(s: &str) -> Result<(String, String)> {
     };
     let vol = std::iter::once(name.clone())
         .chain(rest)
-        .collect::<Vec<_>>();
-    let vol = vol.join(",");
+        .collect::<Vec<_>>()
+        .join(",");
     parse_volume(&vol).with_context(|| format!("invalid --mnt-volume {s:?}"))?;
-    Ok((vol, format!("volume={name},target={target}")))
+    let mount = format!("volume={name},target={target}");
+    Ok((name, vol, mount))
 }
 
 /// `--volume NAME,kind=host|empty,source=PATH,readOnly=BOOL,recursive=BOOL,mode=,uid=,gid=`.
