@@ -288,14 +288,33 @@ mod tests {
         (host, t)
     }
 
+    /// Serves a guest sending `msgs` to a host that started the added app "web" on channel 0;
+    /// its stdout goes to `out`.
+    fn serve_web(pod_dir: &Path, msgs: Vec<Msg>, out: &mut Vec<u8>) -> (Outcome, Dynamic) {
+        let dynamic = Dynamic::new(0);
+        dynamic.lock().apps.insert(0, ("web".into(), false));
+        let (mut host, t) = guest(msgs);
+        let o = serve_control_with(
+            &mut host,
+            pod_dir,
+            &empty_pod(),
+            out,
+            &mut Vec::new(),
+            &mut || {},
+            &dynamic,
+        );
+        drop(host);
+        t.join().unwrap();
+        (o, dynamic)
+    }
+
     /// An added app's output and exit code are taken while the host knows its channel; the pod
     /// is ready as soon as the guest connects, since it has no app of its own.
     #[test]
     fn added_apps_output_and_exit_codes_reach_the_host() {
         let d = tempfile::tempdir().unwrap();
-        let dynamic = Dynamic::new(0);
-        dynamic.lock().apps.insert(0, ("web".into(), false));
-        let (mut host, t) = guest(vec![
+        let mut out = Vec::new();
+        let msgs = vec![
             Msg::AppStarted { app: 0, pid: 9 },
             Msg::Data {
                 chan: 0,
@@ -308,18 +327,8 @@ mod tests {
             },
             Msg::AppExited { app: 0, code: 143 },
             Msg::PodDone { code: 0 },
-        ]);
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let o = serve_control_with(
-            &mut host,
-            d.path(),
-            &empty_pod(),
-            &mut out,
-            &mut err,
-            &mut || {},
-            &dynamic,
-        );
-        t.join().unwrap();
+        ];
+        let (o, dynamic) = serve_web(d.path(), msgs, &mut out);
         assert_eq!((o.code, o.error), (Some(0), None));
         assert_eq!(out, b"hi\n");
         assert!(d.path().join(READY_FILE).exists());
@@ -340,9 +349,7 @@ mod tests {
     #[test]
     fn notify_messages_of_unknown_channels_are_refused() {
         let d = tempfile::tempdir().unwrap();
-        let dynamic = Dynamic::new(0);
-        dynamic.lock().apps.insert(0, ("web".into(), false));
-        let (mut host, t) = guest(vec![
+        let msgs = vec![
             Msg::Notify {
                 chan: 0,
                 message: "READY=1".into(),
@@ -351,18 +358,8 @@ mod tests {
                 chan: 9,
                 message: "READY=1".into(),
             },
-        ]);
-        let o = serve_control_with(
-            &mut host,
-            d.path(),
-            &empty_pod(),
-            &mut Vec::new(),
-            &mut Vec::new(),
-            &mut || {},
-            &dynamic,
-        );
-        drop(host);
-        t.join().unwrap();
+        ];
+        let (o, _) = serve_web(d.path(), msgs, &mut Vec::new());
         assert!(
             o.error
                 .as_deref()
@@ -388,20 +385,7 @@ mod tests {
             }],
         ] {
             let d = tempfile::tempdir().unwrap();
-            let dynamic = Dynamic::new(0);
-            dynamic.lock().apps.insert(0, ("web".into(), false));
-            let (mut host, t) = guest(msgs);
-            let o = serve_control_with(
-                &mut host,
-                d.path(),
-                &empty_pod(),
-                &mut Vec::new(),
-                &mut Vec::new(),
-                &mut || {},
-                &dynamic,
-            );
-            drop(host);
-            t.join().unwrap();
+            let (o, _) = serve_web(d.path(), msgs, &mut Vec::new());
             assert!(
                 o.error
                     .as_deref()
