@@ -29,6 +29,7 @@
 //! assert!(!id.is_empty());
 //! ```
 
+pub mod containerd;
 pub mod hostile_images;
 mod https;
 mod images;

@@ -5,20 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rkt_tests::{cleanup_tree, images, mounts_under, require_root, rkt_bin, target_dir};
+use rkt_tests::{cleanup_tree, containerd, images, mounts_under, require_root, rkt_bin};
 
 const IMAGE: &str = "docker.io/library/busybox:latest";
 const NS: &str = "io.containerd.rkt-ns.v2";
-
-fn shim_bin() -> PathBuf {
-    let p = target_dir().join("debug/containerd-shim-rkt-v2");
-    assert!(
-        p.is_file(),
-        "build the shim first: cargo build -p rkt-shim (no {})",
-        p.display()
-    );
-    p
-}
 
 struct Containerd {
     dir: tempfile::TempDir,
@@ -28,46 +18,18 @@ struct Containerd {
 impl Containerd {
     fn start() -> Containerd {
         require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("rkt-ctd-")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let dir = containerd::temp_root("rkt-ctd-");
         let d = dir.path();
-        let bin = d.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        // Both names, as the set-up installs them: the name picks the flavour.
-        for name in ["containerd-shim-rkt-v2", "containerd-shim-rkt-ns-v2"] {
-            std::os::unix::fs::symlink(shim_bin(), bin.join(name)).unwrap();
-        }
-        std::fs::create_dir_all(d.join("rkt")).unwrap();
-        std::fs::write(
-            d.join("config.toml"),
-            format!(
+        let child = containerd::spawn(
+            d,
+            &format!(
                 "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
                  [grpc]\n  address = \"{0}/containerd.sock\"\n\
                  [ttrpc]\n  address = \"{0}/containerd.sock.ttrpc\"\n",
                 d.display()
             ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
         );
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .env("RKT_SHIM_DIR", d.join("rkt"))
-            .env("RKT_SHIM_RKT", rkt_bin())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("running containerd (scripts/deps.sh installs it)");
         let c = Containerd { dir, child };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !c.ctr(&["version"]).status.success() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rkt_tests::{cleanup_tree, images, mounts_under, require_root, rkt_bin, target_dir, Registry};
+use rkt_tests::{cleanup_tree, containerd, images, mounts_under, require_root, rkt_bin, Registry};
 use sha2::Digest;
 
 #[allow(clippy::all, clippy::pedantic)]
@@ -25,16 +25,6 @@ const PAUSE: &str = "rkt.test/pause:1";
 /// host): tests run in parallel.
 fn bridge(n: u8) -> String {
     format!("rktcri{n}")
-}
-
-fn shim_bin() -> PathBuf {
-    let p = target_dir().join("debug/containerd-shim-rkt-v2");
-    assert!(
-        p.is_file(),
-        "build the shim first: cargo build -p rkt-shim (no {})",
-        p.display()
-    );
-    p
 }
 
 /// containerd with the CRI plugin: its own root, state, sockets, CNI configuration and rkt
@@ -65,17 +55,8 @@ fn cri_netns() -> Vec<PathBuf> {
 impl CriContainerd {
     fn start(registry: &str, net: u8) -> CriContainerd {
         require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("rkt-cri-")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let dir = containerd::temp_root("rkt-cri-");
         let d = dir.path();
-        let bin = d.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        for name in ["containerd-shim-rkt-v2", "containerd-shim-rkt-ns-v2"] {
-            std::os::unix::fs::symlink(shim_bin(), bin.join(name)).unwrap();
-        }
-        std::fs::create_dir_all(d.join("rkt")).unwrap();
         std::fs::create_dir_all(d.join("net.d")).unwrap();
         std::fs::write(
             d.join("net.d/10-rkt-cri.conflist"),
@@ -93,9 +74,9 @@ impl CriContainerd {
         let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
         // restrict_oom_score_adj: CRI asks -998 for the pause container, which needs
         // CAP_SYS_RESOURCE; hosts without it (this CI's container) clamp to containerd's own score.
-        std::fs::write(
-            d.join("config.toml"),
-            format!(
+        let child = containerd::spawn(
+            d,
+            &format!(
                 "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
                  [grpc]\n  address = \"{0}/containerd.sock\"\n\
                  [ttrpc]\n  address = \"{0}/containerd.sock.ttrpc\"\n\
@@ -108,25 +89,7 @@ impl CriContainerd {
                  [{cri}.registry.mirrors.\"{registry}\"]\n  endpoint = [\"http://{registry}\"]\n",
                 d.display()
             ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
         );
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .env("RKT_SHIM_DIR", d.join("rkt"))
-            .env("RKT_SHIM_RKT", rkt_bin())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("running containerd (scripts/deps.sh installs it)");
         let c = CriContainerd {
             dir,
             child,
