@@ -367,7 +367,13 @@ impl TaskService {
         let (pod_dir, app) = (pod.path.clone(), c.app.clone());
         drop(st);
         self.watch_app(id.to_string(), pod_dir, app);
-        wait_exec(pid);
+        // Start returns once the app runs its own program, as runc's does: until then it is a
+        // fork of the shim setting up its root, and an exec that comes at once (CRI's ExecSync
+        // right after StartContainer) would not find the app's root. Bounded; a process that is
+        // gone or still not there is left to the exit watcher.
+        if let Err(e) = rkt_engine::stage1::wait_for_exec(pid as i32, Duration::from_secs(10)) {
+            log::warn!("app pid {pid}: {e:#}");
+        }
         Ok(pid)
     }
 
@@ -494,29 +500,6 @@ impl TaskService {
             c.init.exit_status,
             c.init.exited_at.unwrap_or_default(),
         ))
-    }
-}
-
-/// Start returns once the app runs its own program, as runc's does: until then it is a fork of
-/// the shim setting up its root, and an exec that comes at once (CRI's ExecSync right after
-/// StartContainer) would look up its command in the host's file system. Bounded: a process that
-/// is gone or still not there after 10 s is left to the exit watcher.
-fn wait_exec(pid: u32) {
-    let own = std::fs::read_link("/proc/self/exe").ok();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut tick = Duration::from_micros(500);
-    loop {
-        match std::fs::read_link(format!("/proc/{pid}/exe")) {
-            Ok(p) if Some(&p) != own.as_ref() => return,
-            Err(_) => return,
-            Ok(_) => {}
-        }
-        if std::time::Instant::now() > deadline {
-            log::warn!("app pid {pid} has not executed its program after 10 s");
-            return;
-        }
-        std::thread::sleep(tick);
-        tick = (tick * 2).min(Duration::from_millis(10));
     }
 }
 

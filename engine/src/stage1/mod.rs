@@ -307,24 +307,26 @@ pub(crate) fn started_app<'a>(
     Ok((a, pid))
 }
 
-/// Waits until process `pid` no longer runs this very binary (the stage1 that forked it, which
-/// is `rkt` itself): it has exec'd the app's program. Compared by device and inode, so it holds
-/// across mount namespaces and for deleted files.
-fn wait_for_exec(pid: i32, timeout: Duration) -> Result<()> {
+/// Waits until process `pid` no longer runs this very binary (the stage1 or shim that forked
+/// it): it has exec'd the app's program. Compared by device and inode, so it holds across mount
+/// namespaces and for deleted files. Polls from 0.5 ms up to 10 ms: app start waits on it.
+pub fn wait_for_exec(pid: i32, timeout: Duration) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let me = std::fs::metadata("/proc/self/exe").context("/proc/self/exe")?;
     let me = (me.dev(), me.ino());
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = Instant::now() + timeout;
+    let mut tick = Duration::from_micros(500);
     loop {
         let exe = std::fs::metadata(format!("/proc/{pid}/exe"))
             .with_context(|| format!("process {pid} is gone"))?;
         if (exe.dev(), exe.ino()) != me {
             return Ok(());
         }
-        if std::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             bail!("process {pid} is still setting the app up after {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(tick);
+        tick = (tick * 2).min(Duration::from_millis(10));
     }
 }
 
