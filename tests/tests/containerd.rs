@@ -324,10 +324,20 @@ fn shim_sigkill_leaves_nothing_gc_cannot_clean_ns() {
         .expect("the shim process")
         .file_name();
     let pid: i32 = shim.to_str().unwrap().parse().unwrap();
+    let bundle = c
+        .path()
+        .join("state/io.containerd.runtime.v2.task/default/k1");
+    assert!(
+        bundle.join("rootfs").is_dir(),
+        "no bundle at {}",
+        bundle.display()
+    );
     // SAFETY: plain kill(2) of the shim this test's containerd started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    // containerd notices, runs `shim delete`, which stops and removes the pod.
-    c.wait_until("the task to go", 60, || c.task_status("k1") != "RUNNING");
+    // containerd notices, runs `shim delete` (which stops and removes the pod), then unmounts the
+    // rootfs and removes the bundle. The task shows as not running as soon as the shim is gone,
+    // so the bundle is what says containerd has finished.
+    c.wait_until("containerd to remove the bundle", 60, || !bundle.exists());
     let gc = c.rkt(&["gc", "--grace-period=0s"]);
     assert!(gc.status.success(), "{}", text(&gc));
     c.assert_clean();

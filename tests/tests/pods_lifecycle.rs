@@ -497,3 +497,28 @@ fn prepare_killed_half_way_is_an_aborted_prepare_that_gc_removes() {
     assert!(all_pods(&env).is_empty(), "{:?}", all_pods(&env));
     assert!(!Path::new(&env.dir.join("pods/garbage").join(&uuid)).exists());
 }
+
+/// Three `rkt gc` and one `rkt rm` per pod at once, as a node's timer, an operator and a shim's
+/// `delete` may do: a pod another rkt moved or removed first is not an error, every gc exits 0,
+/// and nothing is left.
+#[test]
+fn concurrent_gcs_and_rms_all_succeed() {
+    require_root();
+    let env = RktEnv::new();
+    let uuids: Vec<String> = (0..12).map(|_| prepare(&env, &[&busybox()])).collect();
+    let gcs = std::thread::scope(|s| {
+        let gcs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| env.rkt(&["gc", "--expire-prepared=0s", "--grace-period=0s"])))
+            .collect();
+        for u in &uuids {
+            s.spawn(|| env.rkt(&["rm", u]));
+        }
+        gcs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for out in &gcs {
+        out.assert_ok();
+    }
+    assert!(all_pods(&env).is_empty(), "{:?}", all_pods(&env));
+}

@@ -641,69 +641,76 @@ pub fn gc(g: &Globals, a: GcArgs) -> Result<i32> {
     let expire = parse_go_duration(&a.expire_prepared)
         .with_context(|| format!("invalid --expire-prepared {:?}", a.expire_prepared))?;
     let pods = Pods::new(&g.dir);
+    let mut failed = false;
+    // Another rkt (`rm`, a second gc, a shim's `delete`) may move or remove a pod between our
+    // listing and our step on it: a pod that is gone is not an error, anything else is reported
+    // and the sweep goes on with the other pods.
+    let mut on_pod = |p: &Pod, r: Result<()>| {
+        if let Err(e) = r {
+            if p.path.symlink_metadata().is_ok() {
+                eprintln!("rkt: {}", crate::one_line(&e));
+                failed = true;
+            }
+        }
+    };
     // Mark: exited pods and failed prepares go to the garbage directories.
     for mut p in pods.all()? {
-        match p.state {
+        let r = match p.state {
             State::Exited => {
                 eprintln!("rkt: moving pod {:?} to garbage", p.uuid);
-                p.move_to(&pods, PodDir::ExitedGarbage)?;
+                p.move_to(&pods, PodDir::ExitedGarbage)
             }
             State::AbortedPrepare => {
                 eprintln!("rkt: moving failed prepare {:?} to garbage", p.uuid);
-                p.move_to(&pods, PodDir::Garbage)?;
+                p.move_to(&pods, PodDir::Garbage)
             }
             // An embryo nobody holds: its creator died before it was even being prepared.
             State::Embryo if !Lock::is_held(&p.path).unwrap_or(true) => {
-                p.move_to(&pods, PodDir::Garbage)?;
+                p.move_to(&pods, PodDir::Garbage)
             }
-            _ => {}
-        }
+            _ => Ok(()),
+        };
+        on_pod(&p, r);
     }
     if a.mark_only {
-        return Ok(0);
+        return Ok(if failed { FAIL } else { 0 });
     }
-    let mut failed = false;
     for mut p in pods.all()? {
-        match p.state {
-            State::Prepared if crate::pod::ctime_age(&p.path).is_some_and(|age| age >= expire) => {
-                // Only if nobody is starting it right now.
-                if let Some(l) = Lock::try_exclusive(&p.path)? {
-                    drop(l);
-                    eprintln!("rkt: moving expired prepared pod {:?} to garbage", p.uuid);
-                    p.move_to(&pods, PodDir::Garbage)?;
-                    p.state = State::Garbage;
-                }
-            }
-            _ => {}
-        }
-        let sweep = match p.state {
-            State::ExitedGarbage => {
-                let old = crate::pod::ctime_age(&p.path).is_some_and(|age| age >= grace);
-                if !old {
-                    eprintln!(
-                        "rkt: pod {:?} not removed: still within grace period ({})",
-                        p.uuid,
-                        go_duration(grace)
-                    );
-                }
-                old
-            }
-            State::Garbage => true,
-            _ => false,
-        };
-        if !sweep {
-            continue;
-        }
-        let Some(lock) = Lock::try_exclusive(&p.path)? else {
-            continue;
-        };
-        crate::outln!("Garbage collecting pod {:?}", p.uuid);
-        if let Err(e) = delete(&p, lock) {
-            eprintln!("rkt: {}", crate::one_line(&e));
-            failed = true;
-        }
+        let r = sweep(&pods, &mut p, grace, expire);
+        on_pod(&p, r);
     }
     Ok(if failed { FAIL } else { 0 })
+}
+
+/// gc's second pass on one pod: expires an old prepared pod, removes garbage past its grace.
+fn sweep(pods: &Pods, p: &mut Pod, grace: Duration, expire: Duration) -> Result<()> {
+    if p.state == State::Prepared && crate::pod::ctime_age(&p.path).is_some_and(|a| a >= expire) {
+        // Only if nobody is starting it right now.
+        if let Some(l) = Lock::try_exclusive(&p.path)? {
+            drop(l);
+            eprintln!("rkt: moving expired prepared pod {:?} to garbage", p.uuid);
+            p.move_to(pods, PodDir::Garbage)?;
+            p.state = State::Garbage;
+        }
+    }
+    let old = match p.state {
+        State::ExitedGarbage => crate::pod::ctime_age(&p.path).is_some_and(|age| age >= grace),
+        State::Garbage => true,
+        _ => return Ok(()),
+    };
+    if !old {
+        eprintln!(
+            "rkt: pod {:?} not removed: still within grace period ({})",
+            p.uuid,
+            go_duration(grace)
+        );
+        return Ok(());
+    }
+    let Some(lock) = Lock::try_exclusive(&p.path)? else {
+        return Ok(());
+    };
+    crate::outln!("Garbage collecting pod {:?}", p.uuid);
+    delete(p, lock)
 }
 
 #[derive(Args, Debug)]
