@@ -283,7 +283,13 @@ pub(crate) fn supervise_pod(pod: &PodSpec, ctl: &Control) -> anyhow::Result<()> 
     };
     // A pod booted without apps is a mutable one (`rkt app sandbox`): it waits for the host's.
     let mutable = match pod.apps.is_empty() && ctl.sock.is_some() {
-        true => Some(crate::apps_dynamic::init(pod, layout.as_ref(), ctl, &pids)?),
+        true => Some(crate::apps_dynamic::init(
+            pod,
+            layout.as_ref(),
+            ctl,
+            &pids,
+            &inputs,
+        )?),
         false => None,
     };
     let code = supervisor::supervise_with(
@@ -360,7 +366,7 @@ pub(crate) fn control_reader(mut sock: File, inputs: SharedInputs, closed: mpsc:
             Ok(Some(Msg::Stop { .. })) => {
                 let _ = kill(Pid::from_raw(1), Signal::SIGTERM);
             }
-            Ok(Some(m @ (Msg::AppStart { .. } | Msg::AppStop { .. }))) => {
+            Ok(Some(m @ (Msg::AppStart { .. } | Msg::AppStop { .. } | Msg::AppSignal { .. }))) => {
                 crate::apps_dynamic::handle(m)
             }
             Ok(Some(m)) => inputs.lock().unwrap_or_else(|p| p.into_inner()).handle(&m),

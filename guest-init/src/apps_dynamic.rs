@@ -1,6 +1,8 @@
 //! Apps of a mutable pod (`rkt app sandbox --stage1=kvm`), started and stopped by the host while
 //! the VM runs. The pod boots with no app; the host sends `AppStart {chan, spec}` (the app's
-//! stage2 spec with guest paths, its root already under the virtio-fs share) and `AppStop {chan}`.
+//! stage2 spec with guest paths, its root already under the virtio-fs share), `AppStop {chan}`
+//! and `AppSignal {chan, signal}` (containerd's Kill). An app started with `stdin` reads the
+//! host's input for its channel through the same [`Inputs`] an interactive pod's app uses.
 //!
 //! The app is set up exactly as a boot-time app (`app_child`, stage2), forked from its own thread
 //! and handed to the stage2 supervisor (PID 1's main loop) over stage2's control socket, bound in
@@ -33,6 +35,7 @@ struct State {
     layout: Option<Layout>,
     ctl: Control,
     pids: Arc<Mutex<HashMap<String, i32>>>,
+    inputs: SharedInputs,
     apps: Mutex<HashMap<u32, App>>,
     used: Mutex<HashSet<u32>>,
 }
@@ -50,6 +53,7 @@ pub(crate) fn init(
     layout: Option<&Layout>,
     ctl: &Control,
     pids: &Arc<Mutex<HashMap<String, i32>>>,
+    inputs: &SharedInputs,
 ) -> anyhow::Result<control::Control> {
     std::fs::create_dir_all(CTL_DIR)?;
     std::fs::set_permissions(CTL_DIR, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
@@ -59,6 +63,7 @@ pub(crate) fn init(
         layout: layout.cloned(),
         ctl: ctl.clone(),
         pids: pids.clone(),
+        inputs: inputs.clone(),
         apps: Mutex::default(),
         used: Mutex::default(),
     });
@@ -90,7 +95,7 @@ pub(crate) fn handle(m: Msg) {
         return handle(m);
     };
     match m {
-        Msg::AppStart { chan, spec } => {
+        Msg::AppStart { chan, spec, stdin } => {
             if !lock(&st.used).insert(chan) {
                 log(&format!(
                     "AppStart for channel {chan}, already used: ignored"
@@ -99,7 +104,7 @@ pub(crate) fn handle(m: Msg) {
             }
             // Its own thread: an app's set-up must not hold up the control connection.
             std::thread::spawn(move || {
-                if let Err(e) = start(st, chan, &spec) {
+                if let Err(e) = start(st, chan, &spec, stdin) {
                     log(&format!("starting app on channel {chan}: {e:#}"));
                     st.ctl.send(&Msg::AppExited {
                         app: chan,
@@ -119,11 +124,24 @@ pub(crate) fn handle(m: Msg) {
                 None => log(&format!("AppStop for channel {chan}: no such app")),
             }
         }
+        Msg::AppSignal { chan, signal } => {
+            // Only a started app has a pid; it stays in `pids` until the supervisor reaped it, so
+            // the signal cannot reach a recycled pid.
+            let name = lock(&st.apps).get(&chan).map(|a| a.name.clone());
+            let pid = name.and_then(|n| lock(&st.pids).get(&n).copied());
+            match pid {
+                // SAFETY: plain kill(2); the signal number was checked when the message was read.
+                Some(pid) => unsafe {
+                    libc::kill(pid, signal as i32);
+                },
+                None => log(&format!("AppSignal for channel {chan}: no running app")),
+            }
+        }
         _ => {}
     }
 }
 
-fn start(st: &'static State, chan: u32, spec: &str) -> anyhow::Result<()> {
+fn start(st: &'static State, chan: u32, spec: &str, stdin: bool) -> anyhow::Result<()> {
     let a: AppSpec = serde_json::from_str(spec).context("parsing the app spec")?;
     if !control::valid_app_name(&a.name) {
         bail!("invalid app name {:?}", a.name);
@@ -133,6 +151,7 @@ fn start(st: &'static State, chan: u32, spec: &str) -> anyhow::Result<()> {
     }
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    let input = if stdin { Some(pipe()?) } else { None };
     let (gate_r, gate_w) = pipe()?;
     let (exec_r, exec_w) = pipe()?;
     // SAFETY: the child only sets itself up and execs (or _exits).
@@ -147,7 +166,7 @@ fn start(st: &'static State, chan: u32, spec: &str) -> anyhow::Result<()> {
                 unsafe { libc::_exit(SETUP_FAILED) }
             }
             let io = AppIo {
-                stdin: None,
+                stdin: input.as_ref().map(|(r, _)| r),
                 out: &out_w,
                 err: &err_w,
                 tty: None,
@@ -160,6 +179,10 @@ fn start(st: &'static State, chan: u32, spec: &str) -> anyhow::Result<()> {
         ForkResult::Parent { child } => child,
     };
     drop((out_w, err_w, exec_w, gate_r));
+    if let Some((r, w)) = input {
+        drop(r);
+        lock(&st.inputs).register(chan, File::from(w), None);
+    }
     let (tx, drains) = mpsc::channel();
     for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
         let (c, tx) = (st.ctl.clone(), tx.clone());
@@ -212,6 +235,11 @@ pub(crate) fn on_exit(name: &str, code: i32) -> bool {
     };
     let _ = a.started.recv_timeout(START_REPORT_WAIT);
     lock(&st.pids).remove(name);
+    // Its input writer goes (and with it the pipe), and so does input that came too late.
+    let mut inputs = lock(&st.inputs);
+    inputs.apps.remove(&chan);
+    inputs.early.remove(&chan);
+    drop(inputs);
     // As for boot-time apps: the last output first, bounded against daemons holding the pipes.
     for _ in 0..2 {
         if a.drains.recv_timeout(Duration::from_secs(2)).is_err() {

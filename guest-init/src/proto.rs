@@ -17,7 +17,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 /// Bumped on any incompatible change of the messages below.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// Largest frame body accepted or produced.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest app spec (JSON) in one [`Msg::AppStart`].
@@ -147,11 +147,19 @@ pub enum Msg {
     Resize { chan: u32, rows: u16, cols: u16 },
     /// host -> guest, mutable pods (`rkt app start`): start the app whose stage2 spec (JSON, guest
     /// paths, at most [`MAX_APP_SPEC`] bytes) is `spec` as channel `chan`, which no app of the pod
-    /// has used. The guest answers with `AppStarted` or `AppExited` for `chan`.
-    AppStart { chan: u32, spec: String },
+    /// has used. The guest answers with `AppStarted` or `AppExited` for `chan`. With `stdin` the
+    /// app reads the host's `Data {chan, Stdin}` (until its `Eof`), else /dev/null.
+    AppStart {
+        chan: u32,
+        spec: String,
+        stdin: bool,
+    },
     /// host -> guest, mutable pods (`rkt app stop`): stop the app of channel `chan` (SIGTERM,
     /// SIGKILL after the guest supervisor's stop timeout); the guest reports its `AppExited`.
     AppStop { chan: u32 },
+    /// host -> guest, mutable pods (containerd's Kill): send signal `signal` (1..=64) to the
+    /// app of channel `chan`.
+    AppSignal { chan: u32, signal: u32 },
     /// guest -> host: the app of channel `chan`, whose image speaks sd_notify, sent `message`
     /// (newline-separated `KEY=VALUE` lines, at most [`MAX_NOTIFY`] bytes) to its
     /// `NOTIFY_SOCKET`. The host decides what reaches systemd.
@@ -207,6 +215,7 @@ mod tag {
     pub const APP_START: u8 = 12;
     pub const APP_STOP: u8 = 13;
     pub const NOTIFY: u8 = 14;
+    pub const APP_SIGNAL: u8 = 15;
 }
 
 fn put_u32(b: &mut Vec<u8>, v: u32) {
@@ -284,10 +293,16 @@ impl Msg {
                 b.extend_from_slice(&rows.to_le_bytes());
                 b.extend_from_slice(&cols.to_le_bytes());
             }
-            Msg::AppStart { chan, spec } => {
+            Msg::AppStart { chan, spec, stdin } => {
                 b.push(tag::APP_START);
                 put_u32(&mut b, *chan);
                 put_bytes(&mut b, spec.as_bytes());
+                b.push(*stdin as u8);
+            }
+            Msg::AppSignal { chan, signal } => {
+                b.push(tag::APP_SIGNAL);
+                put_u32(&mut b, *chan);
+                put_u32(&mut b, *signal);
             }
             Msg::AppStop { chan } => {
                 b.push(tag::APP_STOP);
@@ -383,7 +398,20 @@ impl Msg {
                         spec.len()
                     )));
                 }
-                Msg::AppStart { chan, spec }
+                let stdin = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    v => return Err(ProtoError::Malformed(format!("bad stdin flag {v}"))),
+                };
+                Msg::AppStart { chan, spec, stdin }
+            }
+            tag::APP_SIGNAL => {
+                let chan = r.u32()?;
+                let signal = r.u32()?;
+                if !(1..=64).contains(&signal) {
+                    return Err(ProtoError::Malformed(format!("bad signal {signal}")));
+                }
+                Msg::AppSignal { chan, signal }
             }
             tag::APP_STOP => Msg::AppStop { chan: r.u32()? },
             tag::NOTIFY => {
@@ -578,8 +606,10 @@ mod tests {
             Msg::AppStart {
                 chan: 4,
                 spec: "{\"name\":\"web\"}".into(),
+                stdin: true,
             },
             Msg::AppStop { chan: 4 },
+            Msg::AppSignal { chan: 4, signal: 9 },
             Msg::Notify {
                 chan: 1,
                 message: "READY=1\nSTATUS=up".into(),
@@ -641,7 +671,14 @@ mod tests {
             vec![tag::RESIZE, 0, 0, 0, 0, 24, 0],
             // AppStart whose spec is longer than the body, or not UTF-8.
             vec![tag::APP_START, 1, 0, 0, 0, 9, 0, 0, 0, b'{'],
-            vec![tag::APP_START, 1, 0, 0, 0, 1, 0, 0, 0, 0xff],
+            vec![tag::APP_START, 1, 0, 0, 0, 1, 0, 0, 0, 0xff, 0],
+            // AppStart without its stdin flag, or with a bad one.
+            vec![tag::APP_START, 1, 0, 0, 0, 1, 0, 0, 0, b'{'],
+            vec![tag::APP_START, 1, 0, 0, 0, 1, 0, 0, 0, b'{', 2],
+            // AppSignal with no signal, signal 0 or one past the last.
+            vec![tag::APP_SIGNAL, 1, 0, 0, 0],
+            vec![tag::APP_SIGNAL, 1, 0, 0, 0, 0, 0, 0, 0],
+            vec![tag::APP_SIGNAL, 1, 0, 0, 0, 65, 0, 0, 0],
             // AppStop with a truncated channel.
             vec![tag::APP_STOP, 1, 0, 0],
             // Notify whose message is longer than the body, or not UTF-8.
@@ -661,6 +698,7 @@ mod tests {
         let big = Msg::AppStart {
             chan: 0,
             spec: "x".repeat(MAX_APP_SPEC + 1),
+            stdin: false,
         };
         assert!(matches!(
             Msg::decode_body(&big.encode_body()),

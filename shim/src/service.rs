@@ -21,6 +21,7 @@ use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use crate::bundle;
 use crate::sandbox::{Rkt, Sandbox};
 use crate::stdio::{self, StdinWriter};
+use rkt_engine::stage1::Flavor;
 
 /// The file in a bundle that names the pod its container made (read by `shim delete`).
 pub const POD_UUID_FILE: &str = "rkt-pod-uuid";
@@ -135,10 +136,13 @@ impl State {
 
     /// The sandbox whose pod runs container `id`.
     fn sandbox_of(&self, id: &str) -> TtrpcResult<&Sandbox> {
-        let c = self.container(id)?;
+        self.sandbox_of_container(self.container(id)?)
+    }
+
+    fn sandbox_of_container(&self, c: &Container) -> TtrpcResult<&Sandbox> {
         self.sandboxes
             .get(&c.sandbox)
-            .ok_or_else(|| err(Code::NOT_FOUND, format!("the sandbox of {id} is gone")))
+            .ok_or_else(|| err(Code::NOT_FOUND, format!("the sandbox of {} is gone", c.app)))
     }
 }
 
@@ -355,7 +359,15 @@ impl TaskService {
             None,
         )?;
         rkt_engine::pod::app::start_with_stdio(&pod, &c.app, Some(io.fds))?;
-        let pid: u32 = std::fs::read_to_string(rkt_stage2::app_pid_path(&pod.path, &c.app))
+        let kvm = self.rkt.flavor == Flavor::Kvm;
+        // In a VM the app has no host pid: the VMM's stands for it (Kata reports its VM's too);
+        // signals go through the guest init (`kill`).
+        let pid_file = if kvm {
+            rkt_stage2::pod_pid_path(&pod.path)
+        } else {
+            rkt_stage2::app_pid_path(&pod.path, &c.app)
+        };
+        let pid: u32 = std::fs::read_to_string(pid_file)
             .context("reading the app's pid")?
             .trim()
             .parse()
@@ -367,6 +379,10 @@ impl TaskService {
         let (pod_dir, app) = (pod.path.clone(), c.app.clone());
         drop(st);
         self.watch_app(id.to_string(), pod_dir, app);
+        if kvm {
+            // The guest reported the app once it exec'd.
+            return Ok(pid);
+        }
         // Start returns once the app runs its own program, as runc's does: until then it is a
         // fork of the shim setting up its root, and an exec that comes at once (CRI's ExecSync
         // right after StartContainer) would not find the app's root. Bounded; a process that is
@@ -384,7 +400,9 @@ impl TaskService {
         let uuid = st.sandbox_of(id)?.uuid.clone();
         let c = st.container_mut(id)?;
         let app = c.app.clone();
-        let ptmx = PathBuf::from(format!("/proc/{}/root/dev/ptmx", c.init.pid));
+        // On kvm the command's terminal is the host's: `rkt app exec` relays it into the VM.
+        let ptmx = (self.rkt.flavor != Flavor::Kvm)
+            .then(|| PathBuf::from(format!("/proc/{}/root/dev/ptmx", c.init.pid)));
         let e = c
             .execs
             .get_mut(exec_id)
@@ -398,7 +416,7 @@ impl TaskService {
             &e.proc_.stdout,
             &e.proc_.stderr,
             e.proc_.terminal,
-            Some(&ptmx),
+            ptmx.as_deref(),
         )?;
         let [i, o, er] = io.fds;
         let mut cmd = self.rkt.command();
@@ -446,7 +464,8 @@ impl TaskService {
         Ok(pid)
     }
 
-    /// The app's cgroup directories (one per controller on cgroup v1).
+    /// The app's cgroup directories (one per controller on cgroup v1); on kvm the VMM's, whose
+    /// figures are the VM's.
     fn app_cgroups(&self, st: &State, c: &Container) -> Vec<PathBuf> {
         let Some(sb) = st.sandboxes.get(&c.sandbox) else {
             return Vec::new();
@@ -454,7 +473,19 @@ impl TaskService {
         let Ok(layout) = rkt_engine::stage1::ns::pod_layout(&sb.dir) else {
             return Vec::new();
         };
-        layout.dirs(&rkt_stage2::cgroup::app_path(&sb.uuid, &c.app))
+        let rel = match self.rkt.flavor {
+            Flavor::Kvm => rkt_stage2::cgroup::pod_path(&sb.uuid).join("vmm"),
+            _ => rkt_stage2::cgroup::app_path(&sb.uuid, &c.app),
+        };
+        layout.dirs(&rel)
+    }
+
+    /// Kill of a container's first process on kvm: the guest init signals the app.
+    fn kill_in_vm(&self, st: &State, c: &Container, sig: u32) -> TtrpcResult<()> {
+        let sb = st.sandbox_of_container(c)?;
+        let pod = self.rkt.pod(&sb.uuid).map_err(internal)?;
+        rkt_engine::pod::app::signal(&pod, &c.app, sig as i32)
+            .map_err(|e| err(Code::NOT_FOUND, format!("{e:#}")))
     }
 
     fn cgroup_pids(dirs: &[PathBuf]) -> Vec<u32> {
@@ -650,6 +681,11 @@ impl containerd_shim::Task for TaskService {
                 return Err(err(Code::FAILED_PRECONDITION, "container not started"));
             }
         }
+        if self.rkt.flavor == Flavor::Kvm {
+            // `all`: the app's processes are in the VM, where the guest init signals the app.
+            self.kill_in_vm(&st, c, req.signal)?;
+            return Ok(api::Empty::new());
+        }
         if req.all {
             for pid in Self::cgroup_pids(&self.app_cgroups(&st, c)) {
                 let _ = kill_pid(pid, req.signal);
@@ -782,6 +818,12 @@ impl containerd_shim::Task for TaskService {
         let c = st.container(&req.id)?;
         if c.init.state != PState::Running {
             return Err(err(Code::FAILED_PRECONDITION, "container is not running"));
+        }
+        if self.rkt.flavor == Flavor::Kvm {
+            return Err(err(
+                Code::UNIMPLEMENTED,
+                "stage1 kvm: a running container's resources cannot be changed (the VM's size is set when it boots)",
+            ));
         }
         let sb = st.sandbox_of(&req.id)?;
         let layout = rkt_engine::stage1::ns::pod_layout(&sb.dir).map_err(internal)?;

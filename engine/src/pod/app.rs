@@ -339,13 +339,49 @@ pub fn start_with_stdio(
         .with_context(|| format!("pod {} has no app named {name:?}", pod.uuid))?;
     match Flavor::of_pod(&pod.path)? {
         // The VMM mounts its root and the guest init starts it (stage1/kvm/app.rs).
-        Flavor::Kvm if stdio.is_none() => {
-            kvm_app::request(&pod.path, &kvm_app::Request::Start { app: name.into() })?
+        // With stdio, the VMM writes the app's output to the given descriptors and relays the
+        // input one to the guest.
+        Flavor::Kvm => {
+            use std::os::fd::AsFd;
+            let req = kvm_app::Request::Start {
+                app: name.into(),
+                stdio: stdio.is_some(),
+            };
+            let fds: Vec<_> = stdio.iter().flatten().map(|f| f.as_fd()).collect();
+            kvm_app::request_with_fds(&pod.path, &req, &fds)?
         }
-        Flavor::Kvm => bail!("stage1 kvm: an app's stdio cannot be given (use --stage1=ns)"),
         _ => crate::stage1::ns_app::start_with_stdio(&pod.path, &spec, app, stdio)?,
     }
     super::write_time(&info_file(&pod.path, name, STARTED))
+}
+
+/// Sends `signal` to a running app's process (containerd's Kill): in the VM through the guest
+/// init, on ns and fly to the pid the supervisor recorded.
+pub fn signal(pod: &Pod, name: &str, signal: i32) -> Result<()> {
+    check_name(pod, name)?;
+    let status = rkt_stage2::app_status_path(&pod.path, name);
+    if !info_file(&pod.path, name, STARTED).exists() || status.exists() {
+        bail!("app {name:?} is not running");
+    }
+    match Flavor::of_pod(&pod.path)? {
+        Flavor::Kvm => kvm_app::request(
+            &pod.path,
+            &kvm_app::Request::Signal {
+                app: name.into(),
+                signal: u32::try_from(signal).context("invalid signal")?,
+            },
+        ),
+        _ => {
+            let pid: i32 = std::fs::read_to_string(rkt_stage2::app_pid_path(&pod.path, name))
+                .context("reading the app's pid")?
+                .trim()
+                .parse()
+                .context("the app's pid")?;
+            let sig = nix::sys::signal::Signal::try_from(signal).context("invalid signal")?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+                .with_context(|| format!("signalling app {name:?}"))
+        }
+    }
 }
 
 /// `rkt app stop`: stops a running app (SIGTERM, SIGKILL after the supervisor's stop timeout)

@@ -7,9 +7,16 @@
 //! the other apps' are, under the virtio-fs share), picks a channel no app has used and sends
 //! the guest `AppStart {chan, spec}` on the control connection; the guest init starts it as it
 //! starts boot-time apps and reports `AppStarted`/`AppExited` for that channel, which
-//! `serve_control` turns into `status/<app>` as for any app. Stops go out as `AppStop {chan}`.
+//! `serve_control` turns into `status/<app>` as for any app. Stops go out as `AppStop {chan}`,
+//! signals (containerd's Kill) as `AppSignal {chan, signal}`.
+//!
+//! A start may come with the app's stdin, stdout and stderr (the containerd shim's FIFOs) as
+//! three descriptors (`SCM_RIGHTS`) beside its request line: the VMM then writes the app's
+//! output to them instead of its own, and relays what the stdin descriptor gives to the guest.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::SyncSender;
 use std::sync::Condvar;
 
 use super::*;
@@ -26,13 +33,24 @@ const START_WAIT: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    /// Start app `app` (in the pod's spec, not started before).
-    Start { app: String },
+    /// Start app `app` (in the pod's spec, not started before). With `stdio`, the request
+    /// carries the app's stdin, stdout and stderr descriptors.
+    Start {
+        app: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stdio: bool,
+    },
     /// Stop running app `app`.
     Stop { app: String },
     /// Unmount app `app`'s root and volumes (`rkt app rm`, after it stopped).
     Release { app: String },
+    /// Send `signal` to running app `app`.
+    Signal { app: String, signal: u32 },
 }
+
+/// Outputs queued per stream before the control connection waits for the descriptor's reader:
+/// a slow reader slows the pod's output as a full pipe would, never grows the VMM's memory.
+const SINK_QUEUE: usize = 64;
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Reply {
@@ -56,6 +74,22 @@ struct DynInner {
     apps: HashMap<u32, (String, bool)>,
     /// Names of the apps whose roots this VMM mounted, with their volume binds.
     mounted: HashMap<String, Vec<PathBuf>>,
+    /// Channel -> writers of the app's own stdout and stderr, when its start gave them.
+    sinks: HashMap<u32, [Option<SyncSender<Vec<u8>>>; 2]>,
+}
+
+/// A thread that writes what it is sent to `fd` until the sender goes (then closes `fd`).
+fn sink(fd: OwnedFd) -> SyncSender<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(SINK_QUEUE);
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(fd);
+        for d in rx {
+            if f.write_all(&d).is_err() {
+                break;
+            }
+        }
+    });
+    tx
 }
 
 impl Dynamic {
@@ -82,10 +116,35 @@ impl Dynamic {
         self.changed.notify_all();
     }
 
-    /// The guest reported `chan`'s exit: its channel is done.
+    /// The guest reported `chan`'s exit: its channel is done (and its own stdio closed).
     pub fn exited(&self, chan: u32) {
-        self.lock().apps.remove(&chan);
+        let mut d = self.lock();
+        d.apps.remove(&chan);
+        d.sinks.remove(&chan);
+        drop(d);
         self.changed.notify_all();
+    }
+
+    /// Output of added app `chan` for its own descriptors: false when it has none (the VMM's
+    /// output and the pod's logs take it). The queue's wait is outside the lock.
+    pub fn output(&self, chan: u32, stream: Stream, data: &[u8]) -> bool {
+        let i = usize::from(stream == Stream::Stderr);
+        let tx = match self.lock().sinks.get(&chan) {
+            Some(s) => s[i].clone(),
+            None => return false,
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(data.to_vec());
+        }
+        true
+    }
+
+    /// The guest's end of one of `chan`'s output streams: the reader of its descriptor sees EOF.
+    pub fn close_output(&self, chan: u32, stream: Stream) {
+        let i = usize::from(stream == Stream::Stderr);
+        if let Some(s) = self.lock().sinks.get_mut(&chan) {
+            s[i] = None;
+        }
     }
 
     fn chan_of(&self, name: &str) -> Option<u32> {
@@ -128,27 +187,79 @@ pub(super) fn serve(
     }
 }
 
+/// Reads one request line (at most [`MAX_LINE`] bytes) and the descriptors sent with it (at
+/// most three; more, or any with a partial line, are refused).
+fn read_request(s: &UnixStream) -> Result<(String, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let (mut buf, mut fds) = (Vec::new(), Vec::new());
+    let mut chunk = [0u8; 1024];
+    while !buf.contains(&b'\n') {
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
+        let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
+        let m = recvmsg::<()>(
+            s.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .context("reading the request")?;
+        for c in m.cmsgs().context("reading the request's descriptors")? {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                // SAFETY: the kernel just installed these descriptors in this process.
+                fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        if m.flags.contains(MsgFlags::MSG_CTRUNC) || fds.len() > 3 {
+            bail!("too many descriptors with the request");
+        }
+        let n = m.bytes;
+        if n == 0 {
+            bail!("reading the request: connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() as u64 >= MAX_LINE && !buf.contains(&b'\n') {
+            bail!("bad request: longer than {MAX_LINE} bytes");
+        }
+    }
+    let line = String::from_utf8(buf).context("request is not UTF-8")?;
+    Ok((line, fds))
+}
+
 fn serve_one(
     s: &UnixStream,
     pod_dir: &Path,
-    writer: &Mutex<Option<UnixStream>>,
+    writer: &Arc<Mutex<Option<UnixStream>>>,
     dynamic: &Dynamic,
 ) -> Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     // Read (bounded) before answering: a reply to an unread request may reach its sender as a
     // connection reset instead of the error.
-    let mut line = String::new();
-    let read = BufReader::new(Read::take(s, MAX_LINE)).read_line(&mut line);
+    let read = read_request(s);
     let cred = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
         .context("peer credentials")?;
     if cred.uid() != 0 {
         bail!("permission denied: only root may control a pod");
     }
-    read.context("reading the request")?;
+    let (line, fds) = read?;
     let req: Request = serde_json::from_str(line.trim()).context("bad request")?;
-    let (Request::Start { app } | Request::Stop { app } | Request::Release { app }) = &req;
+    let (Request::Start { app, .. }
+    | Request::Stop { app }
+    | Request::Release { app }
+    | Request::Signal { app, .. }) = &req;
     if !valid_app_name(app) {
         bail!("invalid app name {app:?}");
+    }
+    let want = if matches!(req, Request::Start { stdio: true, .. }) {
+        3
+    } else {
+        0
+    };
+    if fds.len() != want {
+        bail!(
+            "the request came with {} descriptors, not {want}",
+            fds.len()
+        );
     }
     let send = |m: &Msg| -> Result<()> {
         let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,7 +267,7 @@ fn serve_one(
         proto::write_msg(w, m).map_err(|e| anyhow!("sending to the guest: {e}"))
     };
     match req {
-        Request::Start { app } => {
+        Request::Start { app, stdio } => {
             if dynamic.chan_of(&app).is_some() {
                 bail!("app {app:?} is already running");
             }
@@ -195,16 +306,30 @@ fn serve_one(
                 }
             }
             let body = serde_json::to_string(&plan.guest.apps[0])?;
+            let mut fds = fds.into_iter();
+            let stdin = fds.next();
             let chan = {
                 let mut d = dynamic.lock();
                 let c = d.next;
                 d.next = c.checked_add(1).context("out of app channels")?;
                 d.apps.insert(c, (app.clone(), false));
+                if stdio {
+                    d.sinks
+                        .insert(c, [fds.next().map(sink), fds.next().map(sink)]);
+                }
                 c
             };
-            if let Err(e) = send(&Msg::AppStart { chan, spec: body }) {
+            let start = Msg::AppStart {
+                chan,
+                spec: body,
+                stdin: stdin.is_some(),
+            };
+            if let Err(e) = send(&start) {
                 dynamic.exited(chan);
                 return Err(e);
+            }
+            if let Some(fd) = stdin {
+                relay_stdin(fd, chan, writer.clone());
             }
             let d = dynamic.lock();
             let (d, _) = dynamic
@@ -224,6 +349,15 @@ fn serve_one(
                 .with_context(|| format!("app {app:?} is not running"))?;
             send(&Msg::AppStop { chan })
         }
+        Request::Signal { app, signal } => {
+            if !(1..=64).contains(&signal) {
+                bail!("invalid signal {signal}");
+            }
+            let chan = dynamic
+                .chan_of(&app)
+                .with_context(|| format!("app {app:?} is not running"))?;
+            send(&Msg::AppSignal { chan, signal })
+        }
         Request::Release { app } => {
             if dynamic.chan_of(&app).is_some() {
                 bail!("app {app:?} is still running");
@@ -237,13 +371,65 @@ fn serve_one(
     }
 }
 
+/// Sends what `fd` gives to the guest as app `chan`'s input, then its end. A guest that is gone
+/// ends the relay at the next input.
+fn relay_stdin(fd: OwnedFd, chan: u32, writer: Arc<Mutex<Option<UnixStream>>>) {
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(fd);
+        let mut buf = vec![0u8; proto::MAX_DATA];
+        let send = |m: &Msg| {
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            w.as_mut().is_some_and(|w| proto::write_msg(w, m).is_ok())
+        };
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let data = Msg::Data {
+                chan,
+                stream: Stream::Stdin,
+                data: buf[..n].to_vec(),
+            };
+            if !send(&data) {
+                return;
+            }
+        }
+        send(&Msg::Eof {
+            chan,
+            stream: Stream::Stdin,
+        });
+    });
+}
+
 /// stage0's end: sends `req` to the pod's VMM and returns its answer.
 pub fn request(pod_dir: &Path, req: &Request) -> Result<()> {
+    request_with_fds(pod_dir, req, &[])
+}
+
+/// [`request`] with descriptors for the VMM (a start's stdin, stdout, stderr).
+pub fn request_with_fds(pod_dir: &Path, req: &Request, fds: &[BorrowedFd]) -> Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let p = pod_dir.join(APP_SOCKET);
     let s = UnixStream::connect(&p)
         .with_context(|| format!("connecting to the pod's VMM ({})", p.display()))?;
     s.set_read_timeout(Some(START_WAIT + Duration::from_secs(10)))?;
-    (&s).write_all(format!("{}\n", serde_json::to_string(req)?).as_bytes())?;
+    let line = format!("{}\n", serde_json::to_string(req)?);
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let iov = [std::io::IoSlice::new(line.as_bytes())];
+    // One message: the descriptors travel with the line's first bytes.
+    let n = sendmsg::<()>(
+        s.as_fd().as_raw_fd(),
+        &iov,
+        if raw.is_empty() { &[] } else { &cmsg },
+        MsgFlags::empty(),
+        None,
+    )
+    .context("sending the request")?;
+    (&s).write_all(&line.as_bytes()[n..])?;
     let mut line = String::new();
     BufReader::new(Read::take(&s, MAX_LINE))
         .read_line(&mut line)
@@ -368,6 +554,69 @@ mod tests {
         );
     }
 
+    /// An added app started with its own stdio: its output goes to those descriptors (each
+    /// closed at the guest's end of its stream), not to the VMM's output or the pod's logs.
+    #[test]
+    fn added_apps_with_their_own_stdio_write_to_it() {
+        let d = tempfile::tempdir().unwrap();
+        let dynamic = Dynamic::new(0);
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, err_w) = nix::unistd::pipe().unwrap();
+        {
+            let mut dl = dynamic.lock();
+            dl.apps.insert(0, ("web".into(), false));
+            dl.sinks.insert(0, [Some(sink(out_w)), Some(sink(err_w))]);
+        }
+        let data = |stream, d: &[u8]| Msg::Data {
+            chan: 0,
+            stream,
+            data: d.to_vec(),
+        };
+        let msgs = vec![
+            Msg::AppStarted { app: 0, pid: 9 },
+            data(Stream::Stdout, b"out\n"),
+            data(Stream::Stderr, b"err\n"),
+            Msg::Eof {
+                chan: 0,
+                stream: Stream::Stdout,
+            },
+            Msg::Eof {
+                chan: 0,
+                stream: Stream::Stderr,
+            },
+            Msg::AppExited { app: 0, code: 3 },
+            Msg::PodDone { code: 0 },
+        ];
+        let (mut host, t) = guest(msgs);
+        let mut ours = Vec::new();
+        let o = serve_control_with(
+            &mut host,
+            d.path(),
+            &empty_pod(),
+            &mut ours,
+            &mut Vec::new(),
+            &mut || {},
+            &dynamic,
+        );
+        drop(host);
+        t.join().unwrap();
+        assert_eq!((o.code, o.error), (Some(0), None));
+        let read_all = |fd: OwnedFd| {
+            let mut s = String::new();
+            std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+            s
+        };
+        // EOF comes: the VMM kept no copy of the write ends.
+        assert_eq!(read_all(out_r), "out\n");
+        assert_eq!(read_all(err_r), "err\n");
+        assert!(ours.is_empty(), "{ours:?}");
+        assert!(crate::pod::logs::read(d.path(), "web")
+            .unwrap_or_default()
+            .is_empty());
+        let st = std::fs::read_to_string(rkt_stage2::app_status_path(d.path(), "web")).unwrap();
+        assert_eq!(st, "3");
+    }
+
     /// A hostile guest's report about a channel the host never started, or one that already
     /// exited, ends the pod with an error and writes nothing.
     #[test]
@@ -415,8 +664,36 @@ mod tests {
         let (pod_dir, writer) = (d.path().to_path_buf(), Arc::new(Mutex::new(None)));
         std::thread::spawn(move || serve(l, pod_dir, writer, Arc::new(Dynamic::new(0))));
         let err = |r: Request| request(d.path(), &r).unwrap_err().to_string();
-        assert!(err(Request::Start { app: "../x".into() }).contains("invalid app name"));
-        assert!(err(Request::Start { app: "nope".into() }).contains("no app named"));
+        let start = |app: &str| Request::Start {
+            app: app.into(),
+            stdio: false,
+        };
+        assert!(err(start("../x")).contains("invalid app name"));
+        assert!(err(start("nope")).contains("no app named"));
+        assert!(err(Request::Signal {
+            app: "nope".into(),
+            signal: 0
+        })
+        .contains("invalid signal"));
+        assert!(err(Request::Signal {
+            app: "nope".into(),
+            signal: 15
+        })
+        .contains("is not running"));
+        // Descriptors only with a start that asks for its stdio, and then exactly three.
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let one = [r.as_fd()];
+        let e = request_with_fds(d.path(), &start("nope"), &one).unwrap_err();
+        assert!(e.to_string().contains("with 1 descriptors, not 0"), "{e}");
+        let four = [r.as_fd(), r.as_fd(), r.as_fd(), r.as_fd()];
+        let stdio = Request::Start {
+            app: "nope".into(),
+            stdio: true,
+        };
+        let e = request_with_fds(d.path(), &stdio, &four).unwrap_err();
+        assert!(e.to_string().contains("too many descriptors"), "{e}");
+        let e = request_with_fds(d.path(), &stdio, &one).unwrap_err();
+        assert!(e.to_string().contains("with 1 descriptors, not 3"), "{e}");
         assert!(err(Request::Stop { app: "nope".into() }).contains("is not running"));
         // A request line of the bound and no end is refused, not waited for.
         let s = UnixStream::connect(d.path().join(APP_SOCKET)).unwrap();

@@ -119,9 +119,13 @@ pub fn serve_control_with<S: Read + Write>(
                     o.error = Some(format!("{e:#}"));
                 }
             }
-            // Added apps (`rkt app start`): output to ours and their logs, exit codes to their
-            // status files.
+            // Added apps (`rkt app start`): output to their own descriptors when their start
+            // gave some (the containerd shim's FIFOs), else to ours and their logs; exit codes
+            // to their status files.
             Msg::Data { chan, stream, data } if dynamic.name(chan).is_some() => {
+                if dynamic.output(chan, stream, &data) {
+                    continue;
+                }
                 let w: &mut dyn Write = if stream == Stream::Stderr { err } else { out };
                 let _ = w.write_all(&data);
                 let _ = w.flush();
@@ -133,6 +137,7 @@ pub fn serve_control_with<S: Read + Write>(
                 }
             }
             Msg::Eof { chan, stream } if dynamic.name(chan).is_some() => {
+                dynamic.close_output(chan, stream);
                 if let (Some(l), Some(i)) = (logs.as_mut(), added_logs.get(&chan)) {
                     l.finish(*i, log_stream(stream));
                 }
