@@ -25,6 +25,7 @@ const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
 const RTM_NEWQDISC: u16 = 36;
+const RTM_DELQDISC: u16 = 37;
 const RTM_NEWTFILTER: u16 = 44;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -417,6 +418,43 @@ fn ingress_qdisc(nl: &mut Netlink, index: u32) -> io::Result<()> {
     }
 }
 
+/// Adds an ingress qdisc to interface `index`, failing with `AlreadyExists` if it has one: on
+/// an interface of someone else's (a joined namespace), an existing one means its traffic is
+/// already someone's, and the one added here is ours to remove ([`remove_ingress`]).
+pub fn add_ingress_exclusive(index: u32) -> io::Result<()> {
+    let mut nl = Netlink::open()?;
+    let mut m = Msg::new(
+        RTM_NEWQDISC,
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        &tcmsg(index, INGRESS_HANDLE, TC_H_INGRESS, 0),
+    );
+    m.attr(TCA_KIND, b"ingress\0");
+    m.begin(TCA_OPTIONS).end();
+    nl.request(&mut m).map_err(|e| match e.raw_os_error() {
+        Some(libc::EEXIST) => io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "it already has an ingress qdisc",
+        ),
+        _ => e,
+    })
+}
+
+/// Removes the ingress qdisc of interface `index`, and with it its filters (`tc qdisc del dev
+/// X ingress`); none there is not an error.
+pub fn remove_ingress(index: u32) -> io::Result<()> {
+    let mut nl = Netlink::open()?;
+    let mut m = Msg::new(
+        RTM_DELQDISC,
+        NLM_F_ACK,
+        &tcmsg(index, INGRESS_HANDLE, TC_H_INGRESS, 0),
+    );
+    m.attr(TCA_KIND, b"ingress\0");
+    match nl.request(&mut m) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => Ok(()),
+        r => r,
+    }
+}
+
 fn tcmsg(index: u32, handle: u32, parent: u32, info: u32) -> Vec<u8> {
     let mut t = vec![0u8; 4]; // family, pad
     t.extend_from_slice(&index.to_ne_bytes());
@@ -618,6 +656,19 @@ mod tests {
                 .unwrap();
             let out = String::from_utf8_lossy(&out.stdout);
             assert!(out.contains("Egress Redirect to device t2"), "{out}");
+            // A joined namespace's interface: someone's qdisc is refused; ours goes, filter
+            // with it, and removing it twice is no error.
+            let e = add_ingress_exclusive(a).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+            remove_ingress(a).unwrap();
+            remove_ingress(a).unwrap();
+            let qd = std::process::Command::new("tc")
+                .args(["qdisc", "show", "dev", "t1", "ingress"])
+                .output()
+                .unwrap();
+            assert!(qd.stdout.is_empty(), "{qd:?}");
+            add_ingress_exclusive(a).unwrap();
+            remove_ingress(a).unwrap();
             // Copy onto another interface, as the guest init does (t0 goes first: its
             // addresses and routes would clash).
             ip("link del t0");

@@ -838,20 +838,6 @@ fn join_netns_uses_and_keeps_the_given_namespace_ns() {
         list.stdout.contains(&format!("{name}:ip4=10.99.0.2")),
         "{list}"
     );
-    // Not on kvm yet: refused with one line, before the VM boots.
-    let kvm = env.rkt(&[
-        "run",
-        "--stage1=kvm",
-        &format!("--net={path}"),
-        "--insecure-options=image",
-        &images().busybox_oci_ref(),
-        "--exec=/bin/true",
-    ]);
-    assert_eq!(kvm.code, 254, "{kvm}");
-    assert!(
-        kvm.stderr.contains("not implemented on stage1 kvm yet"),
-        "{kvm}"
-    );
     let gc = env.rkt(&["gc", "--grace-period=0s"]);
     gc.assert_ok();
     assert!(Path::new(&path).exists(), "rkt removed {path}");

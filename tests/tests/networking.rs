@@ -668,3 +668,169 @@ fn named_bridge_and_default_restricted(f: Flavor) {
     assert!(left.is_empty(), "{left:?}");
     let _ = std::fs::remove_dir_all(Path::new(HOST_LOCAL).join(&net));
 }
+
+/// kvm joins a network namespace it did not make (`--net=<path>`, as containerd's CRI plugin
+/// hands over its sandbox's), wired like rkt's own CNI interfaces: the namespace's addressed
+/// interface `ctr0` becomes the guest's `eth0`. Refused with one line and nothing left before
+/// any boot: a namespace whose only interface has no address, and an interface someone else
+/// already redirects (an ingress qdisc). Then two VMs in turn in the same namespace, the second
+/// restored from the template the first used (one card): traffic both ways, `status`/`list`
+/// show the address; after each (the first SIGKILLed and gc'd, the second exiting), the
+/// namespace is as it was (no tap, no ingress qdisc left).
+#[test]
+fn kvm_pod_joins_an_existing_netns() {
+    use std::process::Command;
+    let f = Flavor::Kvm;
+    let env = f.env();
+    let nonce = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id())
+        % 100_000;
+    let (ns, host_if) = (format!("rkt-test-{nonce}"), format!("rkjh{nonce}"));
+    let sub = format!("10.213.{}", nonce % 200 + 20);
+    let path = format!("/run/netns/{ns}");
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            // The host end usually went with the namespace.
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+            let _ = Command::new("ip").args(["link", "del", &self.1]).output();
+        }
+    }
+    let run = |cmd: &str, args: &[&str]| {
+        let o = Command::new(cmd).args(args).output().unwrap();
+        assert!(o.status.success(), "{cmd} {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let ip = |args: &[&str]| run("ip", args);
+    let in_ns = |args: &[&str]| {
+        let mut a = vec!["-n", ns.as_str()];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    };
+    let ingress = || {
+        run(
+            "tc",
+            &["-n", &ns, "qdisc", "show", "dev", "ctr0", "ingress"],
+        )
+    };
+    // What must survive the pods: links (no tap left), addresses, routes.
+    let state = || {
+        let links: Vec<String> = in_ns(&["-o", "link"])
+            .lines()
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        // IPv4 only: the IPv6 link-local address is still tentative right after link up.
+        (links, in_ns(&["-4", "-o", "addr"]), in_ns(&["route"]))
+    };
+    ip(&["netns", "add", &ns]);
+    let _cleanup = Cleanup(ns.clone(), host_if.clone());
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", "ctr0", "netns", &ns,
+    ]);
+    in_ns(&["link", "set", "lo", "up"]);
+    let refused = |want: &str| {
+        let out = env.rkt(&[
+            "run",
+            f.flag(),
+            &format!("--net={path}"),
+            &images().busybox_oci_ref(),
+            "--exec=/bin/true",
+        ]);
+        assert_eq!(out.code, 254, "{out}");
+        assert!(out.stderr.contains(want), "{out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    };
+    refused("no interface of the namespace has an address for the VM to take over (ctr0");
+
+    ip(&["addr", "add", &format!("{sub}.1/24"), "dev", &host_if]);
+    ip(&["link", "set", &host_if, "up"]);
+    in_ns(&["addr", "add", &format!("{sub}.2/24"), "dev", "ctr0"]);
+    in_ns(&["link", "set", "ctr0", "up"]);
+    in_ns(&["route", "add", "default", "via", &format!("{sub}.1")]);
+    run("tc", &["-n", &ns, "qdisc", "add", "dev", "ctr0", "ingress"]);
+    let before = state();
+    refused("ctr0 already has an ingress qdisc");
+    assert!(
+        ingress().contains("ingress ffff:"),
+        "someone else's qdisc went"
+    );
+    assert_eq!(state(), before, "the refused pod left something");
+    run("tc", &["-n", &ns, "qdisc", "del", "dev", "ctr0", "ingress"]);
+
+    let port = host_server("hello-from-the-host-side");
+    let mut boots = Vec::new();
+    for second in [false, true] {
+        let uf = env.scratch.join(format!("uuid-{second}"));
+        let mut inspect = vec![
+            "--print-net".to_string(),
+            format!("--connect={sub}.1:{port}"),
+        ];
+        if !second {
+            inspect.push("--serve-tcp=8000".into());
+        }
+        let args = run_args(
+            f,
+            &[
+                format!("--net={path}"),
+                format!("--uuid-file-save={}", uf.display()),
+            ],
+            &inspect,
+        );
+        let mut pod = env.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let want = if second {
+            "RECEIVED="
+        } else {
+            "LISTENING=8000"
+        };
+        assert!(
+            pod.wait_for_stdout(want, f.start_secs()),
+            "{}",
+            pod.output_so_far()
+        );
+        let id = std::fs::read_to_string(&uf).unwrap().trim().to_string();
+        let js = env.rkt(&["status", "--format=json", &id]);
+        let v: serde_json::Value = serde_json::from_str(&js.stdout).unwrap();
+        assert_eq!(v["networks"][0]["ifName"], "ctr0", "{js}");
+        assert_eq!(v["networks"][0]["ip"], format!("{sub}.2"), "{js}");
+        let how = std::fs::read_to_string(pod_dir(&env, &id).join("stage1/kvm-boot")).unwrap();
+        boots.push(how.trim().to_string());
+        if !second {
+            // The host reaches the guest at the namespace's address, through ctr0.
+            let got = fetch_line(&format!("{sub}.2:8000"));
+            assert_eq!(got.ok(), Some(format!("inspect rkt-{id}")));
+            let st = env.rkt(&["status", &id]);
+            assert_eq!(st.expect_value("networks"), format!("{ns}:ip4={sub}.2"));
+            env.rkt(&["list", "--no-legend"])
+                .assert_ok()
+                .assert_stdout_contains(&format!("{ns}:ip4={sub}.2"));
+            assert!(ingress().contains("ingress ffff:"), "rkt's redirect");
+        }
+        let out = if second {
+            pod.wait_timeout(f.start_secs()).assert_ok().clone()
+        } else {
+            // Killed (VMM and `rkt run` are one process): its tap goes with it, its qdisc is
+            // left for gc, which finds it in the pod's record.
+            let out = pod.kill();
+            assert!(ingress().contains("ingress ffff:"), "nothing left for gc");
+            env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
+            out
+        };
+        assert_eq!(v4_addrs(&out, "eth0"), [format!("{sub}.2/24")], "{out}");
+        assert_eq!(
+            out.values("RECEIVED"),
+            ["hello-from-the-host-side"],
+            "{out}"
+        );
+        assert!(Path::new(&path).exists(), "rkt removed {path}");
+        assert_eq!(ingress().trim(), "", "an ingress qdisc left on ctr0");
+        assert_eq!(state(), before, "the namespace changed");
+    }
+    // The template key has the card: the second VM restores from the one the first used.
+    let key = boots[0].split_whitespace().last().unwrap_or_default();
+    assert_eq!(boots[1], format!("restored {key}"), "{boots:?}");
+    env.rkt(&["gc", "--grace-period=0s"]).assert_ok();
+    assert_eq!(state(), before, "gc changed the namespace");
+}

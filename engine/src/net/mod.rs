@@ -347,14 +347,7 @@ pub fn setup(pod_dir: &Path, uuid: &str, verify: bool) -> Result<Option<OwnedFd>
         return Ok(None);
     };
     if let Some(p) = &plan.join {
-        // The VM's card is wired to the CNI interfaces rkt made (net/kvm.rs), not yet to those of
-        // a namespace it joins.
-        if crate::stage1::Flavor::of_pod(pod_dir)? == crate::stage1::Flavor::Kvm {
-            bail!(
-                "--net={}: joining a network namespace is not implemented on stage1 kvm yet",
-                p.display()
-            );
-        }
+        // On kvm the VM's cards are wired to the namespace's interfaces next (kvm::wire_vm).
         let fd = open_netns(p)?;
         // Best effort: the addresses only inform `rkt list`/`status` and the api-service.
         match joined_info(&fd, p) {
@@ -453,8 +446,10 @@ pub fn teardown(pod_dir: &Path) -> Result<()> {
     let Some(plan) = read_plan(pod_dir)? else {
         return Ok(());
     };
-    if plan.join.is_some() {
-        // A joined namespace belongs to whoever made it (containerd's CRI plugin).
+    if let Some(p) = &plan.join {
+        // A joined namespace belongs to whoever made it (containerd's CRI plugin): only what a
+        // kvm pod added to its interfaces goes.
+        kvm::release_joined(pod_dir, p)?;
         return std::fs::remove_file(pod_dir.join(PLAN_FILE)).context("removing the network plan");
     }
     let ns = match std::fs::read_to_string(pod_dir.join(NETNS_FILE)) {
