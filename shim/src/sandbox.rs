@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rkt_engine::pod::{Pod, PodDir, Pods, State};
 use rkt_engine::stage1::Flavor;
 
@@ -176,7 +176,7 @@ impl Sandbox {
 }
 
 /// `rkt rm` of an exited pod (after `rkt stop --force` when it still runs, as after a shim that
-/// was killed).
+/// was killed), in this process: what `rkt rm` does, without starting one.
 pub fn remove(rkt: &Rkt, uuid: &str) -> Result<()> {
     let running = |rkt: &Rkt| {
         Pod::load(&rkt.pods(), uuid)
@@ -192,16 +192,9 @@ pub fn remove(rkt: &Rkt, uuid: &str) -> Result<()> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let out = rkt
-        .command()
-        .args(["rm", uuid])
-        .output()
-        .context("running rkt rm")?;
-    if !out.status.success() {
-        bail!(
-            "rkt rm {uuid}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let pods = rkt.pods();
+    let pod = Pod::load(&pods, uuid)?.with_context(|| format!("pod {uuid} is gone"))?;
+    rkt_engine::pod::lifecycle::remove(&pods, pod)
+        .with_context(|| format!("removing pod {uuid}"))?;
     Ok(())
 }

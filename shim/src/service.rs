@@ -227,15 +227,26 @@ impl TaskService {
     }
 
     /// Watches for the supervisor's record of the app's exit code (the supervisor, not the shim,
-    /// is the app's parent). A pod that is gone without one reports 255.
+    /// is the app's parent). A pod that is gone without one reports 255. The status directory is
+    /// watched with inotify (the record is renamed into place), so the exit is seen at once;
+    /// the pod's liveness is checked at every wake-up and every 100 ms.
     fn watch_app(&self, id: String, pod_dir: PathBuf, app: String) {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let svc = self.clone();
         std::thread::spawn(move || {
             let status = rkt_stage2::app_status_path(&pod_dir, &app);
             let pod_pid = std::fs::read_to_string(rkt_stage2::pod_pid_path(&pod_dir))
                 .ok()
                 .and_then(|t| t.trim().parse::<i32>().ok());
-            let mut tick = Duration::from_millis(1);
+            let inotify = status.parent().and_then(|dir| {
+                let i = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok()?;
+                i.add_watch(
+                    dir,
+                    AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
+                )
+                .ok()?;
+                Some(i)
+            });
             let code = loop {
                 if let Ok(t) = std::fs::read_to_string(&status) {
                     if let Ok(c) = t.trim().parse::<i32>() {
@@ -246,8 +257,18 @@ impl TaskService {
                 if pod_pid.is_some_and(|p| unsafe { libc::kill(p, 0) } != 0) && !status.exists() {
                     break 255;
                 }
-                std::thread::sleep(tick);
-                tick = (tick * 2).min(Duration::from_millis(20));
+                match &inotify {
+                    Some(i) => {
+                        use std::os::fd::AsFd;
+                        let mut fds = [nix::poll::PollFd::new(
+                            i.as_fd(),
+                            nix::poll::PollFlags::POLLIN,
+                        )];
+                        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+                        while i.read_events().is_ok_and(|e| !e.is_empty()) {}
+                    }
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
             };
             svc.on_exit(&id, "", code);
         });
@@ -504,7 +525,9 @@ impl TaskService {
             anyhow::bail!("container {id} is running: kill it first");
         }
         let c = st.containers.remove(id).unwrap();
-        if let Some(sb) = st.sandboxes.get(&c.sandbox) {
+        // An app of a pod that goes with it is not removed on its own.
+        let pod_goes = c.sandbox == id;
+        if let Some(sb) = st.sandboxes.get(&c.sandbox).filter(|_| !pod_goes) {
             if let Ok(pod) = self.rkt.pod(&sb.uuid) {
                 if pod.state == rkt_engine::pod::State::Running {
                     if let Err(e) = rkt_engine::pod::app::rm(&pod, &c.app) {

@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use crate::global::Globals;
-use crate::pod::lifecycle::{delete, discard_unstarted, prepare_pod, start_pod, Keep};
+use crate::pod::lifecycle::{delete, discard_unstarted, prepare_pod, remove, start_pod, Keep};
 use crate::pod::{build, table, Lock, Pod, PodDir, Pods, State};
 use crate::run_args::{self as args, Mode};
 use crate::stage1::{self, Flavor};
@@ -585,7 +585,7 @@ pub fn rm(g: &Globals, a: RmArgs) -> Result<i32> {
     let mut failed = false;
     let list = uuids(&a.uuids, &a.uuid_file)?;
     for q in &list {
-        let r = pods.find(q).and_then(|p| remove_pod(&pods, p));
+        let r = pods.find(q).and_then(|p| remove(&pods, p));
         match r {
             Ok(u) => crate::outln!("{u:?}"),
             Err(e) => {
@@ -601,24 +601,6 @@ pub fn rm(g: &Globals, a: RmArgs) -> Result<i32> {
         return Ok(FAIL);
     }
     Ok(0)
-}
-
-fn remove_pod(pods: &Pods, mut pod: Pod) -> Result<String> {
-    match pod.state {
-        State::Running => bail!("pod {} is currently running", pod.uuid),
-        State::Embryo | State::Preparing => bail!("pod {} is currently being prepared", pod.uuid),
-        State::Deleting | State::ExitedDeleting => {
-            bail!("pod {} is currently being deleted", pod.uuid)
-        }
-        State::AbortedPrepare | State::Prepared => pod.move_to(pods, PodDir::Garbage)?,
-        State::Exited => pod.move_to(pods, PodDir::ExitedGarbage)?,
-        State::ExitedGarbage | State::Garbage => {}
-    }
-    let Some(lock) = Lock::try_exclusive(&pod.path)? else {
-        bail!("pod {} is in use by another process", pod.uuid);
-    };
-    delete(&pod, lock)?;
-    Ok(pod.uuid)
 }
 
 #[derive(Args, Debug)]

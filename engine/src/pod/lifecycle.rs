@@ -205,3 +205,23 @@ pub fn delete(pod: &Pod, _lock: Lock) -> Result<()> {
         .with_context(|| format!("unmounting what pod {} left", pod.uuid))?;
     crate::pod::remove_tree(&pod.path).with_context(|| format!("removing pod {}", pod.uuid))
 }
+
+/// `rkt rm` of one pod: an exited or never-started pod goes to the garbage directories and is
+/// deleted; a running, preparing or deleting one, or one another process holds, is refused.
+pub fn remove(pods: &Pods, mut pod: Pod) -> Result<String> {
+    match pod.state {
+        State::Running => bail!("pod {} is currently running", pod.uuid),
+        State::Embryo | State::Preparing => bail!("pod {} is currently being prepared", pod.uuid),
+        State::Deleting | State::ExitedDeleting => {
+            bail!("pod {} is currently being deleted", pod.uuid)
+        }
+        State::AbortedPrepare | State::Prepared => pod.move_to(pods, PodDir::Garbage)?,
+        State::Exited => pod.move_to(pods, PodDir::ExitedGarbage)?,
+        State::ExitedGarbage | State::Garbage => {}
+    }
+    let Some(lock) = Lock::try_exclusive(&pod.path)? else {
+        bail!("pod {} is in use by another process", pod.uuid);
+    };
+    delete(&pod, lock)?;
+    Ok(pod.uuid)
+}
