@@ -4,6 +4,10 @@
 # (io.containerd.runc.v2), same image, same containerd, in one run.
 #
 #   bench/containerd.sh       (PAIRS=30 by default; RKT_BIN, SHIM_BIN, BUSYBOX_OCI_TAR to override)
+#   KVM_RUNS=1 bench/containerd.sh   also runs the kvm shim (io.containerd.rkt.v2: a VM per
+#                                    container) that many times after the pairs, each beside a
+#                                    runc run, and prints its ratio (a boot under this host's
+#                                    nested PVM: minutes, so one run by default when asked)
 #
 # Method: a private containerd (Debian's 1.6; temp root/state, its own socket, CRI off) is
 # started; the two runtimes alternate (rkt-ns, runc, rkt-ns, runc, ...) after WARMUP pairs, so
@@ -34,6 +38,7 @@ fi
 work=$(mktemp -d /var/lib/rkt-ctd-bench.XXXXXX)
 mkdir -p "$work/bin" "$work/rkt"
 ln -s "$shim" "$work/bin/containerd-shim-rkt-ns-v2"
+ln -s "$shim" "$work/bin/containerd-shim-rkt-v2"
 cat > "$work/config.toml" <<CONF
 version = 2
 root = "$work/root"
@@ -73,8 +78,13 @@ for i in $(seq $((warmup + pairs))); do
   y=$(run io.containerd.runc.v2 "c$i")
   if [ "$i" -gt "$warmup" ]; then a+=("$x"); b+=("$y"); fi
 done
+k=(); kb=()
+for i in $(seq "${KVM_RUNS:-0}"); do
+  k+=("$(run io.containerd.rkt.v2 "k$i")")
+  kb+=("$(run io.containerd.runc.v2 "kc$i")")
+done
 left=$(find "$work/rkt/pods" -mindepth 2 -maxdepth 2 | wc -l)
-python3 - "${a[*]}" "${b[*]}" "$left" <<'PY'
+python3 - "${a[*]}" "${b[*]}" "$left" "${k[*]:-}" "${kb[*]:-}" <<'PY'
 import os, statistics as st, sys
 a = [float(x) for x in sys.argv[1].split()]
 b = [float(x) for x in sys.argv[2].split()]
@@ -83,6 +93,12 @@ print(f"pairs: {len(a)}  (ctr run --rm busybox /bin/true, alternating)")
 print(f"rkt-ns shim  median {st.median(a)*1000:.1f} ms  (min {min(a)*1000:.1f})")
 print(f"runc shim    median {st.median(b)*1000:.1f} ms  (min {min(b)*1000:.1f})")
 print(f"median of per-pair ratios rkt-ns/runc: {st.median(r):.2f}")
+if sys.argv[4].strip():
+    k = [float(x) for x in sys.argv[4].split()]
+    kb = [float(x) for x in sys.argv[5].split()]
+    kr = [x / y for x, y in zip(k, kb)]
+    print(f"kvm shim     median {st.median(k)*1000:.1f} ms over {len(k)} run(s), runc beside it "
+          f"{st.median(kb)*1000:.1f} ms: ratio {st.median(kr):.1f}")
 print(f"rkt pods left after the runs: {sys.argv[3]}")
 print(f"conditions: {os.cpu_count()} cores, load {open('/proc/loadavg').read().split()[0]}, kernel {os.uname().release}")
 PY

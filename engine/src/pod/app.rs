@@ -343,11 +343,27 @@ pub fn start_with_stdio(
         // input one to the guest.
         Flavor::Kvm => {
             use std::os::fd::AsFd;
+            // A root outside the pod (the containerd shim's bundle) may be a mount made after
+            // the VMM's namespace was: it goes as a detached clone.
+            let root = match &app.rootfs {
+                rkt_stage2::RootfsSpec::Dir(d)
+                    if *d != rkt_stage2::app_root_path(&pod.path, name) =>
+                {
+                    Some(kvm_app::clone_tree(d)?)
+                }
+                _ => None,
+            };
             let req = kvm_app::Request::Start {
                 app: name.into(),
                 stdio: stdio.is_some(),
+                root: root.is_some(),
             };
-            let fds: Vec<_> = stdio.iter().flatten().map(|f| f.as_fd()).collect();
+            let fds: Vec<_> = stdio
+                .iter()
+                .flatten()
+                .chain(root.iter())
+                .map(|f| f.as_fd())
+                .collect();
             kvm_app::request_with_fds(&pod.path, &req, &fds)?
         }
         _ => crate::stage1::ns_app::start_with_stdio(&pod.path, &spec, app, stdio)?,

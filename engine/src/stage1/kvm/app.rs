@@ -13,6 +13,12 @@
 //! A start may come with the app's stdin, stdout and stderr (the containerd shim's FIFOs) as
 //! three descriptors (`SCM_RIGHTS`) beside its request line: the VMM then writes the app's
 //! output to them instead of its own, and relays what the stdin descriptor gives to the guest.
+//!
+//! An app whose root is a directory outside the pod (the containerd shim's bundle `rootfs`,
+//! containerd's snapshot mounted there after the VM started) is not visible in the VMM's mount
+//! namespace, a private copy made when the VM started: the client sends a detached clone of
+//! that mount (`open_tree(OPEN_TREE_CLONE)`, made in its own namespace) as one more descriptor,
+//! and the VMM moves it onto the app's root in the share (`move_mount`).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -39,6 +45,9 @@ pub enum Request {
         app: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         stdio: bool,
+        /// The request carries a detached clone of the app's root (after the stdio ones).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        root: bool,
     },
     /// Stop running app `app`.
     Stop { app: String },
@@ -188,14 +197,16 @@ pub(super) fn serve(
 }
 
 /// Reads one request line (at most [`MAX_LINE`] bytes) and the descriptors sent with it (at
-/// most three; more, or any with a partial line, are refused).
+/// most four; more are refused).
 fn read_request(s: &UnixStream) -> Result<(String, Vec<OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::FromRawFd;
     let (mut buf, mut fds) = (Vec::new(), Vec::new());
     let mut chunk = [0u8; 1024];
     while !buf.contains(&b'\n') {
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
+        // Room for more than the four a request may carry, so that extra ones are received
+        // (and closed) rather than truncated away unseen.
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 16]);
         let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
         let m = recvmsg::<()>(
             s.as_raw_fd(),
@@ -204,13 +215,16 @@ fn read_request(s: &UnixStream) -> Result<(String, Vec<OwnedFd>)> {
             MsgFlags::MSG_CMSG_CLOEXEC,
         )
         .context("reading the request")?;
+        if m.flags.contains(MsgFlags::MSG_CTRUNC) {
+            bail!("too many descriptors with the request");
+        }
         for c in m.cmsgs().context("reading the request's descriptors")? {
             if let ControlMessageOwned::ScmRights(v) = c {
                 // SAFETY: the kernel just installed these descriptors in this process.
                 fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
             }
         }
-        if m.flags.contains(MsgFlags::MSG_CTRUNC) || fds.len() > 3 {
+        if fds.len() > 4 {
             bail!("too many descriptors with the request");
         }
         let n = m.bytes;
@@ -250,10 +264,9 @@ fn serve_one(
     if !valid_app_name(app) {
         bail!("invalid app name {app:?}");
     }
-    let want = if matches!(req, Request::Start { stdio: true, .. }) {
-        3
-    } else {
-        0
+    let want = match req {
+        Request::Start { stdio, root, .. } => 3 * usize::from(stdio) + usize::from(root),
+        _ => 0,
     };
     if fds.len() != want {
         bail!(
@@ -267,7 +280,7 @@ fn serve_one(
         proto::write_msg(w, m).map_err(|e| anyhow!("sending to the guest: {e}"))
     };
     match req {
-        Request::Start { app, stdio } => {
+        Request::Start { app, stdio, root } => {
             if dynamic.chan_of(&app).is_some() {
                 bail!("app {app:?} is already running");
             }
@@ -282,6 +295,14 @@ fn serve_one(
                 ..spec.clone()
             };
             let mut plan = plan(pod_dir, &one)?;
+            let mut fds = fds.into_iter();
+            let stdio_fds: Vec<OwnedFd> = fds.by_ref().take(3 * usize::from(stdio)).collect();
+            let root_fd = if root { fds.next() } else { None };
+            let at = rkt_stage2::app_root_path(pod_dir, &app);
+            if root_fd.is_some() {
+                // Moved in below instead of bound from a path this namespace may not see.
+                plan.roots.retain(|(_, dst)| *dst != at);
+            }
             // Volume binds of their own, apart from the other apps' (`volumes/<n>` at boot).
             let mut binds = Vec::new();
             for (i, (_, dst)) in plan.binds.iter_mut().enumerate() {
@@ -300,13 +321,22 @@ fn serve_one(
             {
                 let mut d = dynamic.lock();
                 if !d.mounted.contains_key(&app) {
-                    plan.apply()?;
-                    binds.push(rkt_stage2::app_root_path(pod_dir, &app));
+                    if let Some(fd) = &root_fd {
+                        std::fs::create_dir_all(&at)?;
+                        move_mount(fd, &at)?;
+                    }
+                    if let Err(e) = plan.apply() {
+                        if root_fd.is_some() {
+                            let _ = nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH);
+                        }
+                        return Err(e);
+                    }
+                    binds.push(at.clone());
                     d.mounted.insert(app.clone(), binds);
                 }
             }
             let body = serde_json::to_string(&plan.guest.apps[0])?;
-            let mut fds = fds.into_iter();
+            let mut fds = stdio_fds.into_iter();
             let stdin = fds.next();
             let chan = {
                 let mut d = dynamic.lock();
@@ -369,6 +399,48 @@ fn serve_one(
             Ok(())
         }
     }
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// A detached clone of the mount tree at `path` (in the caller's mount namespace), to be moved
+/// into another namespace with [`move_mount`].
+pub fn clone_tree(path: &Path) -> Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let flags = OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: open_tree reads the path and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("cloning the mount at {}", path.display()));
+    }
+    // SAFETY: the kernel just returned this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches the detached mount `tree` (from [`clone_tree`]) at `at`.
+fn move_mount(tree: &OwnedFd, at: &Path) -> Result<()> {
+    let empty = c"";
+    let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
+    // SAFETY: move_mount reads the two paths; the descriptor is ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("moving the app's root onto {}", at.display()));
+    }
+    Ok(())
 }
 
 /// Sends what `fd` gives to the guest as app `chan`'s input, then its end. A guest that is gone
@@ -667,6 +739,7 @@ mod tests {
         let start = |app: &str| Request::Start {
             app: app.into(),
             stdio: false,
+            root: false,
         };
         assert!(err(start("../x")).contains("invalid app name"));
         assert!(err(start("nope")).contains("no app named"));
@@ -685,12 +758,13 @@ mod tests {
         let one = [r.as_fd()];
         let e = request_with_fds(d.path(), &start("nope"), &one).unwrap_err();
         assert!(e.to_string().contains("with 1 descriptors, not 0"), "{e}");
-        let four = [r.as_fd(), r.as_fd(), r.as_fd(), r.as_fd()];
+        let five = [r.as_fd(), r.as_fd(), r.as_fd(), r.as_fd(), r.as_fd()];
         let stdio = Request::Start {
             app: "nope".into(),
             stdio: true,
+            root: false,
         };
-        let e = request_with_fds(d.path(), &stdio, &four).unwrap_err();
+        let e = request_with_fds(d.path(), &stdio, &five).unwrap_err();
         assert!(e.to_string().contains("too many descriptors"), "{e}");
         let e = request_with_fds(d.path(), &stdio, &one).unwrap_err();
         assert!(e.to_string().contains("with 1 descriptors, not 3"), "{e}");
