@@ -304,19 +304,40 @@ fn ctr_exec_kill_delete_ps_metrics_ns() {
 
 #[test]
 fn shim_sigkill_leaves_nothing_gc_cannot_clean_ns() {
+    shim_sigkill_leaves_nothing_gc_cannot_clean(NS, 30);
+}
+
+/// On kvm the pod is a VM: the shim's death stops its VMM (PDEATHSIG) and `shim delete`
+/// removes the pod.
+#[test]
+fn shim_sigkill_leaves_nothing_gc_cannot_clean_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: the stage1 kvm tests cannot run on this machine"
+    );
+    shim_sigkill_leaves_nothing_gc_cannot_clean(KVM, KVM_SECS);
+}
+
+fn shim_sigkill_leaves_nothing_gc_cannot_clean(runtime: &str, secs: u64) {
     let c = Containerd::start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        NS,
-        IMAGE,
-        "k1",
-        "/bin/sleep",
-        "1000",
-    ]);
+    let out = c
+        .ctr_cmd_timeout(
+            secs,
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                runtime,
+                IMAGE,
+                "k1",
+                "/bin/sleep",
+                "1000",
+            ],
+        )
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    c.wait_until("the task to run", 30, || c.task_status("k1") == "RUNNING");
+    c.wait_until("the task to run", secs, || c.task_status("k1") == "RUNNING");
     assert_eq!(c.pods().len(), 1);
     let sock = c.path().join("containerd.sock");
     let shim = std::fs::read_dir("/proc")
@@ -431,7 +452,7 @@ fn ctr_run_stdio_exec_kill_in_the_vm_kvm() {
                 "/bin/sh",
                 "-c",
                 "trap 'echo got TERM; exit 7' TERM; echo \"$GREETING\"; read l; echo \"read $l\"; \
-                 while :; do sleep 1; done",
+                 cat >/dev/null; echo input ended; while :; do sleep 1; done",
             ],
         )
         .stdin(Stdio::piped())
@@ -454,7 +475,29 @@ fn ctr_run_stdio_exec_kill_in_the_vm_kvm() {
     let mut stdin = run.stdin.take().unwrap();
     stdin.write_all(b"ping\n").unwrap();
     assert_eq!(next("echo of its input"), "read ping");
+    // ctr's input ends (CloseIO): the app in the guest reads EOF.
+    drop(stdin);
+    assert_eq!(next("the end of its input"), "input ended");
     assert_eq!(c.task_status(id), "RUNNING");
+
+    // An exec with a terminal gets one in the guest (script(1) gives ctr its own; see the ns
+    // test for why `exec timeout --foreground`).
+    let tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "exec timeout --foreground {KVM_SECS} ctr --address {} task exec -t --exec-id e2 {id} /bin/sh -c 'tty; exit 4'",
+            c.path().join("containerd.sock").display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&tty.stdout).contains("/dev/pts/"),
+        "{}",
+        text(&tty)
+    );
+    assert_eq!(tty.status.code(), Some(4), "{}", text(&tty));
 
     let ex = c
         .ctr_cmd_timeout(
@@ -518,7 +561,6 @@ fn ctr_run_stdio_exec_kill_in_the_vm_kvm() {
         .status
         .success());
     assert_eq!(next("the trap's line"), "got TERM");
-    drop(stdin);
     let st = run.wait().unwrap();
     assert_eq!(st.code(), Some(7));
     c.assert_clean();
