@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rkt_tests::{cleanup_tree, containerd, images, mounts_under, require_root, rkt_bin};
+use rkt_tests::{cleanup_tree, containerd, images, mounts_under, require_root, rkt_bin, Registry};
 
 const IMAGE: &str = "docker.io/library/busybox:latest";
 const NS: &str = "io.containerd.rkt-ns.v2";
@@ -17,6 +17,8 @@ const KVM_SECS: u64 = 900;
 struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
+    /// The local `docker-registry` the image is pulled from.
+    _reg: Registry,
 }
 
 impl Containerd {
@@ -34,24 +36,24 @@ impl Containerd {
                 d.display()
             ),
         );
-        let c = Containerd { dir, child };
+        let reg = Registry::start();
+        reg.push(&images().busybox_oci_ref(), "ctr/busybox:1");
+        let c = Containerd {
+            dir,
+            child,
+            _reg: reg,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !c.ctr(&["version"]).status.success() {
             assert!(Instant::now() < deadline, "containerd did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let imp = c.ctr(&[
-            "image",
-            "import",
-            "--index-name",
-            IMAGE,
-            images().busybox_oci_archive.to_str().unwrap(),
-        ]);
-        assert!(
-            imp.status.success(),
-            "{}",
-            String::from_utf8_lossy(&imp.stderr)
-        );
+        // Pulled from the local registry as from any, then named as the tests run it.
+        let pulled = format!("{}/ctr/busybox:1", c._reg.addr);
+        let pull = c.ctr(&["image", "pull", "--plain-http", &pulled]);
+        assert!(pull.status.success(), "{}", text(&pull));
+        let tag = c.ctr(&["image", "tag", &pulled, IMAGE]);
+        assert!(tag.status.success(), "{}", text(&tag));
         c
     }
 
