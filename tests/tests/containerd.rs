@@ -553,8 +553,9 @@ fn ctr_run_stdio_exec_kill_in_the_vm_kvm() {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no memory figure: {}", text(&metrics)));
-    // At least the guest's memory that booted a kernel.
-    assert!(usage > 16 << 20, "{usage}");
+    // The VMM's charge: a VM restored from a template maps the template's memory file and is
+    // charged only for what it touched (8.4 MiB seen), so no more than a MiB is asserted.
+    assert!(usage > 1 << 20, "{usage}");
     // Deleting a running task is refused.
     assert!(!c.ctr(&["task", "rm", id]).status.success());
 
