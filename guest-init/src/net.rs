@@ -403,8 +403,8 @@ pub fn read_interface(name: &str) -> io::Result<NetInterface> {
     })
 }
 
-/// Adds an ingress qdisc to interface `index` (nothing if it has one).
-fn ingress_qdisc(nl: &mut Netlink, index: u32) -> io::Result<()> {
+/// Asks for a new ingress qdisc on interface `index` (EEXIST if it has one).
+fn new_ingress(nl: &mut Netlink, index: u32) -> io::Result<()> {
     let mut m = Msg::new(
         RTM_NEWQDISC,
         NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
@@ -412,7 +412,12 @@ fn ingress_qdisc(nl: &mut Netlink, index: u32) -> io::Result<()> {
     );
     m.attr(TCA_KIND, b"ingress\0");
     m.begin(TCA_OPTIONS).end();
-    match nl.request(&mut m) {
+    nl.request(&mut m)
+}
+
+/// Adds an ingress qdisc to interface `index` (nothing if it has one).
+fn ingress_qdisc(nl: &mut Netlink, index: u32) -> io::Result<()> {
+    match new_ingress(nl, index) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         r => r,
     }
@@ -422,15 +427,7 @@ fn ingress_qdisc(nl: &mut Netlink, index: u32) -> io::Result<()> {
 /// an interface of someone else's (a joined namespace), an existing one means its traffic is
 /// already someone's, and the one added here is ours to remove ([`remove_ingress`]).
 pub fn add_ingress_exclusive(index: u32) -> io::Result<()> {
-    let mut nl = Netlink::open()?;
-    let mut m = Msg::new(
-        RTM_NEWQDISC,
-        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        &tcmsg(index, INGRESS_HANDLE, TC_H_INGRESS, 0),
-    );
-    m.attr(TCA_KIND, b"ingress\0");
-    m.begin(TCA_OPTIONS).end();
-    nl.request(&mut m).map_err(|e| match e.raw_os_error() {
+    new_ingress(&mut Netlink::open()?, index).map_err(|e| match e.raw_os_error() {
         Some(libc::EEXIST) => io::Error::new(
             io::ErrorKind::AlreadyExists,
             "it already has an ingress qdisc",

@@ -123,6 +123,45 @@ impl Containerd {
             .to_string()
     }
 
+    /// `ctr task exec -t` of `script` in `id` under script(1), which gives ctr a terminal of
+    /// its own. `exec` and --foreground keep ctr in the terminal's foreground group whatever
+    /// $SHELL is: under dash, timeout would make its own background group and ctr's raw mode
+    /// would stop it with SIGTTOU (CI has no $SHELL).
+    fn exec_tty(&self, secs: u64, id: &str, exec_id: &str, script: &str) -> Output {
+        Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "exec timeout --foreground {secs} ctr --address {} task exec -t --exec-id {exec_id} {id} /bin/sh -c '{script}'",
+                self.path().join("containerd.sock").display()
+            ))
+            .arg("/dev/null")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `ctr task ps`: the task's pids, with ctr's output for messages.
+    fn task_pids(&self, id: &str) -> (Vec<String>, String) {
+        let ps = self.ctr(&["task", "ps", id]);
+        let pids = String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        (pids, text(&ps))
+    }
+
+    /// `memory.usage_in_bytes` of `ctr task metrics`.
+    fn memory_usage(&self, id: &str) -> u64 {
+        let metrics = self.ctr(&["task", "metrics", id]);
+        String::from_utf8_lossy(&metrics.stdout)
+            .lines()
+            .find(|l| l.starts_with("memory.usage_in_bytes"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no memory figure: {}", text(&metrics)))
+    }
+
     /// Nothing left behind: no pod, no mount below the test's directory but containerd's own
     /// snapshotter bookkeeping.
     fn assert_clean(&self) {
@@ -252,44 +291,18 @@ fn ctr_exec_kill_delete_ps_metrics_ns() {
     assert_eq!(ex.status.code(), Some(5), "{}", text(&ex));
     assert_eq!(String::from_utf8_lossy(&ex.stdout), "in exec\n");
 
-    // With a terminal: ctr needs one itself, script(1) gives it a pty. `exec` and
-    // --foreground keep ctr in the terminal's foreground group whatever $SHELL is: under
-    // dash, timeout would make its own background group and ctr's raw mode would stop it
-    // with SIGTTOU (CI has no $SHELL).
-    let tty = Command::new("script")
-        .args(["-qec"])
-        .arg(format!(
-            "exec timeout --foreground 60 ctr --address {} task exec -t --exec-id e2 {id} /bin/sh -c 'tty; exit 4'",
-            c.path().join("containerd.sock").display()
-        ))
-        .arg("/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    // With a terminal: ctr needs one itself, script(1) gives it a pty.
+    let tty = c.exec_tty(60, id, "e2", "tty; exit 4");
     let tty_out = String::from_utf8_lossy(&tty.stdout);
     assert!(tty_out.contains("/dev/pts/"), "{}", text(&tty));
     assert_eq!(tty.status.code(), Some(4), "{}", text(&tty));
 
-    let ps = c.ctr(&["task", "ps", id]);
-    let pids: Vec<&str> = std::str::from_utf8(&ps.stdout)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(pids.len(), 1, "{}", text(&ps));
+    let (pids, ps) = c.task_pids(id);
+    assert_eq!(pids.len(), 1, "{ps}");
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", pids[0])).unwrap();
     assert_eq!(comm.trim(), "sleep");
 
-    let metrics = c.ctr(&["task", "metrics", id]);
-    let m = String::from_utf8_lossy(&metrics.stdout);
-    let usage: u64 = m
-        .lines()
-        .find(|l| l.starts_with("memory.usage_in_bytes"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no memory figure: {}", text(&metrics)));
-    assert!(usage > 0);
+    assert!(c.memory_usage(id) > 0);
 
     // Deleting a running task is refused; kill reaches the app.
     assert!(!c.ctr(&["task", "rm", id]).status.success());
@@ -482,18 +495,8 @@ fn ctr_run_stdio_exec_kill_in_the_vm_kvm() {
     assert_eq!(next("the end of its input"), "input ended");
     assert_eq!(c.task_status(id), "RUNNING");
 
-    // An exec with a terminal gets one in the guest (script(1) gives ctr its own; see the ns
-    // test for why `exec timeout --foreground`).
-    let tty = Command::new("script")
-        .args(["-qec"])
-        .arg(format!(
-            "exec timeout --foreground {KVM_SECS} ctr --address {} task exec -t --exec-id e2 {id} /bin/sh -c 'tty; exit 4'",
-            c.path().join("containerd.sock").display()
-        ))
-        .arg("/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    // An exec with a terminal gets one in the guest.
+    let tty = c.exec_tty(KVM_SECS, id, "e2", "tty; exit 4");
     assert!(
         String::from_utf8_lossy(&tty.stdout).contains("/dev/pts/"),
         "{}",
@@ -527,14 +530,8 @@ fn ctr_run_stdio_exec_kill_in_the_vm_kvm() {
     );
 
     // The VM stands for the container on the host: its VMM is the one process.
-    let ps = c.ctr(&["task", "ps", id]);
-    let pids: Vec<&str> = std::str::from_utf8(&ps.stdout)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(pids.len(), 1, "{}", text(&ps));
+    let (pids, ps) = c.task_pids(id);
+    assert_eq!(pids.len(), 1, "{ps}");
     let uuid = c.pods()[0]
         .file_name()
         .unwrap()
@@ -546,13 +543,7 @@ fn ctr_run_stdio_exec_kill_in_the_vm_kvm() {
         "pid {} is not the VMM of pod {uuid}",
         pids[0]
     );
-    let metrics = c.ctr(&["task", "metrics", id]);
-    let usage: u64 = String::from_utf8_lossy(&metrics.stdout)
-        .lines()
-        .find(|l| l.starts_with("memory.usage_in_bytes"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no memory figure: {}", text(&metrics)));
+    let usage = c.memory_usage(id);
     // The VMM's charge: a VM restored from a template maps the template's memory file and is
     // charged only for what it touched (8.4 MiB seen), so no more than a MiB is asserted.
     assert!(usage > 1 << 20, "{usage}");

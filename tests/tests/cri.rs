@@ -454,6 +454,26 @@ fn remove_sandbox_and_check_clean(c: &CriContainerd, cri: &mut Cri, sb: &str, ne
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
 }
 
+/// StopContainer (SIGTERM, SIGKILL after `timeout` s), then the container's status.
+fn stop_container(cri: &mut Cri, id: &str, timeout: i64) -> cri::ContainerStatus {
+    call!(
+        *cri,
+        rs.stop_container(cri::StopContainerRequest {
+            container_id: id.to_string(),
+            timeout,
+        })
+    );
+    call!(
+        *cri,
+        rs.container_status(cri::ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        })
+    )
+    .status
+    .unwrap()
+}
+
 fn container_config(
     name: &str,
     image: &str,
@@ -739,22 +759,7 @@ fn cri_sandbox_with_two_containers_ns() {
         .contains(" stdout F web started"));
 
     // StopContainer: the app ends, CRI sees it exited.
-    call!(
-        cri,
-        rs.stop_container(cri::StopContainerRequest {
-            container_id: web.clone(),
-            timeout: 10,
-        })
-    );
-    let cs = call!(
-        cri,
-        rs.container_status(cri::ContainerStatusRequest {
-            container_id: web.clone(),
-            verbose: false,
-        })
-    )
-    .status
-    .unwrap();
+    let cs = stop_container(&mut cri, &web, 10);
     assert_eq!(cs.state, cri::ContainerState::ContainerExited as i32);
     assert!(http_get(&addr).is_none());
 
@@ -1161,22 +1166,7 @@ fn cri_sandbox_in_a_vm_kvm() {
     assert!(text.contains(" stdout F side started"), "{text}");
     assert!(text.contains(" stderr F side err"), "{text}");
 
-    call!(
-        cri,
-        rs.stop_container(cri::StopContainerRequest {
-            container_id: web.clone(),
-            timeout: 30,
-        })
-    );
-    let cs = call!(
-        cri,
-        rs.container_status(cri::ContainerStatusRequest {
-            container_id: web.clone(),
-            verbose: false,
-        })
-    )
-    .status
-    .unwrap();
+    let cs = stop_container(&mut cri, &web, 30);
     assert_eq!(cs.state, cri::ContainerState::ContainerExited as i32);
     // httpd has no handler for SIGTERM: it ended by the signal, in the guest.
     assert_eq!(cs.exit_code, 128 + 15, "{cs:?}");
